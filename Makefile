@@ -1,0 +1,34 @@
+# The two commands a newcomer needs: `make run` and `make test`. Both build .venv first.
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed
+CONFIG ?=
+ARGS ?=
+
+.PHONY: run test bench lint venv clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+		{ echo "vigil needs Python >= 3.11 (found $$($(PYTHON) --version))"; exit 1; }
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/vigil run $(if $(CONFIG),--config $(CONFIG)) $(ARGS)
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check controller states hw tests bench
+	$(VENV)/bin/python -m pytest -n 2 -q
+
+bench: $(STAMP)
+	$(VENV)/bin/python -m bench
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check controller states hw tests bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,70 @@
+"""What a camera backend hands the recorder, and the small protocol every backend follows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol, runtime_checkable
+
+import numpy as np
+
+Output = Literal["frames", "packets"]
+
+
+@dataclass(frozen=True, slots=True)
+class CameraMode:
+    """The mode a camera actually delivers: size, rate and what it hands over."""
+
+    width: int
+    height: int
+    fps: float
+    output: Output = "frames"
+
+    @property
+    def frame_shape(self) -> tuple[int, int]:
+        """Shape of a YUV420 planar frame: the luma rows followed by the chroma rows."""
+        return (self.height * 3 // 2, self.width)
+
+
+@dataclass(slots=True)
+class Frame:
+    """A raw frame in YUV420 planar layout (shape (H*3/2, W), uint8).
+
+    `data` may be None or malformed when a camera misbehaves; the validator catches that.
+    `timestamp` is the capture time on the monotonic clock, `wallclock` the same instant on
+    the wall clock (UTC seconds), `sequence` the backend's own frame counter.
+    """
+
+    data: np.ndarray | None
+    timestamp: float
+    wallclock: float
+    sequence: int
+
+
+@dataclass(slots=True)
+class EncodedPacket:
+    """One H.264 access unit in Annex-B form, as hardware encoders hand them over."""
+
+    data: bytes
+    is_keyframe: bool
+    timestamp: float
+    wallclock: float
+
+
+@runtime_checkable
+class Camera(Protocol):
+    """A source of frames or encoded packets.
+
+    `read` blocks for at most `timeout` seconds and raises CameraTimeout when nothing came,
+    CameraLost when the device is gone. `close` is idempotent.
+    """
+
+    name: str
+
+    @property
+    def mode(self) -> CameraMode: ...
+
+    def open(self) -> None: ...
+
+    def read(self, timeout: float) -> Frame | EncodedPacket: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,136 @@
+"""The one place a camera backend is chosen and the recording path is assembled."""
+
+from __future__ import annotations
+
+import glob
+import importlib.util
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from loguru import logger
+
+from hw.camera import Camera, CameraMode
+from hw.encoder import H264Encoder
+from hw.errors import CameraUnavailable
+from hw.filecam import FileCamera
+from hw.pipeline import ErrorSink, RecordingPipeline
+from hw.synthetic import FaultPlan, SyntheticCamera
+from hw.validate import FrameValidator
+from hw.writer import SegmentWriter
+
+BACKENDS = ("auto", "synthetic", "file", "v4l2", "picamera2")
+
+
+@dataclass(frozen=True)
+class CameraSpec:
+    """What the configuration asks of the camera."""
+
+    backend: str = "auto"
+    width: int = 1280
+    height: int = 720
+    fps: float = 30.0
+    source: str | None = None
+    device: str = "/dev/video0"
+    pace: bool = True
+    read_timeout_seconds: float = 2.0
+    frozen_seconds: float = 10.0
+
+    @property
+    def mode(self) -> CameraMode:
+        return CameraMode(self.width, self.height, self.fps)
+
+
+@dataclass(frozen=True)
+class RecordingSpec:
+    """What the configuration asks of the recording path."""
+
+    root: Path = Path("recordings")
+    fallback_roots: tuple[Path, ...] = ()
+    segment_seconds: float = 60.0
+    fragment_seconds: float = 1.0
+    encoder_preset: str = "ultrafast"
+    crf: int = 23
+    queue_frames: int = 60
+
+
+CameraMaker = Callable[[CameraSpec, FaultPlan], Camera]
+
+
+def _make_synthetic(spec: CameraSpec, faults: FaultPlan) -> Camera:
+    return SyntheticCamera(spec.mode, faults=faults)
+
+
+def _make_file(spec: CameraSpec, faults: FaultPlan) -> Camera:
+    if not spec.source:
+        raise CameraUnavailable("camera.backend is file but camera.source is not set")
+    return FileCamera(spec.mode, spec.source, paced=spec.pace)
+
+
+DEFAULT_MAKERS: Mapping[str, CameraMaker] = {"synthetic": _make_synthetic, "file": _make_file}
+
+
+def detect_backend(makers: Mapping[str, CameraMaker]) -> tuple[str, str]:
+    """(backend, why) for `camera.backend: auto`: the real camera where there is one."""
+    pi = importlib.util.find_spec("picamera2") is not None
+    video = sorted(glob.glob("/dev/video*"))
+    if pi and "picamera2" in makers:
+        return "picamera2", "picamera2 is installed"
+    if video and "v4l2" in makers:
+        return "v4l2", f"found {', '.join(video)}"
+    found = []
+    if pi:
+        found.append("picamera2 (no backend for it in this build)")
+    if video:
+        found.append(f"{', '.join(video)} (no v4l2 backend in this build)")
+    if found:
+        return "synthetic", "found " + "; ".join(found) + ": falling back to synthetic"
+    return "synthetic", "no Pi camera and no /dev/video* device"
+
+
+@dataclass
+class Hardware:
+    """Makes cameras and recording pipelines from the camera and recording specs.
+
+    Tests pass `makers` to put a fake behind a backend name, and drive `faults` to inject
+    synthetic-camera faults; every camera this factory makes shares that plan.
+    """
+
+    camera: CameraSpec
+    recording: RecordingSpec
+    faults: FaultPlan = field(default_factory=FaultPlan)
+    makers: Mapping[str, CameraMaker] = field(default_factory=lambda: dict(DEFAULT_MAKERS))
+    backend: str = ""
+    backend_reason: str = ""
+
+    def __post_init__(self) -> None:
+        if self.camera.backend == "auto":
+            self.backend, self.backend_reason = detect_backend(self.makers)
+            logger.info("camera backend auto-selected backend={} reason={}",
+                        self.backend, self.backend_reason)
+        else:
+            self.backend, self.backend_reason = self.camera.backend, "configured"
+
+    def make_camera(self) -> Camera:
+        maker = self.makers.get(self.backend)
+        if maker is None:
+            raise CameraUnavailable(
+                f"camera backend {self.backend!r} is not available in this build; "
+                f"available: {', '.join(sorted(self.makers))}"
+            )
+        return maker(self.camera, self.faults)
+
+    def make_pipeline(self, camera: Camera, root: Path, when_error: ErrorSink) -> RecordingPipeline:
+        """A pipeline from an opened camera into segments under `root`; not yet started."""
+        mode = camera.mode
+        rec = self.recording
+        writer = SegmentWriter(root, width=mode.width, height=mode.height, fps=mode.fps,
+                               segment_seconds=rec.segment_seconds)
+        encoder = None
+        if mode.output == "frames":
+            encoder = H264Encoder(mode, fragment_seconds=rec.fragment_seconds,
+                                  preset=rec.encoder_preset, crf=rec.crf)
+        validator = FrameValidator(mode, frozen_seconds=self.camera.frozen_seconds)
+        return RecordingPipeline(camera, writer, encoder=encoder, validator=validator,
+                                 when_error=when_error, queue_frames=rec.queue_frames,
+                                 read_timeout=self.camera.read_timeout_seconds)

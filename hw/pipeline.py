@@ -1,0 +1,221 @@
+"""The recording path: camera -> validator -> bounded queue -> encoder -> segment writer.
+
+Two named threads: capture (camera reads and validation) and encode (libx264 and muxing;
+PyAV releases the GIL while encoding, so the stages overlap). Neither raises into anyone:
+errors are reported through `when_error(category, reason)` and a stage that cannot go on
+marks the pipeline dead. Stopping never blocks forever: a thread stuck in a hung driver call
+is abandoned after its timeout and named in the StopReport.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from loguru import logger
+
+from hw.camera import Camera, EncodedPacket, Frame
+from hw.encoder import H264Encoder
+from hw.errors import CameraError, CameraTimeout, EncoderError, StorageError
+from hw.validate import FrameValidator
+from hw.writer import SegmentWriter
+
+ErrorSink = Callable[[str, str], None]
+_STOP = object()
+STOP_GRACE_SECONDS = 1.0
+
+
+@dataclass
+class PipelineStats:
+    """Counters a status page or the health score reads; written by the pipeline threads."""
+
+    frames_captured: int = 0
+    frames_invalid: int = 0
+    frames_dropped: int = 0
+    frames_recorded: int = 0
+    last_frame_monotonic: float = field(default_factory=time.monotonic)
+
+
+@dataclass(frozen=True)
+class StopReport:
+    """How a stop went: threads that would not end and calls that were abandoned."""
+
+    abandoned: tuple[str, ...] = ()
+    closed_segment: object | None = None
+
+
+class RecordingPipeline:
+    """Moves frames or packets from one camera into one segment writer until stopped."""
+
+    def __init__(
+        self,
+        camera: Camera,
+        writer: SegmentWriter,
+        *,
+        encoder: H264Encoder | None,
+        validator: FrameValidator | None,
+        when_error: ErrorSink,
+        queue_frames: int = 60,
+        read_timeout: float = 2.0,
+    ) -> None:
+        self.camera = camera
+        self.writer = writer
+        self.encoder = encoder
+        self.validator = validator
+        self.when_error = when_error
+        self.read_timeout = read_timeout
+        self.stats = PipelineStats()
+        self._queue: queue.Queue[object] = queue.Queue(maxsize=queue_frames)
+        self._stop = threading.Event()
+        self._dead = threading.Event()
+        self._capture = threading.Thread(target=self._capture_loop, name="vigil-capture", daemon=True)
+        self._encode = threading.Thread(target=self._encode_loop, name="vigil-encode", daemon=True)
+        self._started = False
+
+    def __repr__(self) -> str:
+        state = "dead" if self.is_dead else ("running" if self.is_running else "stopped")
+        return f"<RecordingPipeline {self.camera.name} {state} frames={self.stats.frames_recorded}>"
+
+    @property
+    def is_running(self) -> bool:
+        return self._started and not self._stop.is_set() and not self._dead.is_set()
+
+    @property
+    def is_dead(self) -> bool:
+        return self._dead.is_set()
+
+    @property
+    def threads(self) -> tuple[threading.Thread, ...]:
+        return (self._capture, self._encode)
+
+    def start(self) -> None:
+        if self._started:
+            raise RuntimeError("a pipeline starts once; make a new one")
+        self._started = True
+        self.stats.last_frame_monotonic = time.monotonic()
+        self._encode.start()
+        self._capture.start()
+
+    def _fail(self, category: str, reason: str) -> None:
+        self._dead.set()
+        self.when_error(category, reason)
+
+    def _capture_loop(self) -> None:
+        camera, validator, stats, q = self.camera, self.validator, self.stats, self._queue
+        while not self._stop.is_set():
+            try:
+                item = camera.read(self.read_timeout)
+            except CameraTimeout as err:
+                self.when_error(err.category, str(err))
+                continue
+            except CameraError as err:
+                self._fail(err.category, str(err))
+                return
+            except Exception as err:  # a backend bug must not kill recording silently
+                self._fail("camera_lost", f"camera read raised {err!r}")
+                return
+            stats.frames_captured += 1
+            stats.last_frame_monotonic = time.monotonic()
+            if validator is not None and isinstance(item, Frame):
+                verdict = validator.check(item)
+                if verdict is not None:
+                    self.when_error(verdict.category, verdict.reason)
+                    if verdict.drops_frame:
+                        stats.frames_invalid += 1
+                        continue
+            try:
+                q.put_nowait(item)
+            except queue.Full:
+                stats.frames_dropped += 1
+
+    def _encode_loop(self) -> None:
+        encoder, writer, stats, q = self.encoder, self.writer, self.stats, self._queue
+        while True:
+            item = q.get()
+            if item is _STOP:
+                break
+            if self._dead.is_set():
+                continue  # keep draining so the capture side never blocks
+            try:
+                if encoder is not None and isinstance(item, Frame):
+                    packets = encoder.encode(item)
+                elif isinstance(item, EncodedPacket):
+                    packets = [item]
+                else:
+                    raise EncoderError(f"camera handed over {type(item).__name__}")
+                for packet in packets:
+                    writer.write(packet)
+                stats.frames_recorded += len(packets)
+            except StorageError as err:
+                self._fail(err.category, str(err))
+            except EncoderError as err:
+                self._fail(err.category, str(err))
+            except Exception as err:
+                self._fail("encoder_error", f"encode/write raised {err!r}")
+
+    def stop(self, timeout: float = 5.0) -> StopReport:
+        """Stop both threads, close the segment and the camera; never blocks past `timeout`."""
+        deadline = time.monotonic() + timeout
+        self._stop.set()
+        abandoned: list[str] = []
+        if self._started:
+            self._capture.join(max(0.0, min(self.read_timeout + STOP_GRACE_SECONDS,
+                                             deadline - time.monotonic())))
+            if self._capture.is_alive():
+                abandoned.append(self._capture.name)
+            self._put_stop(deadline)
+            self._encode.join(max(0.0, deadline - time.monotonic()))
+            if self._encode.is_alive():
+                abandoned.append(self._encode.name)
+        closed = None
+        if self._encode.is_alive():
+            self.writer.abandon()
+        else:
+            closed = self._close_writer()
+        if not close_with_timeout(self.camera.close, max(0.5, deadline - time.monotonic()),
+                                  name="vigil-camera-close"):
+            abandoned.append("vigil-camera-close")
+        for name in abandoned:
+            logger.error("abandoned a hung call thread={} (it may still hold the device)", name)
+        return StopReport(tuple(abandoned), closed)
+
+    def _put_stop(self, deadline: float) -> None:
+        while self._encode.is_alive():
+            try:
+                self._queue.put(_STOP, timeout=0.1)
+                return
+            except queue.Full:
+                if time.monotonic() > deadline:
+                    return
+
+    def _close_writer(self) -> object | None:
+        try:
+            if self.encoder is not None and not self._dead.is_set():
+                for packet in self.encoder.flush():
+                    self.writer.write(packet)
+            return self.writer.close()
+        except (StorageError, EncoderError) as err:
+            self.when_error(err.category, f"closing segment: {err}")
+            self.writer.abandon()
+            return None
+
+
+def close_with_timeout(close: Callable[[], None], timeout: float, *, name: str) -> bool:
+    """Run a close call that might hang in its own thread; False if it did not return."""
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            close()
+        except Exception as err:
+            errors.append(err)
+
+    worker = threading.Thread(target=run, name=name, daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if errors:
+        logger.warning("close raised during cleanup call={} error={!r}", name, errors[0])
+    return not worker.is_alive()

@@ -1,0 +1,97 @@
+"""Turning `.partial` segments left by a crash or power cut into closed, playable segments.
+
+A fragmented MP4 is `ftyp`, `moov`, then `moof`+`mdat` pairs. Whatever follows the last
+complete pair is the fragment that was being written when the power went: it is cut off,
+the file is fsynced and renamed to its closed name. A file with no complete fragment holds
+no playable video and is removed; a file that is not an MP4 at all is left alone.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from loguru import logger
+
+from hw.writer import PARTIAL_SUFFIX, fsync_directory, unique_segment_path
+
+HEADER_BYTES = 8
+LARGE_HEADER_BYTES = 16
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveredPartial:
+    """What recovery did with one `.partial` file."""
+
+    partial: Path
+    result: Path | None
+    kept_bytes: int
+    dropped_bytes: int
+    fragments: int
+
+
+def playable_length(path: Path) -> tuple[int, int]:
+    """(bytes up to the end of the last complete fragment, complete fragments)."""
+    size = path.stat().st_size
+    kept, fragments, seen_moov, pending_moof = 0, 0, False, False
+    with open(path, "rb") as f:
+        offset = 0
+        while offset + HEADER_BYTES <= size:
+            f.seek(offset)
+            head = f.read(LARGE_HEADER_BYTES)
+            box_size, kind = struct.unpack(">I4s", head[:HEADER_BYTES])
+            if box_size == 1 and len(head) == LARGE_HEADER_BYTES:
+                box_size = struct.unpack(">Q", head[HEADER_BYTES:])[0]
+            if box_size < HEADER_BYTES or offset + box_size > size:
+                break  # a box cut short by the crash
+            offset += box_size
+            if kind == b"moov":
+                seen_moov = True
+            elif kind == b"moof":
+                pending_moof = True
+            elif kind == b"mdat" and pending_moof and seen_moov:
+                pending_moof = False
+                fragments += 1
+                kept = offset
+    return kept, fragments
+
+
+def recover_partial(partial: Path) -> RecoveredPartial:
+    """Trim one `.partial` to its last whole fragment and close it under its final name."""
+    size = partial.stat().st_size
+    kept, fragments = playable_length(partial)
+    if fragments == 0:
+        partial.unlink()
+        fsync_directory(partial.parent)
+        logger.warning("partial segment held no whole fragment, removed path={} bytes={}",
+                       partial, size)
+        return RecoveredPartial(partial, None, 0, size, 0)
+    with open(partial, "r+b") as f:
+        f.truncate(kept)
+        os.fsync(f.fileno())
+    final = partial.with_name(partial.name.removesuffix(PARTIAL_SUFFIX))
+    if final.exists():
+        final = unique_segment_path(partial.parent, final.name.removesuffix(".mp4"))
+    os.rename(partial, final)
+    fsync_directory(partial.parent)
+    logger.info("recovered partial segment path={} fragments={} kept_bytes={} dropped_bytes={}",
+                final, fragments, kept, size - kept)
+    return RecoveredPartial(partial, final, kept, size - kept, fragments)
+
+
+def recover_partials(root: Path, *, skip: set[Path] | None = None) -> list[RecoveredPartial]:
+    """Recover every `.partial` under `root` except those in `skip` (open right now)."""
+    results = []
+    if not root.is_dir():
+        return results
+    for partial in sorted(root.rglob("*" + PARTIAL_SUFFIX)):
+        if skip and partial in skip:
+            continue
+        try:
+            results.append(recover_partial(partial))
+        except OSError as err:
+            logger.error("could not recover partial segment path={} error={}; left in place",
+                         partial, err)
+    return results

@@ -1,0 +1,78 @@
+"""Cheap per-frame checks: is this what the camera was configured to deliver?
+
+Runs on every frame on the capture thread, so it looks at metadata only (type, dtype,
+shape, timestamp order) and, for frozen-image detection, a coarse subsample a few times a
+second. It never scans every pixel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from hw.camera import CameraMode, Frame
+
+FROZEN_SAMPLE_STRIDE = 16
+FROZEN_SAMPLE_INTERVAL_SECONDS = 0.25
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """Why a frame was refused: an error category and a human sentence."""
+
+    category: str
+    reason: str
+    drops_frame: bool = True
+
+
+class FrameValidator:
+    """Checks frames against the configured mode; refusals come back as Verdicts."""
+
+    def __init__(self, mode: CameraMode, *, frozen_seconds: float = 0.0) -> None:
+        self.mode = mode
+        self.shape = mode.frame_shape
+        self.frozen_seconds = frozen_seconds
+        self._last_timestamp = float("-inf")
+        self._sample: bytes | None = None
+        self._sample_at = float("-inf")
+        self._unchanged_since: float | None = None
+        self._frozen_reported = False
+
+    def check(self, frame: Frame) -> Verdict | None:
+        """None when the frame is good; a Verdict when it must be dropped or reported."""
+        data = frame.data
+        if type(data) is not np.ndarray:
+            return Verdict("frame_invalid", f"frame {frame.sequence} has no image ({type(data).__name__})")
+        if data.dtype != np.uint8:
+            return Verdict("frame_invalid", f"frame {frame.sequence} dtype {data.dtype}, expected uint8")
+        if data.shape != self.shape:
+            return Verdict(
+                "frame_invalid", f"frame {frame.sequence} shape {data.shape}, expected {self.shape}"
+            )
+        if not frame.timestamp > self._last_timestamp:
+            return Verdict(
+                "frame_timestamp",
+                f"frame {frame.sequence} timestamp {frame.timestamp:.6f} not after "
+                f"{self._last_timestamp:.6f}",
+            )
+        self._last_timestamp = frame.timestamp
+        if self.frozen_seconds > 0 and frame.timestamp - self._sample_at >= FROZEN_SAMPLE_INTERVAL_SECONDS:
+            return self._check_frozen(data, frame.timestamp)
+        return None
+
+    def _check_frozen(self, data: np.ndarray, now: float) -> Verdict | None:
+        self._sample_at = now
+        sample = data[:: FROZEN_SAMPLE_STRIDE, :: FROZEN_SAMPLE_STRIDE].tobytes()
+        if sample != self._sample:
+            self._sample = sample
+            self._unchanged_since = now
+            self._frozen_reported = False
+            return None
+        if self._unchanged_since is None:
+            self._unchanged_since = now
+        frozen_for = now - self._unchanged_since
+        if frozen_for >= self.frozen_seconds and not self._frozen_reported:
+            self._frozen_reported = True
+            return Verdict("camera_frozen", f"image unchanged for {frozen_for:.1f}s", drops_frame=False)
+        return None

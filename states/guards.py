@@ -1,0 +1,174 @@
+"""The guard work every transition runs: validation, cleanup, directory repair.
+
+Side effects (closing, repairing, opening) run as `prepare` callbacks; the `conditions`
+are pure questions about what those left behind. A question that answers no records why
+in `refusal`, so the controller can log and count the refusal; the machine stays put.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from loguru import logger
+
+from hw.camera import Camera
+from hw.errors import CameraError
+from hw.pipeline import RecordingPipeline, close_with_timeout
+from hw.storage import RootStatus, choose_root
+from hw.writer import PARTIAL_SUFFIX
+
+if TYPE_CHECKING:
+    from transitions import EventData
+
+    from hw.factory import Hardware
+
+CAMERA_OPEN_TIMEOUT_SECONDS = 10.0
+PIPELINE_STOP_TIMEOUT_SECONDS = 5.0
+
+
+def open_partial_files() -> list[Path]:
+    """Segment files this process holds open, read from /proc/self/fd."""
+    found = []
+    try:
+        fds = os.listdir("/proc/self/fd")
+    except OSError:
+        return found
+    for fd in fds:
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.endswith(PARTIAL_SUFFIX) or target.endswith(PARTIAL_SUFFIX + " (deleted)"):
+            found.append(Path(target))
+    return found
+
+
+class GuardWork:
+    """Mixin for the machine's model; the model supplies the attributes declared here."""
+
+    hardware: Hardware
+    pipeline: RecordingPipeline | None
+    pending_camera: Camera | None
+    root_status: RootStatus | None
+    refusal: str
+    abandoned: list[str]
+    abandoned_threads: list[threading.Thread]
+    abandoned_paths: list[Path]
+    config_error: str | None
+
+    # -- prepare: side effects -------------------------------------------------------
+
+    def cleanup(self, event: EventData) -> None:
+        """Close whatever the source state held: pipeline (writer, camera, threads)."""
+        pipeline, self.pipeline = self.pipeline, None
+        if pipeline is not None:
+            open_before = pipeline.writer.open_path
+            report = pipeline.stop(PIPELINE_STOP_TIMEOUT_SECONDS)
+            if report.abandoned:
+                self.abandoned.extend(report.abandoned)
+                self.abandoned_threads.extend(t for t in pipeline.threads if t.is_alive())
+                if open_before is not None:
+                    self.abandoned_paths.append(open_before)
+        self._release_pending_camera()
+
+    def _release_pending_camera(self) -> None:
+        camera, self.pending_camera = self.pending_camera, None
+        if camera is not None and not close_with_timeout(
+            camera.close, CAMERA_OPEN_TIMEOUT_SECONDS, name="vigil-camera-close"
+        ):
+            self.abandoned.append("vigil-camera-close")
+
+    def repair_directories(self, event: EventData) -> None:
+        """Make sure a recording root exists and is writable; fall back if it is not."""
+        rec = self.hardware.recording
+        chosen, probes = choose_root(rec.root, rec.fallback_roots)
+        previous = self.root_status
+        self.root_status = chosen
+        if previous is not None and previous.path != chosen.path and chosen.is_usable:
+            logger.warning("recording root changed from={} to={} reason={}",
+                           previous.path, chosen.path, probes[0].reason)
+        if not chosen.is_usable:
+            logger.error("no usable recording root: {}",
+                         "; ".join(p.reason for p in probes))
+
+    def open_camera(self, event: EventData) -> None:
+        """Make a fresh camera instance and open it, in a worker so a hang cannot block us."""
+        self._release_pending_camera()
+        try:
+            camera = self.hardware.make_camera()
+        except CameraError as err:
+            self.refusal = f"camera unavailable: {err}"
+            return
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                camera.open()
+            except Exception as err:
+                errors.append(err)
+
+        opener = threading.Thread(target=run, name="vigil-camera-open", daemon=True)
+        opener.start()
+        opener.join(CAMERA_OPEN_TIMEOUT_SECONDS)
+        if opener.is_alive():
+            self.abandoned.append(opener.name)
+            self.abandoned_threads.append(opener)
+            self.refusal = f"camera open did not return within {CAMERA_OPEN_TIMEOUT_SECONDS}s"
+            return
+        if errors:
+            self.refusal = f"camera did not open: {errors[0]}"
+            return
+        self.pending_camera = camera
+
+    # -- conditions: pure questions --------------------------------------------------
+
+    def is_config_valid(self, event: EventData) -> bool:
+        if self.config_error is not None:
+            self.refusal = f"config invalid: {self.config_error}"
+            return False
+        return True
+
+    def is_cleanup_verified(self, event: EventData) -> bool:
+        """Nothing of the source state is still alive, except what was abandoned."""
+        if self.pipeline is not None:
+            self.refusal = "pipeline still held after cleanup"
+            return False
+        abandoned = set(self.abandoned_threads)
+        live = [t.name for t in threading.enumerate()
+                if t.name.startswith("vigil-") and t not in abandoned
+                and t is not threading.current_thread() and t.is_alive()
+                and not t.name.startswith(("vigil-controller", "vigil-api", "vigil-ticker"))]
+        if live:
+            self.refusal = f"threads still alive after cleanup: {', '.join(live)}"
+            return False
+        held = [p for p in open_partial_files()
+                if Path(str(p).removesuffix(" (deleted)")) not in self.abandoned_paths]
+        if held:
+            self.refusal = f"segment files still open after cleanup: {held}"
+            return False
+        return True
+
+    def is_storage_ready(self, event: EventData) -> bool:
+        if self.root_status is None or not self.root_status.is_usable:
+            reason = self.root_status.reason if self.root_status else "not probed"
+            self.refusal = f"no usable recording root: {reason}"
+            return False
+        return True
+
+    def is_camera_ready(self, event: EventData) -> bool:
+        """The camera opened and delivers the configured mode."""
+        camera = self.pending_camera
+        if camera is None:
+            if not self.refusal:
+                self.refusal = "camera did not open"
+            return False
+        wanted = self.hardware.camera.mode
+        got = camera.mode
+        if (got.width, got.height) != (wanted.width, wanted.height) or abs(got.fps - wanted.fps) > 0.01:
+            self.refusal = (f"camera delivers {got.width}x{got.height}@{got.fps:g}, "
+                            f"configured {wanted.width}x{wanted.height}@{wanted.fps:g}")
+            return False
+        return True

@@ -1,0 +1,25 @@
+"""recording: the pipeline runs from the camera the guards opened into the chosen root.
+
+Entering adopts the camera that the `open_camera` guard opened and starts the pipeline;
+it does nothing else, so an entry cannot half-happen. Leaving is the `cleanup` guard's job.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from loguru import logger
+
+if TYPE_CHECKING:
+    from transitions import EventData
+
+
+def enter(event: EventData) -> None:
+    unit = event.model
+    camera, unit.pending_camera = unit.pending_camera, None
+    assert camera is not None and unit.root_status is not None  # the guards checked both
+    unit.pipeline = unit.hardware.make_pipeline(camera, unit.root_status.path, unit.report_error)
+    unit.pipeline.start()
+    unit.recovery_attempts = 0
+    logger.info("recording camera={} mode={}x{}@{:g} root={}", camera.name,
+                camera.mode.width, camera.mode.height, camera.mode.fps, unit.root_status.path)

@@ -1,0 +1,61 @@
+"""recovering: reopen camera and writer after a fault, with backoff, a bounded number of times.
+
+Each attempt is the `recovered` transition itself: its guards reopen the camera, repair the
+directories and verify, so a failed attempt leaves the machine here with the reason. After
+`max_attempts` failed attempts the unit gives up and goes to `critical`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from loguru import logger
+
+if TYPE_CHECKING:
+    from transitions import EventData
+
+ATTEMPT_EVENT = "recover_attempt"
+
+
+@dataclass(frozen=True)
+class RecoveryPolicy:
+    """How hard to try before giving up, and how slowly to probe afterwards."""
+
+    max_attempts: int = 3
+    backoff_seconds: float = 1.0
+    backoff_max_seconds: float = 30.0
+    critical_probe_seconds: float = 30.0
+
+    def delay_before(self, attempt: int) -> float:
+        """Seconds to wait before attempt number `attempt` (1-based): exponential, capped."""
+        if attempt <= 1:
+            return 0.0
+        return min(self.backoff_max_seconds, self.backoff_seconds * 2 ** (attempt - 2))
+
+
+def enter(event: EventData) -> None:
+    unit = event.model
+    unit.recovery_attempts = 0
+    cause = event.kwargs.get("reason", event.event.name)
+    logger.warning("recovering after {}: first attempt now", cause)
+    unit.schedule(0.0, ATTEMPT_EVENT)
+
+
+def attempt(unit) -> None:  # type: ignore[no-untyped-def]
+    """One recovery attempt, run by the controller when the scheduled event comes due."""
+    if unit.state != "recovering":
+        return
+    unit.recovery_attempts += 1
+    unit.recoveries_attempted += 1
+    n, policy = unit.recovery_attempts, unit.policy
+    unit.refusal = ""
+    unit.recovered()
+    if unit.state == "recording":
+        logger.info("recovered on attempt {} of {}", n, policy.max_attempts)
+        return
+    logger.warning("recovery attempt {} of {} failed: {}", n, policy.max_attempts, unit.refusal)
+    if n >= policy.max_attempts:
+        unit.give_up(reason=unit.refusal)
+        return
+    unit.schedule(policy.delay_before(n + 1), ATTEMPT_EVENT)

@@ -1,0 +1,88 @@
+"""The machine's model: what a recording unit holds, and the hooks the controller gives it.
+
+The controller thread is the only caller: it fires triggers, and these objects never start
+threads of their own except through the hardware layer. `post` and `schedule` put events
+on the controller's queue; `report_error` is handed to the pipeline threads.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from loguru import logger
+
+from hw.camera import Camera
+from hw.factory import Hardware
+from hw.pipeline import RecordingPipeline
+from hw.storage import RootStatus
+from states.guards import GuardWork
+from states.machine import build_machine
+from states.recovering import RecoveryPolicy
+
+if TYPE_CHECKING:
+    from transitions import EventData
+
+Post = Callable[[str], None]
+Schedule = Callable[[float, str], None]
+ErrorSink = Callable[[str, str], None]
+Reload = Callable[[], "tuple[Hardware, RecoveryPolicy, bool] | None"]
+
+
+class Unit(GuardWork):
+    """A camera unit under the state machine: `state`, triggers, and what each state holds."""
+
+    state: str
+
+    def __init__(
+        self,
+        hardware: Hardware,
+        *,
+        policy: RecoveryPolicy,
+        autostart: bool,
+        post: Post,
+        schedule: Schedule,
+        cancel_scheduled: Callable[[], None],
+        report_error: ErrorSink,
+        reload: Reload | None = None,
+    ) -> None:
+        self.hardware = hardware
+        self.policy = policy
+        self.autostart = autostart
+        self.post = post
+        self.schedule = schedule
+        self.cancel_scheduled = cancel_scheduled
+        self.report_error = report_error
+        self._reload = reload
+        self.pipeline: RecordingPipeline | None = None
+        self.pending_camera: Camera | None = None
+        self.root_status: RootStatus | None = None
+        self.config_error: str | None = None
+        self.refusal = ""
+        self.abandoned: list[str] = []
+        self.abandoned_threads: list[threading.Thread] = []
+        self.abandoned_paths: list[Path] = []
+        self.recovery_attempts = 0
+        self.recoveries_attempted = 0
+        self.machine = build_machine(self)
+
+    def __repr__(self) -> str:
+        return f"<Unit state={self.state} pipeline={self.pipeline!r}>"
+
+    def release_unadopted(self, event: EventData) -> None:
+        """After every event: a camera opened for a transition that was refused is closed."""
+        if self.pending_camera is not None and self.state != "recording":
+            self._release_pending_camera()
+
+    def reload(self) -> None:
+        """Reload the config from disk; keep the last good one if the new one is bad."""
+        if self._reload is None:
+            return
+        loaded = self._reload()
+        if loaded is None:
+            logger.error("reset: the config on disk is invalid; keeping the last good config")
+            return
+        self.hardware, self.policy, self.autostart = loaded
+        self.config_error = None

@@ -1,0 +1,33 @@
+"""Shared test helpers: decode recordings back into frame numbers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+
+from hw import framecode
+
+
+def segments(root: Path) -> list[Path]:
+    """Closed segment files under `root`, oldest first (names sort by start time)."""
+    return sorted(root.rglob("*.mp4"), key=lambda p: (p.parent, p.name))
+
+
+def frame_numbers(path: Path) -> list[int]:
+    """Decode every frame of `path` and read its frame-number code."""
+    with av.open(str(path)) as container:
+        return [framecode.read_video_frame(f) for f in container.decode(video=0)]
+
+
+def recorded_numbers(root: Path) -> list[int]:
+    """Frame numbers of every segment under `root`, in recording order."""
+    numbers: list[int] = []
+    for path in segments(root):
+        numbers.extend(frame_numbers(path))
+    return numbers
+
+
+def gaps(numbers: list[int]) -> list[tuple[int, int]]:
+    """(last before, first after) for every place the numbers do not go up by one."""
+    return [(a, b) for a, b in zip(numbers, numbers[1:], strict=False) if b != a + 1]

@@ -1,0 +1,605 @@
+"""The config loader: where it looks, what it accepts, and how exactly it reports mistakes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from controller.config import (
+    DEFAULTS_SOURCE,
+    SEARCH_PATHS,
+    ConfigError,
+    ConfigProblem,
+    VigilConfig,
+    describe_defaults,
+    load_config,
+    parse_config_text,
+)
+from hw.errors import VigilError
+
+CAMERA_KEYS = "backend, width, height, fps, source, device, pace, read_timeout_seconds, frozen_seconds"
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _run_in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Problems name the file as it was given; a relative name keeps expected messages short.
+    monkeypatch.chdir(tmp_path)
+
+
+def problems_in(tmp_path: Path, text: str) -> list[ConfigProblem]:
+    """The problems load_config reports for `text` saved as vigil.yaml in the working dir."""
+    write(tmp_path / "vigil.yaml", text)
+    with pytest.raises(ConfigError) as caught:
+        load_config("vigil.yaml", env={})
+    return caught.value.problems
+
+
+def only_problem(tmp_path: Path, text: str) -> ConfigProblem:
+    problems = problems_in(tmp_path, text)
+    assert len(problems) == 1, problems
+    return problems[0]
+
+
+# --- where the config comes from -------------------------------------------------------------
+
+
+def test_no_file_anywhere_gives_built_in_defaults(tmp_path: Path) -> None:
+    loaded = load_config(env={}, search_paths=[tmp_path / "a.yaml", tmp_path / "b.yaml"])
+
+    assert loaded.source == DEFAULTS_SOURCE == "built-in defaults"
+    config = loaded.config
+    assert config == VigilConfig()
+    assert (config.camera.backend, config.camera.width, config.camera.height) == ("auto", 1280, 720)
+    assert config.camera.fps == 30
+    assert config.camera.source is None
+    assert config.camera.device == "/dev/video0"
+    assert config.camera.pace is True
+    assert config.camera.read_timeout_seconds == 2.0
+    assert config.recording.root == Path("recordings")
+    assert config.recording.fallback_roots == []
+    assert (config.recording.segment_seconds, config.recording.fragment_seconds) == (60, 1.0)
+    assert (config.recording.encoder_preset, config.recording.crf) == ("ultrafast", 23)
+    assert (config.recording.queue_frames, config.recording.autostart) == (60, True)
+    assert config.recovery.max_attempts == 3
+    assert (config.recovery.backoff_seconds, config.recovery.backoff_max_seconds) == (1.0, 30.0)
+    assert config.recovery.critical_probe_seconds == 30.0
+    assert config.logging.level == "INFO"
+
+
+def test_default_search_paths_are_boot_partition_then_etc() -> None:
+    assert (Path("/boot/firmware/vigil.yaml"), Path("/etc/vigil/vigil.yaml")) == SEARCH_PATHS
+
+
+@pytest.fixture
+def four_configs(tmp_path: Path) -> dict[str, Path]:
+    """One config file per place load_config looks, each with a different width."""
+    return {
+        "argument": write(tmp_path / "arg.yaml", "camera: {width: 640}\n"),
+        "env": write(tmp_path / "env.yaml", "camera: {width: 800}\n"),
+        "first_search": write(tmp_path / "boot" / "vigil.yaml", "camera: {width: 1024}\n"),
+        "second_search": write(tmp_path / "etc" / "vigil.yaml", "camera: {width: 1920}\n"),
+    }
+
+
+def test_argument_wins_over_env_and_search_paths(four_configs: dict[str, Path]) -> None:
+    loaded = load_config(
+        four_configs["argument"],
+        env={"VIGIL_CONFIG": str(four_configs["env"])},
+        search_paths=[four_configs["first_search"], four_configs["second_search"]],
+    )
+
+    assert loaded.config.camera.width == 640
+    assert loaded.source == str(four_configs["argument"])
+
+
+def test_argument_may_be_a_string(four_configs: dict[str, Path]) -> None:
+    loaded = load_config(str(four_configs["argument"]), env={})
+
+    assert loaded.config.camera.width == 640
+
+
+def test_env_var_wins_over_search_paths(four_configs: dict[str, Path]) -> None:
+    loaded = load_config(
+        env={"VIGIL_CONFIG": str(four_configs["env"])},
+        search_paths=[four_configs["first_search"], four_configs["second_search"]],
+    )
+
+    assert loaded.config.camera.width == 800
+    assert loaded.source == str(four_configs["env"])
+
+
+def test_env_defaults_to_the_process_environment(
+    four_configs: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VIGIL_CONFIG", str(four_configs["env"]))
+
+    loaded = load_config(search_paths=[four_configs["first_search"]])
+
+    assert loaded.source == str(four_configs["env"])
+
+
+def test_first_existing_search_path_is_used(four_configs: dict[str, Path], tmp_path: Path) -> None:
+    loaded = load_config(
+        env={},
+        search_paths=[
+            tmp_path / "missing.yaml",
+            four_configs["second_search"],
+            four_configs["first_search"],
+        ],
+    )
+
+    assert loaded.config.camera.width == 1920
+    assert loaded.source == str(four_configs["second_search"])
+
+
+def test_empty_env_var_counts_as_unset(four_configs: dict[str, Path]) -> None:
+    loaded = load_config(env={"VIGIL_CONFIG": ""}, search_paths=[four_configs["first_search"]])
+
+    assert loaded.source == str(four_configs["first_search"])
+
+
+def test_missing_file_named_as_argument_is_an_error(
+    four_configs: dict[str, Path], tmp_path: Path
+) -> None:
+    missing = tmp_path / "typo.yaml"
+
+    with pytest.raises(ConfigError) as caught:
+        load_config(missing, env={}, search_paths=[four_configs["first_search"]])
+
+    [problem] = caught.value.problems
+    assert (problem.file, problem.line, problem.key) == (str(missing), None, "")
+    assert str(problem) == f"{missing}: config file not found (named explicitly)"
+
+
+def test_missing_file_named_by_env_var_is_an_error(
+    four_configs: dict[str, Path], tmp_path: Path
+) -> None:
+    missing = tmp_path / "typo.yaml"
+
+    with pytest.raises(ConfigError) as caught:
+        load_config(env={"VIGIL_CONFIG": str(missing)}, search_paths=[four_configs["first_search"]])
+
+    assert str(caught.value) == f"{missing}: config file not found (named by $VIGIL_CONFIG)"
+
+
+def test_directory_instead_of_file_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(tmp_path, env={})
+
+    assert str(caught.value) == f"{tmp_path}: is a directory, not a config file"
+
+
+def test_existing_search_path_that_is_a_directory_is_an_error_not_skipped(
+    tmp_path: Path,
+) -> None:
+    directory = tmp_path / "vigil.yaml"
+    directory.mkdir()
+
+    with pytest.raises(ConfigError, match="is a directory"):
+        load_config(env={}, search_paths=[directory])
+
+
+def test_file_that_is_not_utf8_reports_the_line(tmp_path: Path) -> None:
+    config_file = tmp_path / "vigil.yaml"
+    config_file.write_bytes(b"camera:\n  device: /dev/vid\xff\n")
+
+    with pytest.raises(ConfigError) as caught:
+        load_config(config_file, env={})
+
+    [problem] = caught.value.problems
+    assert problem.line == 2
+    assert "is not UTF-8 text" in problem.message
+
+
+@pytest.mark.parametrize("text", ["", "# every line commented out\n", "{}\n", "---\n"])
+def test_empty_file_is_valid_and_gives_defaults(tmp_path: Path, text: str) -> None:
+    config_file = write(tmp_path / "vigil.yaml", text)
+
+    loaded = load_config(config_file, env={})
+
+    assert loaded.config == VigilConfig()
+    assert loaded.source == str(config_file)
+
+
+def test_section_with_every_key_commented_out_gives_its_defaults() -> None:
+    config = parse_config_text("camera:\n  # width: 640\nlogging:\n", "vigil.yaml")
+
+    assert config == VigilConfig()
+
+
+def test_values_from_the_file_are_used() -> None:
+    text = """\
+camera:
+  backend: file
+  source: lavfi:testsrc2=size=640x480:rate=30
+  width: 640
+  height: 480
+  fps: 12.5
+  pace: false
+recording:
+  root: /var/lib/vigil
+  fallback_roots: [/mnt/usb, /tmp/vigil]
+  fragment_seconds: 0.5
+logging:
+  level: debug
+"""
+    config = parse_config_text(text, "vigil.yaml")
+
+    assert config.camera.backend == "file"
+    assert config.camera.source == "lavfi:testsrc2=size=640x480:rate=30"
+    assert (config.camera.width, config.camera.height, config.camera.fps) == (640, 480, 12.5)
+    assert config.camera.pace is False
+    assert config.recording.root == Path("/var/lib/vigil")
+    assert config.recording.fallback_roots == [Path("/mnt/usb"), Path("/tmp/vigil")]
+    assert config.recording.fragment_seconds == 0.5
+    assert config.recording.segment_seconds == 60
+    assert config.logging.level == "DEBUG"
+
+
+# --- each kind of mistake, with its line and key -----------------------------------------------
+
+
+def test_yaml_syntax_error_gives_line_column_and_yaml_reason(tmp_path: Path) -> None:
+    problem = only_problem(tmp_path, "camera:\n  width: 1280\n  height: 720: 5\n")
+
+    assert (problem.line, problem.key) == (3, "")
+    assert str(problem) == (
+        "vigil.yaml:3: invalid YAML at line 3, column 14: mapping values are not allowed here"
+    )
+
+
+def test_unclosed_bracket_points_at_where_yaml_gave_up_and_where_it_began(
+    tmp_path: Path,
+) -> None:
+    problem = only_problem(tmp_path, "camera:\n  width: [1280\n")
+
+    assert problem.line == 3
+    assert "expected ',' or ']'" in problem.message
+    assert "while parsing a flow sequence on line 2" in problem.message
+
+
+def test_tab_indentation_is_a_syntax_error_on_its_line(tmp_path: Path) -> None:
+    problem = only_problem(tmp_path, "camera:\n  width: 640\n\theight: 480\n")
+
+    assert (problem.line, problem.key) == (3, "")
+    assert "'\\t'" in problem.message
+
+
+def test_python_tags_are_refused_as_safe_load_would(tmp_path: Path) -> None:
+    problem = only_problem(tmp_path, "camera:\n  device: !!python/object:os.system x\n")
+
+    assert problem.line == 2
+    assert "could not determine a constructor" in problem.message
+
+
+def test_unknown_top_level_key(tmp_path: Path) -> None:
+    problem = only_problem(tmp_path, "camera:\n  width: 640\ncamrea:\n  width: 640\n")
+
+    assert (problem.line, problem.key) == (3, "camrea")
+    assert str(problem) == (
+        "vigil.yaml:3: camrea: unknown key; allowed keys at the top level: "
+        "camera, recording, recovery, logging; did you mean 'camera'?"
+    )
+
+
+def test_unknown_nested_key(tmp_path: Path) -> None:
+    text = "# vigil\ncamera:\n  backend: synthetic\n  height: 480\n  widht: 640\n"
+    problem = only_problem(tmp_path, text)
+
+    assert (problem.line, problem.key, problem.value) == (5, "camera.widht", 640)
+    assert str(problem) == (
+        f"vigil.yaml:5: camera.widht: unknown key; allowed keys in camera: {CAMERA_KEYS}; "
+        "did you mean 'width'?"
+    )
+
+
+def test_wrong_type(tmp_path: Path) -> None:
+    problem = only_problem(tmp_path, "camera:\n  fps: fast\n")
+
+    assert (problem.line, problem.key, problem.value) == (2, "camera.fps", "fast")
+    assert str(problem) == (
+        "vigil.yaml:2: camera.fps: 'fast' is not a number; "
+        "fps must be a number greater than 0 and at most 120"
+    )
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("crf: 1.5", "recording.crf: 1.5 is not a whole number"),
+        ("autostart: maybe", "recording.autostart: 'maybe' is not true or false"),
+        ("queue_frames: yes", "recording.queue_frames: true is not a whole number"),
+        ("segment_seconds: on", "recording.segment_seconds: true is not a number"),
+        ("root: 5", "recording.root: 5 is not a path"),
+        ("fallback_roots: /mnt/usb", "recording.fallback_roots: '/mnt/usb' is not a list"),
+        ("encoder_preset: 7", "recording.encoder_preset: 7 is not allowed"),
+        ("segment_seconds: .inf", "recording.segment_seconds: inf is not a finite number"),
+        ("crf:", "recording.crf: no value given; crf must be a whole number from 0 to 51"),
+    ],
+)
+def test_wrong_types_each_name_what_was_expected(tmp_path: Path, line: str, expected: str) -> None:
+    problem = only_problem(tmp_path, f"recording:\n  fragment_seconds: 1\n  {line}\n")
+
+    assert problem.line == 3
+    assert str(problem).startswith(f"vigil.yaml:3: {expected}")
+
+
+def test_text_field_given_a_number(tmp_path: Path) -> None:
+    problem = only_problem(tmp_path, "camera:\n  device: 0\n")
+
+    assert (problem.line, problem.key) == (2, "camera.device")
+    assert problem.message.startswith("0 is not text")
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "key", "expected"),
+    [
+        (
+            "recording:\n  crf: 60\n",
+            2,
+            "recording.crf",
+            "60 is out of range; crf must be a whole number from 0 to 51",
+        ),
+        (
+            "camera:\n  fps: 0\n",
+            2,
+            "camera.fps",
+            "0 is out of range; fps must be a number greater than 0 and at most 120",
+        ),
+        (
+            "camera:\n  width: 640\n  height: 5000\n",
+            3,
+            "camera.height",
+            "5000 is out of range; height must be an even number from 48 to 4096",
+        ),
+        (
+            "recording:\n  fragment_seconds: 0.05\n",
+            2,
+            "recording.fragment_seconds",
+            "0.05 is out of range; fragment_seconds must be a number from 0.1 to 10",
+        ),
+        (
+            "recovery:\n  backoff_seconds: -1\n",
+            2,
+            "recovery.backoff_seconds",
+            "-1 is out of range; backoff_seconds must be a number greater than 0",
+        ),
+        (
+            "camera:\n  read_timeout_seconds: 61\n",
+            2,
+            "camera.read_timeout_seconds",
+            "61 is out of range; read_timeout_seconds must be a number greater than 0 and "
+            "at most 60",
+        ),
+    ],
+)
+def test_out_of_range_value(tmp_path: Path, text: str, line: int, key: str, expected: str) -> None:
+    problem = only_problem(tmp_path, text)
+
+    assert (problem.line, problem.key, problem.message) == (line, key, expected)
+
+
+def test_odd_width_is_not_supported(tmp_path: Path) -> None:
+    text = "camera:\n  backend: synthetic\n  fps: 30\n  height: 480\n\n  # too wide\n  width: 641\n"
+    problem = only_problem(tmp_path, text)
+
+    assert (problem.line, problem.key, problem.value) == (7, "camera.width", 641)
+    assert str(problem) == (
+        "vigil.yaml:7: camera.width: 641 is not supported; "
+        "width must be an even number from 64 to 4096"
+    )
+
+
+@given(width=st.integers(min_value=-10, max_value=5000))
+def test_width_is_accepted_exactly_when_even_and_from_64_to_4096(width: int) -> None:
+    text = f"camera:\n  width: {width}\n"
+    try:
+        config = parse_config_text(text, "vigil.yaml")
+    except ConfigError as err:
+        assert not (width % 2 == 0 and 64 <= width <= 4096)
+        [problem] = err.problems
+        assert (problem.line, problem.key) == (2, "camera.width")
+        verdict = "is out of range" if width % 2 == 0 else "is not supported"
+        assert problem.message.startswith(f"{width} {verdict};")
+    else:
+        assert width % 2 == 0 and 64 <= width <= 4096
+        assert config.camera.width == width
+
+
+def test_enum_value_not_allowed_lists_allowed_values(tmp_path: Path) -> None:
+    problem = only_problem(tmp_path, "logging:\n  level: INFO\ncamera:\n  backend: webcam\n")
+
+    assert (problem.line, problem.key, problem.value) == (4, "camera.backend", "webcam")
+    assert str(problem) == (
+        "vigil.yaml:4: camera.backend: 'webcam' is not allowed; "
+        "allowed values: auto, synthetic, file, v4l2, picamera2"
+    )
+
+
+def test_log_level_not_allowed_lists_levels(tmp_path: Path) -> None:
+    problem = only_problem(tmp_path, "logging:\n  level: verbose\n")
+
+    assert problem.message == (
+        "'VERBOSE' is not allowed; allowed values: DEBUG, INFO, WARNING, ERROR"
+    )
+
+
+def test_fragment_longer_than_segment(tmp_path: Path) -> None:
+    text = "recording:\n  fragment_seconds: 5\n  segment_seconds: 2\n"
+    problem = only_problem(tmp_path, text)
+
+    assert (problem.line, problem.key, problem.value) == (2, "recording.fragment_seconds", 5)
+    assert problem.message == (
+        "5 is out of range; fragment_seconds must not be more than segment_seconds (2)"
+    )
+
+
+def test_fragment_equal_to_segment_is_allowed() -> None:
+    config = parse_config_text(
+        "recording:\n  fragment_seconds: 2\n  segment_seconds: 2\n", "vigil.yaml"
+    )
+
+    assert config.recording.fragment_seconds == config.recording.segment_seconds == 2
+
+
+def test_backoff_max_below_backoff(tmp_path: Path) -> None:
+    text = "recovery:\n  backoff_max_seconds: 1\n  backoff_seconds: 5\n"
+    problem = only_problem(tmp_path, text)
+
+    assert (problem.line, problem.key) == (2, "recovery.backoff_max_seconds")
+    assert "must be at least backoff_seconds (5)" in problem.message
+
+
+def test_file_backend_without_source_points_at_the_camera_section(tmp_path: Path) -> None:
+    problem = only_problem(tmp_path, "logging:\n  level: INFO\ncamera:\n  backend: file\n")
+
+    assert (problem.line, problem.key, problem.value) == (3, "camera.source", None)
+    assert str(problem).startswith("vigil.yaml:3: camera.source: required when backend is 'file'")
+    assert "lavfi:testsrc2=size=640x480:rate=30" in problem.message
+
+
+def test_file_backend_with_empty_source_points_at_the_source_line(tmp_path: Path) -> None:
+    problem = only_problem(tmp_path, "camera:\n  backend: file\n  source:\n  fps: 25\n")
+
+    assert (problem.line, problem.key) == (3, "camera.source")
+
+
+def test_other_backends_need_no_source() -> None:
+    config = parse_config_text("camera:\n  backend: v4l2\n", "vigil.yaml")
+
+    assert config.camera.source is None
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "key"),
+    [
+        ("recording:\n  root: ''\n", 2, "recording.root"),
+        ("camera:\n  device: ''\n", 2, "camera.device"),
+        ("camera:\n  backend: file\n  source: '  '\n", 3, "camera.source"),
+    ],
+)
+def test_empty_text_is_refused(tmp_path: Path, text: str, line: int, key: str) -> None:
+    problem = only_problem(tmp_path, text)
+
+    assert (problem.line, problem.key) == (line, key)
+    assert problem.message.endswith("must not be empty")
+
+
+def test_bad_sequence_item_is_keyed_by_its_index(tmp_path: Path) -> None:
+    text = "recording:\n  fallback_roots:\n    - /mnt/usb\n    - 42\n    - ''\n"
+    problems = problems_in(tmp_path, text)
+
+    assert [(p.line, p.key) for p in problems] == [
+        (4, "recording.fallback_roots.1"),
+        (5, "recording.fallback_roots.2"),
+    ]
+
+
+def test_section_that_is_not_a_mapping(tmp_path: Path) -> None:
+    problem = only_problem(tmp_path, "camera: 5\n")
+
+    assert (problem.line, problem.key) == (1, "camera")
+    assert problem.message == f"5 is not a mapping; allowed keys in camera: {CAMERA_KEYS}"
+
+
+def test_duplicate_key_is_reported_at_the_repeat(tmp_path: Path) -> None:
+    problem = only_problem(tmp_path, "camera:\n  width: 640\n  height: 480\n  width: 800\n")
+
+    assert (problem.line, problem.key) == (4, "camera.width")
+    assert problem.message == "duplicate key; it is already set on line 2"
+
+
+def test_several_problems_are_reported_together_each_on_its_own_line(tmp_path: Path) -> None:
+    text = """\
+camera:
+  backend: webcam
+  width: 641
+  fps: fast
+recording:
+  crf: 99
+  fallback_roots:
+    - /mnt/usb
+    - 7
+logging:
+  levle: INFO
+extra: 1
+"""
+    config_file = write(tmp_path / "vigil.yaml", text)
+
+    with pytest.raises(ConfigError) as caught:
+        load_config(config_file, env={})
+
+    assert [(p.line, p.key) for p in caught.value.problems] == [
+        (2, "camera.backend"),
+        (3, "camera.width"),
+        (4, "camera.fps"),
+        (6, "recording.crf"),
+        (9, "recording.fallback_roots.1"),
+        (11, "logging.levle"),
+        (12, "extra"),
+    ]
+    lines = str(caught.value).splitlines()
+    assert len(lines) == 7
+    assert all(line.startswith(f"{config_file}:") for line in lines)
+    assert lines[1] == (
+        f"{config_file}:3: camera.width: 641 is not supported; "
+        "width must be an even number from 64 to 4096"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "found"),
+    [
+        ("- camera\n- recording\n", "a list"),
+        ("\n\njust some words\n", "text"),
+        ("42\n", "a number"),
+    ],
+)
+def test_top_level_that_is_not_a_mapping(tmp_path: Path, text: str, found: str) -> None:
+    problem = only_problem(tmp_path, text)
+
+    assert problem.key == ""
+    assert problem.line == len(text) - len(text.lstrip("\n")) + 1
+    assert problem.message == (
+        "the top level must be a mapping of sections (camera, recording, recovery, logging); "
+        f"found {found}"
+    )
+
+
+def test_config_error_is_a_vigil_error_and_a_value_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config_text("camera:\n  width: 3\n", "vigil.yaml")
+
+    assert isinstance(caught.value, VigilError)
+    assert isinstance(caught.value, ValueError)
+
+
+# --- the documented defaults -------------------------------------------------------------------
+
+
+def test_describe_defaults_parses_back_to_the_defaults() -> None:
+    text = describe_defaults()
+
+    assert parse_config_text(text, "example.yaml") == VigilConfig()
+
+
+def test_describe_defaults_explains_every_key_in_a_comment_above_it() -> None:
+    lines = describe_defaults().splitlines()
+
+    for section_name, section_field in VigilConfig.model_fields.items():
+        assert f"{section_name}:" in lines
+        section_model = section_field.annotation
+        assert section_model is not None
+        for name, field in section_model.model_fields.items():
+            assert field.description, f"{section_name}.{name} has no description"
+            [index] = [i for i, line in enumerate(lines) if line.startswith(f"  {name}: ")]
+            assert lines[index - 1].startswith("  # "), f"{section_name}.{name} is not commented"
