@@ -120,6 +120,34 @@ class Controller:
                 self._changed.wait(min(left, TICK_SECONDS))
             return True
 
+    def status(self) -> dict[str, Any]:
+        """A snapshot for status pages and metrics; safe to call from any thread."""
+        unit = self.unit
+        pipeline = unit.pipeline
+        stats = pipeline.stats if pipeline is not None else None
+        writer = pipeline.writer if pipeline is not None else None
+        spec = unit.hardware.camera
+        return {
+            "state": unit.state,
+            "since": self.state_since,
+            "backend": unit.hardware.backend,
+            "configured_fps": spec.fps,
+            "frames_captured": stats.frames_captured if stats else 0,
+            "frames_recorded": stats.frames_recorded if stats else 0,
+            "frames_dropped": stats.frames_dropped if stats else 0,
+            "frames_invalid": stats.frames_invalid if stats else 0,
+            "errors": dict(self.ledger.totals),
+            "faults": dict(self.ledger.faults),
+            "recovery_attempts": unit.recovery_attempts,
+            "recoveries_attempted": unit.recoveries_attempted,
+            "root": str(unit.root_status.path) if unit.root_status else None,
+            "current_segment": str(writer.open_path) if writer and writer.open_path else None,
+            "segments_closed": writer.segments_closed if writer else 0,
+            "bytes_written": writer.bytes_written if writer else 0,
+            "abandoned_calls": len(unit.abandoned),
+            "last_refusal": self.refusals[-1][2] if self.refusals else None,
+        }
+
     # -- scheduling (controller thread only) -----------------------------------------
 
     def _schedule(self, delay: float, name: str) -> None:

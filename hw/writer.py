@@ -34,7 +34,7 @@ FileOpener = Callable[[Path], BinaryIO]
 
 def open_exclusive(path: Path) -> BinaryIO:
     """Create `path` for writing, unbuffered; fail if it exists (nothing is overwritten)."""
-    return open(path, "xb", buffering=0)  # noqa: SIM115 - owned and closed by the segment
+    return open(path, "xb", buffering=0)
 
 
 def fsync_directory(path: Path) -> None:
