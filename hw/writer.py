@@ -7,6 +7,7 @@ hw.recovery turns a leftover `.partial` into a closed segment at the next start.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import time
@@ -282,9 +283,8 @@ class SegmentWriter:
         seg, self._open = self._open, None
         if seg is None:
             return None
+        # The storage is failing: what already reached the disk is what we keep.
         for close in (seg.container.close, seg.file.close):
-            try:
+            with contextlib.suppress(OSError, av.FFmpegError):
                 close()
-            except (OSError, av.FFmpegError):
-                pass  # the storage is failing; what reached the disk is what we keep
         return seg.partial
