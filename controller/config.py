@@ -255,8 +255,9 @@ class RecoveryConfig(BaseModel):
         default=1.0,
         gt=0,
         description=(
-            "Wait before the first recovery attempt, in seconds; the wait grows after each "
-            "failed attempt, up to `backoff_max_seconds`. Greater than 0."
+            "Wait after the first failed recovery attempt, in seconds (the first attempt runs "
+            "at once); it doubles after each further failure, up to `backoff_max_seconds`. "
+            "Greater than 0."
         ),
     )
     backoff_max_seconds: Number = Field(
@@ -446,6 +447,22 @@ def describe_defaults() -> str:
             lines.extend(_comment(field.description or "", indent="  "))
             lines.append(f"  {name}: {_yaml_value(getattr(section, name))}")
     return "\n".join(lines) + "\n"
+
+
+def reference_table() -> str:
+    """The configuration reference as a Markdown table: key, default, meaning.
+
+    The README carries this table verbatim; a test fails when they differ.
+    """
+    rows = ["| key | default | meaning |", "| --- | --- | --- |"]
+    defaults = VigilConfig()
+    for section_name in VigilConfig.model_fields:
+        section = getattr(defaults, section_name)
+        for name, field in type(section).model_fields.items():
+            value = _yaml_value(getattr(section, name))
+            description = (field.description or "").replace("|", "\\|")
+            rows.append(f"| `{section_name}.{name}` | `{value}` | {description} |")
+    return "\n".join(rows) + "\n"
 
 
 # --- reading files -------------------------------------------------------------------------
@@ -743,3 +760,7 @@ def _yaml_value(value: object) -> str:
         value = [str(item) if isinstance(item, Path) else item for item in value]
     dumped = yaml.safe_dump(value, default_flow_style=True, width=10_000)
     return dumped.removesuffix("...\n").strip()
+
+
+if __name__ == "__main__":
+    print(reference_table(), end="")

@@ -61,6 +61,11 @@ def playable_length(path: Path) -> tuple[int, int]:
 def recover_partial(partial: Path) -> RecoveredPartial:
     """Trim one `.partial` to its last whole fragment and close it under its final name."""
     size = partial.stat().st_size
+    with open(partial, "rb") as f:
+        head = f.read(HEADER_BYTES)
+    if size >= HEADER_BYTES and head[4:8] != b"ftyp":
+        logger.error("partial segment is not an MP4 file, left alone path={}", partial)
+        return RecoveredPartial(partial, None, size, 0, 0)
     kept, fragments = playable_length(partial)
     if fragments == 0:
         partial.unlink()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import av
@@ -30,4 +31,4 @@ def recorded_numbers(root: Path) -> list[int]:
 
 def gaps(numbers: list[int]) -> list[tuple[int, int]]:
     """(last before, first after) for every place the numbers do not go up by one."""
-    return [(a, b) for a, b in zip(numbers, numbers[1:], strict=False) if b != a + 1]
+    return [(a, b) for a, b in itertools.pairwise(numbers) if b != a + 1]

@@ -1,0 +1,74 @@
+"""Frame validation: what a bad frame looks like, and that good ones pass."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hw.camera import CameraMode, Frame
+from hw.synthetic import FaultPlan, FrameCounter, SyntheticCamera
+from hw.validate import FrameValidator
+
+MODE = CameraMode(64, 48, 30)
+
+
+def good(ts: float, seq: int = 0) -> Frame:
+    return Frame(np.zeros(MODE.frame_shape, np.uint8), ts, 0.0, seq)
+
+
+def test_good_frames_pass() -> None:
+    v = FrameValidator(MODE)
+    assert [v.check(good(t / 30)) for t in range(5)] == [None] * 5
+
+
+@pytest.mark.parametrize(
+    ("data", "needle"),
+    [
+        (None, "no image"),
+        ([[0]], "no image"),
+        (np.zeros(MODE.frame_shape, np.float32), "dtype float32"),
+        (np.zeros((48, 64), np.uint8), "shape (48, 64)"),
+        (np.zeros((72, 66), np.uint8), "shape (72, 66)"),
+    ],
+)
+def test_malformed_frames_are_invalid(data: object, needle: str) -> None:
+    verdict = FrameValidator(MODE).check(Frame(data, 1.0, 0.0, 7))  # type: ignore[arg-type]
+    assert verdict is not None and verdict.category == "frame_invalid" and verdict.drops_frame
+    assert needle in verdict.reason and "frame 7" in verdict.reason
+
+
+@pytest.mark.parametrize("second", [1.0, 0.5])
+def test_timestamps_must_strictly_increase(second: float) -> None:
+    v = FrameValidator(MODE)
+    assert v.check(good(1.0)) is None
+    verdict = v.check(good(second))
+    assert verdict is not None and verdict.category == "frame_timestamp"
+    assert v.check(good(1.1)) is None  # the last good timestamp is kept as the reference
+
+
+def test_frozen_image_is_reported_once_and_frames_are_kept() -> None:
+    v = FrameValidator(MODE, frozen_seconds=1.0)
+    verdicts = [v.check(good(t / 30)) for t in range(90)]  # 3 s of the same picture
+    frozen = [x for x in verdicts if x is not None]
+    assert len(frozen) == 1
+    assert frozen[0].category == "camera_frozen" and not frozen[0].drops_frame
+
+
+def test_moving_picture_is_not_frozen() -> None:
+    camera = SyntheticCamera(MODE, counter=FrameCounter(), paced=False)
+    camera.open()
+    v = FrameValidator(MODE, frozen_seconds=0.5)
+    for i in range(90):
+        frame = camera.read(1.0)
+        frame.timestamp = i / 30
+        assert v.check(frame) is None
+
+
+def test_synthetic_corruption_is_caught_as_invalid() -> None:
+    faults = FaultPlan()
+    camera = SyntheticCamera(MODE, counter=FrameCounter(), paced=False, faults=faults)
+    camera.open()
+    faults.inject_corrupt(["shape", "dtype", "none"])
+    v = FrameValidator(MODE)
+    verdicts = [v.check(camera.read(1.0)) for _ in range(4)]
+    assert [x.category if x else None for x in verdicts] == ["frame_invalid"] * 3 + [None]
