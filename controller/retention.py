@@ -1,0 +1,227 @@
+"""Retention: which footage to delete, oldest first, to honour the age limit and the free-space reserve.
+
+Two rules, applied to segments and merged hours alike (their time comes from their names):
+footage whose hour ended more than `retention_days` ago is deleted, and while the free
+space of a filesystem is below the reserve (`reserve_mb` or `reserve_percent` of its size,
+whichever is larger, at most half of it) the oldest footage on it is deleted. Never deleted: the open segment
+(a `.partial`, which is not footage yet) and the newest closed segment of a root that is
+being recorded into, so the footage just before the open one stays whole.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from loguru import logger
+
+from controller.footage import (
+    DATE_DIR_NAME,
+    HOUR_DIR_NAME,
+    SECONDS_PER_HOUR,
+    Footage,
+    date_dirs,
+    list_footage,
+)
+from hw.writer import fsync_directory
+
+SECONDS_PER_DAY = 86_400
+MIB = 1024 * 1024
+MAX_RESERVE_FRACTION = 0.5
+# Folders of the last hours may be about to receive a segment: never removed while empty.
+RECENT_FOLDER_SECONDS = 2 * SECONDS_PER_HOUR
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionPolicy:
+    """How long footage is kept and how much room is kept free."""
+
+    retention_days: float = 30.0  # 0 keeps footage forever
+    reserve_mb: float = 1024.0
+    reserve_percent: float = 5.0
+
+    def reserve_bytes(self, total_bytes: int) -> int:
+        """The free space to keep on a filesystem of `total_bytes`: the larger of the two
+        settings, but never more than half the filesystem (a 1 GiB default on a 64 MiB card
+        would otherwise delete every file it records)."""
+        wanted = max(self.reserve_mb * MIB, total_bytes * self.reserve_percent / 100.0)
+        return int(min(wanted, total_bytes * MAX_RESERVE_FRACTION))
+
+
+@dataclass(frozen=True, slots=True)
+class Deletion:
+    """One file retention deleted, and why."""
+
+    path: Path
+    bytes: int
+    reason: str
+
+
+@dataclass
+class RetentionReport:
+    """What one retention pass did and where each filesystem stands afterwards."""
+
+    deletions: list[Deletion] = field(default_factory=list)
+    # Per filesystem (keyed by a root on it): free bytes afterwards (estimated), and the reserve.
+    free_bytes: dict[Path, int] = field(default_factory=dict)
+    reserve_bytes: dict[Path, int] = field(default_factory=dict)
+    # Filesystems where the reserve could not be met: only protected footage (or none) is left.
+    short: dict[Path, int] = field(default_factory=dict)
+
+    @property
+    def bytes_freed(self) -> int:
+        return sum(d.bytes for d in self.deletions)
+
+
+def protected_paths(roots: Sequence[Path], open_segments: Sequence[Path]) -> set[Path]:
+    """The newest closed segment of every root that holds an open segment."""
+    protected: set[Path] = set()
+    for root in roots:
+        if not any(_is_under(p, root) for p in open_segments):
+            continue
+        segments = [f for f in list_footage(root) if f.kind == "segment"]
+        if segments:
+            protected.add(segments[-1].path)
+    return protected
+
+
+def enforce_retention(
+    roots: Sequence[Path],
+    policy: RetentionPolicy,
+    *,
+    now: float,
+    open_segments: Sequence[Path] = (),
+    headroom_bytes: int = 0,
+    by_age: bool = True,
+    disk_usage: Callable[[Path], tuple[int, int, int]] = shutil.disk_usage,
+) -> RetentionReport:
+    """Delete footage under `roots` that the policy no longer keeps; returns what it did.
+
+    `headroom_bytes` is kept free on top of the reserve (what will be written before the
+    next check); `by_age` False runs only the free-space rule (the quick pass after a
+    storage_full error).
+    """
+    report = RetentionReport()
+    protected = protected_paths(roots, open_segments)
+    kept_open = {p.parent for p in open_segments}
+    touched: set[Path] = set()
+    for group in _by_filesystem(roots):
+        footage = [f for root in group for f in list_footage(root) if f.path not in protected]
+        footage.sort(key=lambda f: f.sort_key)
+        if by_age and policy.retention_days > 0:
+            cutoff = now - policy.retention_days * SECONDS_PER_DAY
+            while footage and footage[0].hour_end <= cutoff:
+                item = footage.pop(0)
+                reason = (f"older than retention_days={policy.retention_days:g} "
+                          f"(hour ended {_utc(item.hour_end)})")
+                if _delete(item, reason, report):
+                    touched.add(item.path.parent)
+        total, _, free = disk_usage(group[0])
+        reserve = policy.reserve_bytes(total)
+        target = reserve + headroom_bytes
+        while free < target and footage:
+            item = footage.pop(0)
+            reason = (f"free space {free / MIB:.1f} MiB below the reserve {reserve / MIB:.1f} MiB"
+                      + (f" + {headroom_bytes / MIB:.1f} MiB headroom" if headroom_bytes else "")
+                      + f" on the filesystem of {group[0]}")
+            freed = _delete(item, reason, report)
+            if freed:
+                touched.add(item.path.parent)
+                # Counted as freed even if someone still holds the file open (space not yet
+                # returned): deleting more because of a reader would lose footage for nothing.
+                free += freed
+        report.free_bytes[group[0]] = free
+        report.reserve_bytes[group[0]] = reserve
+        if free < reserve:
+            report.short[group[0]] = reserve - free
+    for root in roots:
+        _prune_empty_folders(root, touched, now=now, keep=kept_open)
+    return report
+
+
+def _delete(item: Footage, reason: str, report: RetentionReport) -> int:
+    """Unlink one file; the bytes it held on disk, or 0 when it could not be deleted."""
+    try:
+        st = item.path.stat()
+        item.path.unlink()
+    except FileNotFoundError:
+        return 0
+    except OSError as err:
+        logger.error("retention could not delete path={} error={}", item.path, err)
+        return 0
+    size = st.st_blocks * 512 or st.st_size
+    logger.warning("retention deleted {} path={} bytes={} reason: {}", item.kind, item.path, st.st_size,
+                   reason)
+    report.deletions.append(Deletion(item.path, size, reason))
+    return size
+
+
+def _prune_empty_folders(root: Path, touched: set[Path], *, now: float, keep: set[Path]) -> None:
+    """Remove hour and date folders emptied by deletions (not recent ones, not the open one's)."""
+    candidates = set()
+    for folder in touched:
+        if not _is_under(folder, root):
+            continue
+        if HOUR_DIR_NAME.match(folder.name) and DATE_DIR_NAME.match(folder.parent.name):
+            candidates.add(folder)
+            candidates.add(folder.parent)
+        elif DATE_DIR_NAME.match(folder.name):
+            candidates.add(folder)
+    for date_dir in date_dirs(root):
+        # Leftover empty hour folders of days retention works on go too.
+        if date_dir in candidates:
+            with contextlib.suppress(OSError):
+                candidates.update(p for p in date_dir.iterdir() if HOUR_DIR_NAME.match(p.name))
+    # Hour folders before their date folders.
+    for folder in sorted(candidates, key=lambda p: len(p.parts), reverse=True):
+        if folder in keep or _folder_end(folder) > now - RECENT_FOLDER_SECONDS:
+            continue
+        try:
+            folder.rmdir()
+        except OSError:
+            continue  # not empty, or gone
+        logger.info("retention removed empty folder path={}", folder)
+        with contextlib.suppress(OSError):
+            fsync_directory(folder.parent)
+
+
+def _folder_end(folder: Path) -> float:
+    """When the hour (or day) a footage folder stands for ends, in UTC seconds."""
+    try:
+        if HOUR_DIR_NAME.match(folder.name):
+            day = datetime.strptime(folder.parent.name, "%Y-%m-%d").replace(tzinfo=UTC).timestamp()
+            return day + (int(folder.name) + 1) * SECONDS_PER_HOUR
+        return datetime.strptime(folder.name, "%Y-%m-%d").replace(tzinfo=UTC).timestamp() + SECONDS_PER_DAY
+    except ValueError:
+        return float("inf")
+
+
+def _by_filesystem(roots: Sequence[Path]) -> list[list[Path]]:
+    """Existing roots grouped by the filesystem they are on: the reserve is per filesystem."""
+    groups: dict[int, list[Path]] = {}
+    for root in roots:
+        try:
+            device = os.stat(root).st_dev
+        except OSError:
+            continue
+        group = groups.setdefault(device, [])
+        if root not in group:
+            group.append(root)
+    return list(groups.values())
+
+
+def _is_under(path: Path, root: Path) -> bool:
+    try:
+        path.relative_to(root)
+    except ValueError:
+        return False
+    return True
+
+
+def _utc(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M UTC")
