@@ -59,27 +59,27 @@ class ColorSpace:
         self.name = name
 
     @staticmethod
-    def Raw() -> ColorSpace:  # noqa: N802 - libcamera's spelling
+    def Raw() -> ColorSpace:
         return ColorSpace("Raw")
 
     @staticmethod
-    def Srgb() -> ColorSpace:  # noqa: N802
+    def Srgb() -> ColorSpace:
         return ColorSpace("Srgb")
 
     @staticmethod
-    def Sycc() -> ColorSpace:  # noqa: N802
+    def Sycc() -> ColorSpace:
         return ColorSpace("Sycc")
 
     @staticmethod
-    def Smpte170m() -> ColorSpace:  # noqa: N802
+    def Smpte170m() -> ColorSpace:
         return ColorSpace("Smpte170m")
 
     @staticmethod
-    def Rec709() -> ColorSpace:  # noqa: N802
+    def Rec709() -> ColorSpace:
         return ColorSpace("Rec709")
 
     @staticmethod
-    def Rec2020() -> ColorSpace:  # noqa: N802
+    def Rec2020() -> ColorSpace:
         return ColorSpace("Rec2020")
 
     def __eq__(self, other: object) -> bool:

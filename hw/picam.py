@@ -1,0 +1,524 @@
+"""The Raspberry Pi camera through picamera2: H.264 from its encoder, a lores stream for checks.
+
+picamera2 is imported when this backend opens a camera or is probed, never at import time,
+so machines without it run everything else. The picamera2 API used here (signatures as in
+raspberrypi/picamera2, see tests/fakes/picamera2 for the files and commits):
+
+- `Picamera2(camera_num)`: IndexError when there is no such camera, RuntimeError when it will
+  not open (busy); `Picamera2.global_camera_info()` lists cameras without opening one;
+  `sensor_modes` (sizes, fps, bit depth); `create_video_configuration(main=, lores=,
+  controls=, sensor=)`, `configure`, `start`, `stop`, `close`, `cancel_all_and_flush()`.
+- `picamera2.encoders.H264Encoder(repeat=, iperiod=, framerate=)`: the VC4 hardware encoder
+  on a Pi 4 and earlier; on a Pi 5 (no H.264 block) the name is bound to LibavH264Encoder,
+  software libx264; `picamera2.encoders._hw_encoder_available` tells which.
+- `Output.outputframe(frame, keyframe, timestamp, packet, audio)`: called positionally from
+  the encoder's thread with one Annex-B access unit, its keyframe flag and its timestamp in
+  microseconds since the encoder's first frame.
+- `capture_array("lores", wait=seconds)`: the builtin TimeoutError when no frame came (the
+  job stays queued until cancel_all_and_flush()); a YUV420 array (h*3/2, stride).
+
+Failures: no packets within the read timeout is CameraTimeout ("Camera frontend has timed
+out!" in libcamera's log: frames stopped); a camera that left global_camera_info(), or
+RuntimeError "No such device", is CameraLost. `close()` runs cancel_all_and_flush(),
+stop_encoder(), stop(), close(); stop() is known to hang after a frontend timeout
+(raspberrypi/picamera2 #1264, #1275), so callers run close() through close_with_timeout
+and recovery opens a fresh Picamera2.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import CancelledError
+from dataclasses import dataclass
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from loguru import logger
+
+from hw.camera import CameraMode, EncodedPacket, Frame
+from hw.encoder import keyframe_interval
+from hw.errors import CameraLost, CameraTimeout, CameraUnavailable
+from hw.probe import BackendProbe, FoundCamera
+from hw.validate import FrameValidator
+
+if TYPE_CHECKING:
+    from hw.factory import CameraSpec
+    from hw.synthetic import FaultPlan
+
+PICAMERA2_MODULE = "picamera2"
+LORES_WIDTH = 320
+LORES_SAMPLE_FPS = 4.0  # validation and snapshots need a few pictures a second, not 30
+PACKET_QUEUE = 120  # encoded frames held for the pipeline: 4 s at 30 fps
+LORES_JOIN_GRACE_SECONDS = 1.0
+FPS_TOLERANCE = 0.01
+INSTALL_HINT = ("install it from Raspberry Pi OS (`sudo apt install python3-picamera2`) and "
+                "create vigil's venv with --system-site-packages so it can see it")
+
+ErrorSink = Callable[[str, str], None]
+FrameSink = Callable[[Frame], None]
+
+
+class SensorModeUnavailable(CameraUnavailable, ValueError):
+    """No sensor mode gives the configured size at the configured rate: a config problem."""
+
+
+@dataclass(frozen=True, slots=True)
+class SensorMode:
+    """One sensor mode as picamera2's `sensor_modes` lists it."""
+
+    width: int
+    height: int
+    fps: float
+    bit_depth: int
+    format: str
+
+    @classmethod
+    def from_picamera2(cls, mode: dict[str, Any]) -> SensorMode:
+        width, height = mode["size"]
+        return cls(int(width), int(height), float(mode["fps"]), int(mode.get("bit_depth", 10)),
+                   str(mode.get("format", "")))
+
+    def __str__(self) -> str:
+        return f"{self.width}x{self.height}@{self.fps:g}"
+
+    def covers(self, width: int, height: int, fps: float) -> bool:
+        return (self.width >= width and self.height >= height
+                and self.fps >= fps * (1 - FPS_TOLERANCE))
+
+
+def choose_sensor_mode(modes: Sequence[SensorMode], width: int, height: int, fps: float,
+                       *, model: str = "the sensor") -> SensorMode:
+    """The smallest mode that covers width x height at `fps` or faster.
+
+    SensorModeUnavailable, naming every mode the sensor offers, when none does.
+    """
+    fitting = [m for m in modes if m.covers(width, height, fps)]
+    if not fitting:
+        offered = ", ".join(str(m) for m in modes) or "none"
+        raise SensorModeUnavailable(
+            f"no sensor mode of {model} gives {width}x{height} at {fps:g} fps; it offers "
+            f"{offered} (width x height @ max fps); set camera.width, height and fps within one")
+    return min(fitting, key=lambda m: (m.width * m.height, -m.fps))
+
+
+def lores_size(width: int, height: int) -> tuple[int, int]:
+    """A small stream of the main stream's aspect: LORES_WIDTH wide (or the main size if smaller)."""
+    if width <= LORES_WIDTH:
+        return width, height
+    lores_height = max(2, round(LORES_WIDTH * height / width / 2) * 2)
+    return LORES_WIDTH, lores_height
+
+
+def packed_yuv420(array: np.ndarray, width: int, height: int) -> np.ndarray:
+    """A (h*3/2, w) YUV420 frame from picamera2's (h*3/2, stride) array (row padding removed).
+
+    With padding the chroma planes are (h/2) rows of stride/2 bytes each, so they are cut
+    out of the flat buffer; an array of an unexpected shape is handed on for the validator.
+    """
+    if array.ndim != 2 or array.shape[0] != height * 3 // 2 or array.shape[1] < width:
+        return array
+    stride = array.shape[1]
+    if stride == width:
+        return array
+    flat = array.reshape(-1)
+    luma = array[:height, :width]
+    plane = stride // 2 * height // 2
+    u = flat[stride * height : stride * height + plane].reshape(height // 2, stride // 2)
+    v = flat[stride * height + plane : stride * height + 2 * plane].reshape(height // 2, stride // 2)
+    out = np.empty((height * 3 // 2, width), dtype=np.uint8)
+    out[:height] = luma
+    chroma = out[height:].reshape(-1)
+    quarter = (width // 2) * (height // 2)
+    chroma[:quarter] = u[:, : width // 2].reshape(-1)
+    chroma[quarter:] = v[:, : width // 2].reshape(-1)
+    return out
+
+
+def encoder_kind(encoders: ModuleType) -> str:
+    """"hardware" where picamera2's H264Encoder is the VC4 block, "libav" where it is libx264."""
+    available = getattr(encoders, "_hw_encoder_available", None)
+    if available is None:
+        libav = getattr(encoders, "LibavH264Encoder", None)
+        available = libav is None or encoders.H264Encoder is not libav
+    return "hardware" if available else "libav"
+
+
+def describe_encoder(kind: str, platform: str) -> str:
+    if kind == "hardware":
+        return f"picamera2 H264Encoder on the hardware H.264 encoder ({platform})"
+    return (f"picamera2 H264Encoder = LibavH264Encoder, software libx264 on the CPU ({platform}: "
+            "no hardware H.264 encoder)")
+
+
+def _platform_name(pc2: ModuleType) -> str:
+    platform = getattr(pc2.Picamera2, "platform", None)
+    return str(getattr(platform, "name", platform or "unknown platform"))
+
+
+def import_picamera2(module: str = PICAMERA2_MODULE) -> ModuleType:
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise CameraUnavailable(f"picamera2 is not importable ({err}); {INSTALL_HINT}") from err
+
+
+class PicameraCamera:
+    """The Pi camera: H.264 packets from picamera2's encoder, lores frames checked on the side."""
+
+    def __init__(
+        self,
+        mode: CameraMode,
+        *,
+        fragment_seconds: float,
+        frozen_seconds: float = 10.0,
+        capture_timeout: float = 2.0,
+        camera_num: int = 0,
+        module: str = PICAMERA2_MODULE,
+        lores_fps: float = LORES_SAMPLE_FPS,
+        queue_packets: int = PACKET_QUEUE,
+    ) -> None:
+        self.name = "picamera2"
+        self._mode = CameraMode(mode.width, mode.height, mode.fps, "packets")
+        self.iperiod = keyframe_interval(mode.fps, fragment_seconds)
+        self.frozen_seconds = frozen_seconds
+        self.capture_timeout = capture_timeout
+        self.camera_num = camera_num
+        self.module = module
+        self.lores_fps = lores_fps
+        self.lores = lores_size(mode.width, mode.height)
+        self._packets: queue.Queue[EncodedPacket] = queue.Queue(maxsize=queue_packets)
+        self._picam2: Any = None
+        self._pc2: ModuleType | None = None
+        self._camera_id = ""
+        self.model = ""
+        self.sensor_mode: SensorMode | None = None
+        self.encoder_kind = ""
+        self.platform = ""
+        self._base: tuple[float, float] | None = None  # (monotonic, wall clock) at timestamp 0
+        self._resync = True  # after a drop, wait for a keyframe: P-frames alone do not decode
+        self.packets_dropped = 0
+        self.output_failed = ""
+        self._stop = threading.Event()
+        self._lores_thread: threading.Thread | None = None
+        self._lost_reason = ""
+        self._when_error: ErrorSink | None = None
+        self._when_frame: FrameSink | None = None
+        self.latest_frame: Frame | None = None
+        self.lores_frames = 0
+
+    def __repr__(self) -> str:
+        m = self._mode
+        state = "open" if self._picam2 is not None else "closed"
+        return f"<PicameraCamera {self.model or '?'} {m.width}x{m.height}@{m.fps:g} {state}>"
+
+    @property
+    def mode(self) -> CameraMode:
+        return self._mode
+
+    @property
+    def encoder_description(self) -> str:
+        return describe_encoder(self.encoder_kind, self.platform) if self.encoder_kind else ""
+
+    def attach_sinks(self, *, when_error: ErrorSink, when_frame: FrameSink) -> None:
+        """Where lores verdicts and checked lores frames (for snapshots) go; the pipeline calls this."""
+        self._when_error, self._when_frame = when_error, when_frame
+
+    # -- open ------------------------------------------------------------------------------
+
+    def open(self) -> None:
+        if self._picam2 is not None:
+            return
+        pc2 = import_picamera2(self.module)
+        encoders = importlib.import_module(f"{self.module}.encoders")
+        outputs = importlib.import_module(f"{self.module}.outputs")
+        try:
+            picam2 = pc2.Picamera2(self.camera_num)
+        except IndexError as err:
+            raise CameraUnavailable(
+                f"no Pi camera number {self.camera_num} (picamera2 lists "
+                f"{len(pc2.Picamera2.global_camera_info())}): check the ribbon cable, then "
+                "`rpicam-hello --list-cameras`") from err
+        except RuntimeError as err:
+            raise CameraUnavailable(f"the Pi camera did not open: {err} (is another program "
+                                    "using it?)") from err
+        self._pc2, self._picam2 = pc2, picam2
+        try:
+            self._configure_and_start(pc2, picam2, encoders, outputs)
+        except BaseException:
+            self._teardown(picam2)
+            self._picam2 = None
+            raise
+
+    def _configure_and_start(self, pc2: ModuleType, picam2: Any, encoders: ModuleType,
+                             outputs: ModuleType) -> None:
+        info = pc2.Picamera2.global_camera_info()[self.camera_num]
+        self._camera_id, self.model = str(info.get("Id", "")), str(info.get("Model", "camera"))
+        m = self._mode
+        modes = [SensorMode.from_picamera2(mode) for mode in picam2.sensor_modes]
+        sensor = choose_sensor_mode(modes, m.width, m.height, m.fps, model=self.model)
+        self.sensor_mode = sensor
+        frame_us = round(1_000_000 / m.fps)
+        streams = {
+            "main": {"size": (m.width, m.height), "format": "YUV420"},
+            "lores": {"size": self.lores, "format": "YUV420"},
+            # FrameDurationLimits rather than the newer FrameRate shorthand: every picamera2 has it.
+            "controls": {"FrameDurationLimits": (frame_us, frame_us)},
+        }
+        try:
+            try:
+                config = picam2.create_video_configuration(
+                    **streams,
+                    sensor={"output_size": (sensor.width, sensor.height), "bit_depth": sensor.bit_depth})
+            except TypeError:
+                # picamera2 before `sensor=`: libcamera picks the mode from the main size itself.
+                config = picam2.create_video_configuration(**streams)
+            picam2.configure(config)
+        except (RuntimeError, ValueError) as err:
+            raise CameraUnavailable(f"picamera2 refused {m.width}x{m.height}@{m.fps:g}: {err}") from err
+        self.encoder_kind, self.platform = encoder_kind(encoders), _platform_name(pc2)
+        log = logger.info if self.encoder_kind == "hardware" else logger.warning
+        log("picamera2 encoder={} platform={}: {}", self.encoder_kind, self.platform,
+            describe_encoder(self.encoder_kind, self.platform))
+        encoder = encoders.H264Encoder(repeat=True, iperiod=self.iperiod, framerate=m.fps)
+        output = _packet_output_class(outputs.Output)(self._on_packet, self._output_failed)
+        self._base, self._resync, self._lost_reason = None, True, ""
+        self._drain()
+        try:
+            picam2.start_encoder(encoder, output)
+            picam2.start()
+        except RuntimeError as err:
+            raise CameraLost(f"the Pi camera did not start: {err}") from err
+        self._stop = threading.Event()
+        self._lores_thread = threading.Thread(target=self._sample_lores, args=(picam2, self._stop),
+                                              name="vigil-lores", daemon=True)
+        self._lores_thread.start()
+        logger.info("picamera2 camera open model={} id={} size={}x{} fps={:g} sensor_mode={} "
+                    "lores={}x{} iperiod={}", self.model, self._camera_id, m.width, m.height,
+                    m.fps, sensor, *self.lores, self.iperiod)
+
+    # -- the encoder's thread --------------------------------------------------------------
+
+    def _on_packet(self, frame: Any, keyframe: bool, timestamp_us: int | None) -> None:
+        now_mono, now_wall = time.monotonic(), time.time()
+        if timestamp_us is None:
+            stamp, wall = now_mono, now_wall
+        else:
+            if self._base is None:
+                self._base = (now_mono - timestamp_us / 1e6, now_wall - timestamp_us / 1e6)
+            stamp = self._base[0] + timestamp_us / 1e6
+            wall = self._base[1] + timestamp_us / 1e6
+        if self._resync and not keyframe:
+            self.packets_dropped += 1
+            return
+        try:
+            self._packets.put_nowait(EncodedPacket(bytes(frame), bool(keyframe), stamp, wall))
+            self._resync = False
+        except queue.Full:
+            if not self.packets_dropped:
+                logger.warning("picamera2 packets dropped: the recorder is not keeping up; "
+                               "skipping to the next keyframe")
+            self.packets_dropped += 1
+            self._resync = True
+
+    def _output_failed(self, err: BaseException) -> None:
+        self.output_failed = repr(err)
+        logger.error("picamera2 output failed error={!r}; no more packets until the camera reopens", err)
+
+    # -- the lores thread ------------------------------------------------------------------
+
+    def _sample_lores(self, picam2: Any, stop: threading.Event) -> None:
+        width, height = self.lores
+        validator = FrameValidator(CameraMode(width, height, self.lores_fps),
+                                   frozen_seconds=self.frozen_seconds)
+        interval = 1.0 / self.lores_fps
+        sequence = 0
+        while not stop.wait(interval):
+            try:
+                array = picam2.capture_array("lores", wait=self.capture_timeout)
+            except TimeoutError:
+                # read() reports the stall from the main stream; drop the queued capture job.
+                with contextlib.suppress(Exception):
+                    picam2.cancel_all_and_flush()
+                continue
+            except CancelledError:
+                continue
+            except RuntimeError as err:
+                self._lost_reason = str(err)
+                return
+            except Exception as err:
+                logger.warning("lores capture failed error={!r}", err)
+                continue
+            frame = Frame(packed_yuv420(array, width, height), time.monotonic(), time.time(), sequence)
+            sequence += 1
+            self.lores_frames += 1
+            verdict = validator.check(frame)
+            if verdict is not None:
+                self._report(verdict.category, f"lores {verdict.reason}")
+                if verdict.drops_frame:
+                    continue
+            self.latest_frame = frame
+            if self._when_frame is not None:
+                self._when_frame(frame)
+
+    def _report(self, category: str, reason: str) -> None:
+        sink = self._when_error
+        if sink is not None:
+            sink(category, reason)
+        else:
+            logger.debug("lores verdict with nobody to tell category={} reason={}", category, reason)
+
+    # -- read ------------------------------------------------------------------------------
+
+    def read(self, timeout: float) -> EncodedPacket:
+        if self._picam2 is None:
+            raise CameraLost("picamera2 camera read while closed")
+        try:
+            return self._packets.get(timeout=timeout)
+        except queue.Empty:
+            pass
+        if self._lost_reason:
+            raise CameraLost(f"the Pi camera failed: {self._lost_reason}")
+        if not self._is_listed():
+            raise CameraLost(f"the Pi camera {self.model} ({self._camera_id}) vanished from "
+                             "picamera2's camera list")
+        if self.output_failed:
+            raise CameraLost(f"picamera2 output failed: {self.output_failed}")
+        raise CameraTimeout(
+            f"no H.264 from the Pi camera within {timeout:.2f}s (frames stopped; libcamera logs "
+            "'Camera frontend has timed out!' when the sensor goes quiet: check the ribbon cable)")
+
+    def _is_listed(self) -> bool:
+        assert self._pc2 is not None
+        try:
+            listed = self._pc2.Picamera2.global_camera_info()
+        except Exception as err:
+            logger.warning("picamera2 global_camera_info failed error={!r}", err)
+            return False
+        return any(str(info.get("Id", "")) == self._camera_id for info in listed)
+
+    # -- close -----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop encoder and camera and release it; idempotent.
+
+        May block when the driver hangs in stop() (a known picamera2 failure): callers run it
+        through hw.pipeline.close_with_timeout, which abandons it and reports.
+        """
+        picam2, self._picam2 = self._picam2, None
+        if picam2 is None:
+            return
+        self._teardown(picam2)
+        logger.info("picamera2 camera closed model={} dropped_packets={}", self.model,
+                    self.packets_dropped)
+
+    def _teardown(self, picam2: Any) -> None:
+        self._stop.set()
+        # Wakes a capture_array() the lores thread waits in (it raises CancelledError).
+        with contextlib.suppress(Exception):
+            picam2.cancel_all_and_flush()
+        thread = self._lores_thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(self.capture_timeout + LORES_JOIN_GRACE_SECONDS)
+            if thread.is_alive():
+                logger.error("lores thread did not stop within {:.1f}s", self.capture_timeout
+                             + LORES_JOIN_GRACE_SECONDS)
+        self._lores_thread = None
+        for step in ("stop_encoder", "stop", "close"):
+            try:
+                getattr(picam2, step)()
+            except Exception as err:
+                # A vanished camera fails stop() with "No such device"; carry on releasing.
+                logger.warning("picamera2 {} failed during close error={!r}", step, err)
+        self._drain()
+
+    def _drain(self) -> None:
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self._packets.get_nowait()
+
+
+def _packet_output_class(base: type) -> type:
+    """A picamera2 Output subclass that hands every packet on and never raises into picamera2."""
+
+    class VigilPacketOutput(base):  # type: ignore[misc, valid-type]
+        """Receives encoded frames on picamera2's encoder thread."""
+
+        def __init__(self, sink: Callable[[Any, bool, int | None], None],
+                     when_failed: Callable[[BaseException], None]) -> None:
+            super().__init__()
+            self._sink = sink
+            self._when_failed = when_failed
+            self.dead = False
+
+        def outputframe(self, frame: Any, keyframe: bool = True, timestamp: int | None = None,
+                        packet: Any = None, audio: bool = False) -> None:
+            if audio or self.dead:
+                return
+            try:
+                self._sink(frame, keyframe, timestamp)
+            except Exception as err:
+                # An output that fails marks itself dead and reports, as picamera2's own do.
+                self.dead = True
+                self._when_failed(err)
+
+    return VigilPacketOutput
+
+
+# -- the factory's view --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PicameraMaker:
+    """Makes Pi cameras for the factory and probes picamera2's camera list."""
+
+    module: str = PICAMERA2_MODULE
+
+    def __call__(self, spec: CameraSpec, faults: FaultPlan) -> PicameraCamera:
+        return PicameraCamera(spec.mode, fragment_seconds=spec.fragment_seconds,
+                              frozen_seconds=spec.frozen_seconds,
+                              capture_timeout=spec.read_timeout_seconds, module=self.module)
+
+    def probe(self, *, detail: bool = False) -> BackendProbe:
+        """The cameras picamera2 lists; with `detail`, each is opened to read its sensor modes."""
+        try:
+            pc2 = importlib.import_module(self.module)
+        except ImportError as err:
+            return BackendProbe("picamera2", (), f"picamera2 is not installed ({err})")
+        try:
+            listed = pc2.Picamera2.global_camera_info()
+        except Exception as err:
+            return BackendProbe("picamera2", (), f"picamera2 could not list cameras: {err!r}")
+        if not listed:
+            return BackendProbe("picamera2", (), "picamera2 is installed but lists no camera")
+        encoder = ""
+        with contextlib.suppress(Exception):
+            encoders = importlib.import_module(f"{self.module}.encoders")
+            encoder = describe_encoder(encoder_kind(encoders), _platform_name(pc2))
+        cameras = []
+        for index, info in enumerate(listed):
+            modes: tuple[str, ...] = ()
+            if detail:
+                modes = _sensor_modes_of(pc2, index)
+            cameras.append(FoundCamera("picamera2", str(info.get("Id", index)),
+                                       str(info.get("Model", "camera")), modes, encoder))
+        summary = "found " + ", ".join(f"{c.name} ({c.address})" for c in cameras)
+        return BackendProbe("picamera2", tuple(cameras), summary)
+
+
+def _sensor_modes_of(pc2: ModuleType, index: int) -> tuple[str, ...]:
+    try:
+        picam2 = pc2.Picamera2(index)
+    except (IndexError, RuntimeError) as err:
+        return (f"modes unknown: it did not open ({err}; is vigil recording from it?)",)
+    try:
+        modes = [SensorMode.from_picamera2(m) for m in picam2.sensor_modes]
+        return (f"sensor modes {', '.join(str(m) for m in modes)}",)
+    finally:
+        with contextlib.suppress(Exception):
+            picam2.close()
