@@ -1,0 +1,705 @@
+"""The HTTP API that operators and uptime checkers reach, served by uvicorn on `vigil-api`.
+
+Health, status, metrics, recordings and the snapshot are open and read-only; actions need
+the bearer token from `api.token_file`. Handlers never fire triggers: an action posts an
+event on the controller's queue and then waits, bounded, for what the machine did (the new
+state, or the guard that refused and why).
+"""
+
+from __future__ import annotations
+
+import errno
+import hmac
+import os
+import socket
+import stat
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import uvicorn
+from fastapi import Body, Depends, FastAPI, HTTPException, Query, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from loguru import logger
+from pydantic import BaseModel, Field
+
+from controller.config import ApiConfig, parse_listen
+from controller.controller import Controller
+from controller.metrics import CONTENT_TYPE, FpsMeter, health_score, render_metrics
+from controller.recordings import (
+    DEFAULT_PER_PAGE,
+    MAX_PAGE,
+    MAX_PER_PAGE,
+    Problem,
+    RecordingPage,
+    list_recordings,
+    resolve_recording,
+    serve_file,
+)
+from hw.camera import Frame
+from hw.errors import EncoderError, VigilError
+from hw.snapshot import encode_jpeg
+from states.machine import STATE_NAMES, TRANSITIONS
+
+API_THREAD_NAME = "vigil-api"
+ACTION_WAIT_SECONDS = 5.0
+SERVER_READY_SECONDS = 5.0
+SERVER_STOP_GRACE_SECONDS = 2.0
+SERVER_STOP_SECONDS = 5.0
+ALERTS_IN_STATUS = 20
+HOUR_FORMAT = "%Y-%m-%dT%H"
+HOUR_PATTERN = r"^\d{4}-\d{2}-\d{2}T\d{2}$"
+
+RootProvider = Callable[[], Path]
+
+
+class ApiUnavailable(VigilError, RuntimeError):
+    """The API could not start (address in use, not on this machine, not permitted)."""
+
+
+def _version() -> str:
+    try:
+        return metadata.version("vigil")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+# --- what the API answers ----------------------------------------------------------------------
+
+
+class Health(BaseModel):
+    """What an uptime checker needs: the state, the health score and why, in one line."""
+
+    state: str
+    health: float | None = Field(description="Health score 0-100, or null where none is computed.")
+    reason: str
+
+
+class ActionResult(BaseModel):
+    """What the machine did with an action."""
+
+    action: str
+    done: bool = Field(description="True when the machine did what was asked.")
+    state: str = Field(description="The state after the action (or now, if it is still running).")
+    before: str = Field(description="The state when the action arrived.")
+    detail: str
+    transitions: list[str] = Field(default_factory=list)
+    refused: str | None = Field(default=None, description="The guard's reason, when one refused.")
+
+
+class MergeRequest(BaseModel):
+    """Which closed hour to merge; none means every closed hour."""
+
+    hour: str | None = Field(default=None, pattern=HOUR_PATTERN,
+                             description="UTC hour as YYYY-MM-DDTHH, e.g. 2024-05-01T13.")
+
+
+class MergeResult(BaseModel):
+    """What became of a merge request."""
+
+    action: str = "merge"
+    hour: str | None = Field(description="The hour asked for; null for every closed hour.")
+    done: bool = Field(description="True when the merge finished within the wait.")
+    detail: str
+    result: Any = Field(default=None, description="What the merge produced, when it finished.")
+
+
+# --- bearer token ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ActionGate:
+    """The token actions need, or why actions are disabled."""
+
+    token: str | None
+    disabled_reason: str
+
+    @property
+    def is_enabled(self) -> bool:
+        return self.token is not None
+
+
+def load_action_gate(token_file: Path | None) -> ActionGate:
+    """The token in `token_file` (whitespace stripped), or why there is none; logs either way."""
+    if token_file is None:
+        gate = ActionGate(None, "actions are disabled: no api.token_file is configured")
+    else:
+        gate = _read_token(token_file)
+    if gate.is_enabled:
+        logger.info("API actions enabled: bearer token read from {}", token_file)
+    else:
+        logger.warning("API {}; start, stop, reset and merge answer 403 until the token file "
+                       "exists and the daemon restarts", gate.disabled_reason)
+    return gate
+
+
+def _read_token(path: Path) -> ActionGate:
+    try:
+        with open(path, "rb") as file:
+            mode = os.fstat(file.fileno()).st_mode
+            raw = file.read(4096)
+    except FileNotFoundError:
+        return ActionGate(None, f"actions are disabled: token file {path} does not exist")
+    except OSError as err:
+        return ActionGate(None, f"actions are disabled: token file {path} cannot be read "
+                                f"({err.strerror or err})")
+    token = raw.decode("utf-8", errors="replace").strip()
+    if not token:
+        return ActionGate(None, f"actions are disabled: token file {path} is empty")
+    if mode & 0o077:
+        logger.warning("API token file {} is readable by others (mode {:o}); chmod 600 it",
+                       path, stat.S_IMODE(mode))
+    return ActionGate(token, "")
+
+
+_bearer = HTTPBearer(auto_error=False, description="The token in the file named by api.token_file.")
+
+
+# --- the app -----------------------------------------------------------------------------------
+
+
+def create_app(controller: Controller, *, token_file: Path | None, root_provider: RootProvider) -> FastAPI:
+    """The API for `controller`, serving recordings below `root_provider()`."""
+    gate = load_action_gate(token_file)
+    fps_meter = FpsMeter()
+    snapshots = SnapshotCache()
+    version = _version()
+    app = FastAPI(
+        title="vigil",
+        version=version,
+        description="Recorder daemon API: health, status, metrics and recordings are open and "
+                    "read-only; actions need the bearer token from api.token_file.",
+        redoc_url=None,
+    )
+
+    def authorized(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ) -> None:
+        if gate.token is None:
+            raise HTTPException(403, detail=gate.disabled_reason)
+        if credentials is None:
+            raise HTTPException(401, detail="missing bearer token (Authorization: Bearer TOKEN)",
+                                headers={"WWW-Authenticate": "Bearer"})
+        if not hmac.compare_digest(credentials.credentials.encode(), gate.token.encode()):
+            raise HTTPException(401, detail="wrong bearer token",
+                                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+
+    def snapshot_status() -> dict[str, Any]:
+        status = jsonable_encoder(controller.status())
+        # The health sampler's rate where the controller has one ("fps"), else ours.
+        measured = status.get("fps_achieved", status.get("fps"))
+        status["fps_achieved"] = measured if measured is not None else _fps_achieved(status, fps_meter)
+        alerts = getattr(controller, "alerts", None)
+        if alerts is not None and "alerts" not in status:
+            status["alerts"] = [alert.as_dict() for alert in alerts.recent(ALERTS_IN_STATUS)]
+        if not status.get("disk"):  # none yet (the disk monitor samples periodically)
+            status["disk"] = _disk_usage(Path(status.get("root") or root_provider()))
+        status["actions_enabled"] = gate.is_enabled
+        return status
+
+    auth_responses: dict[int | str, dict[str, Any]] = {
+        401: {"model": Problem, "description": "Missing or wrong bearer token."},
+        403: {"model": Problem, "description": "Actions are disabled: no token file."},
+    }
+
+    @app.get("/health", response_model=Health, responses={503: {"model": Health,
+             "description": "Not recording."}}, summary="Recording or not, for uptime checks")
+    def health() -> JSONResponse:
+        status = snapshot_status()
+        body = Health(state=status["state"], health=health_score(status),
+                      reason=_health_reason(controller, status))
+        return JSONResponse(body.model_dump(), status_code=200 if body.state == "recording" else 503)
+
+    @app.get("/status", summary="Everything the recorder knows about itself")
+    def get_status() -> dict[str, Any]:
+        return snapshot_status()
+
+    @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
+    def metrics() -> PlainTextResponse:
+        status = snapshot_status()
+        alerts = getattr(controller, "alerts", None)
+        text = render_metrics(status, fps_achieved=status.get("fps_achieved"),
+                              alert_counts=dict(alerts.counts) if alerts is not None else {},
+                              disk=status.get("disk"), version=version)
+        return PlainTextResponse(text, media_type=CONTENT_TYPE)
+
+    @app.get("/recordings", response_model=RecordingPage, summary="Recorded hours, newest first")
+    def recordings(
+        page: Annotated[int, Query(ge=1, le=MAX_PAGE, description="1 for the newest hours.")] = 1,
+        per_page: Annotated[int, Query(ge=1, le=MAX_PER_PAGE, description="Hours per page.")] = (
+            DEFAULT_PER_PAGE),
+    ) -> RecordingPage:
+        return list_recordings(root_provider(), page=page, per_page=per_page)
+
+    @app.get(
+        "/recordings/{path:path}",
+        response_class=Response,
+        responses={
+            200: {"content": {"video/mp4": {}}, "description": "The whole file."},
+            206: {"content": {"video/mp4": {}}, "description": "The requested byte range."},
+            404: {"model": Problem, "description": "No such closed recording below the root."},
+            416: {"description": "The range starts past the end of the file."},
+        },
+        summary="A closed recording, with HTTP range requests",
+    )
+    def recording_file(path: str, request: Request) -> Response:
+        target = resolve_recording(root_provider(), path)
+        if target is None:
+            raise HTTPException(404, detail="no such recording")
+        return serve_file(target, request.headers.get("range"), request.headers.get("if-range"))
+
+    @app.get(
+        "/snapshot.jpg",
+        response_class=Response,
+        responses={200: {"content": {"image/jpeg": {}}, "description": "The latest frame."},
+                   503: {"model": Problem, "description": "No frame to show yet."}},
+        summary="The latest validated frame as JPEG",
+    )
+    def snapshot() -> Response:
+        frame = latest_frame(controller)
+        if frame is None or frame.data is None:
+            raise HTTPException(503, detail=f"no frame yet: {_why_no_frame(controller)}")
+        try:
+            jpeg = snapshots.jpeg_of(frame)
+        except EncoderError as err:
+            raise HTTPException(503, detail=f"snapshot failed: {err}") from err
+        return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
+
+    action_responses: dict[int | str, dict[str, Any]] = {
+        **auth_responses,
+        202: {"model": ActionResult, "description": "Asked; not finished within the wait."},
+        409: {"model": ActionResult, "description": "Refused by a guard, or not possible now."},
+    }
+
+    def action_route(trigger: str, summary: str) -> None:
+        def act() -> JSONResponse:
+            status_code, result = perform_action(controller, trigger, ACTION_WAIT_SECONDS)
+            return JSONResponse(result.model_dump(), status_code=status_code)
+
+        act.__name__ = f"action_{trigger}"  # FastAPI names the OpenAPI operation after it
+        app.post(f"/actions/{trigger}", response_model=ActionResult, responses=action_responses,
+                 summary=summary, dependencies=[Depends(authorized)])(act)
+
+    action_route("start", "Start recording")
+    action_route("stop", "Stop recording")
+    action_route("reset", "Emergency reset: drop everything, reload the config, start again")
+
+    @app.post(
+        "/actions/merge",
+        response_model=MergeResult,
+        responses={**auth_responses,
+                   202: {"model": MergeResult, "description": "Queued; not finished within the wait."},
+                   409: {"model": MergeResult, "description": "Nothing merged, and why."},
+                   503: {"model": Problem, "description": "Merging is not available."}},
+        summary="Merge a closed hour (or every closed hour) now",
+        dependencies=[Depends(authorized)],
+    )
+    def merge(
+        hour: Annotated[str | None, Query(pattern=HOUR_PATTERN, description="YYYY-MM-DDTHH (UTC)")] = None,
+        body: Annotated[MergeRequest | None, Body()] = None,
+    ) -> JSONResponse:
+        chosen = _merge_hour(hour, body.hour if body is not None else None)
+        status_code, result = perform_merge(controller, chosen, ACTION_WAIT_SECONDS)
+        return JSONResponse(jsonable_encoder(result), status_code=status_code)
+
+    return app
+
+
+# --- actions -----------------------------------------------------------------------------------
+
+
+def perform_merge(controller: Controller, hour: str | None, wait_seconds: float) -> tuple[int, MergeResult]:
+    """Ask the storage lifecycle for a merge and wait (bounded) for it: (HTTP status, result).
+
+    `Controller.request_merge(hour)` comes with the storage lifecycle; it may answer at once
+    or with a Future of the merged files, whose exception says why nothing was merged.
+    """
+    request_merge = getattr(controller, "request_merge", None)
+    if request_merge is None:
+        raise HTTPException(503, detail="merging is not available: this build has no storage "
+                                        "lifecycle (Controller.request_merge is missing)")
+    what = f"hour {hour}" if hour else "every closed hour"
+    logger.info("API asked for a merge of {}", what)
+    try:
+        answer = request_merge(hour)
+    except ValueError as err:
+        _invalid("hour", hour, str(err))
+    except Exception as err:
+        logger.exception("merge request failed hour={}", hour)
+        raise HTTPException(503, detail=f"merge could not be requested: {err}") from err
+    if not isinstance(answer, Future):
+        return 202, MergeResult(hour=hour, done=False, detail=f"merge of {what} requested",
+                                result=_plain(answer))
+    try:
+        merged = answer.result(timeout=wait_seconds)
+    except TimeoutError:
+        return 202, MergeResult(hour=hour, done=False,
+                                detail=f"merge of {what} queued; still running after {wait_seconds:g}s")
+    except Exception as err:
+        return 409, MergeResult(hour=hour, done=False,
+                                detail=f"nothing merged: {type(err).__name__}: {err}")
+    count = len(merged) if isinstance(merged, list | tuple) else 1
+    return 200, MergeResult(hour=hour, done=True, detail=f"merged {count} hour(s)",
+                            result=_plain(merged))
+
+
+def _plain(value: object) -> Any:
+    """`value` as JSON-ready data, or its text when it has no JSON form."""
+    try:
+        return jsonable_encoder(value)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def accepts(trigger: str, state: str) -> bool:
+    """Whether the transition table has `trigger` leaving `state`."""
+    for transition in TRANSITIONS:
+        if transition["trigger"] != trigger:
+            continue
+        source = transition["source"]
+        if source == "*" or source == state or (isinstance(source, list) and state in source):
+            return True
+    return False
+
+
+@dataclass(frozen=True)
+class _Progress:
+    transitions: list[str]
+    refused: tuple[str, str] | None  # (trigger, the guard's reason)
+
+
+def _follow(controller: Controller, trigger: str, asked: float) -> _Progress | None:
+    """How far the chain an action starts has got since `asked`; None while still pending.
+
+    A reset is `reset`, then `reset_done`, then (when the config says autostart) `start`.
+    """
+    transitions = [t for t in list(controller.transitions) if t[0] >= asked]
+    refusals = [r for r in list(controller.refusals) if r[0] >= asked]
+    wanted = ["reset", "reset_done"] if trigger == "reset" else [trigger]
+    done: list[str] = []
+    after = asked
+    index = 0
+    while index < len(wanted):
+        step = wanted[index]
+        hit = next((t for t in transitions if t[3] == step and t[0] >= after), None)
+        if hit is None:
+            refusal = next((r for r in refusals if r[1] == step and r[0] >= after), None)
+            if refusal is None:
+                return None
+            return _Progress(done, (step, refusal[2]))
+        done.append(f"{hit[1]} -> {hit[2]} on {step}")
+        after = hit[0]
+        if step == "reset_done" and controller.unit.autostart:
+            wanted.append("start")
+        index += 1
+    return _Progress(done, None)
+
+
+def perform_action(controller: Controller, trigger: str, wait_seconds: float) -> tuple[int, ActionResult]:
+    """Post `trigger` and wait (bounded) for what the machine did: (HTTP status, result)."""
+    before = controller.state
+    if not accepts(trigger, before):
+        possible = ", ".join(s for s in STATE_NAMES if accepts(trigger, s))
+        return 409, ActionResult(action=trigger, done=False, state=before, before=before,
+                                 detail=f"{trigger} does nothing in state {before} "
+                                        f"(possible from: {possible})")
+    asked = time.time()
+    logger.info("API asked for {} in state {}", trigger, before)
+    controller.post(trigger)
+    progress: list[_Progress] = []
+
+    def settled() -> bool:
+        found = _follow(controller, trigger, asked)
+        if found is not None:
+            progress.append(found)
+        return found is not None
+
+    if not controller.wait_until(settled, wait_seconds):
+        state = controller.state
+        return 202, ActionResult(action=trigger, done=False, state=state, before=before,
+                                 detail=f"{trigger} asked; not finished after {wait_seconds:g}s, "
+                                        f"state is {state}")
+    result = progress[-1]
+    state = controller.state
+    if result.refused is None:
+        detail = f"{trigger} done: {before} -> {state}"
+        return 200, ActionResult(action=trigger, done=True, state=state, before=before,
+                                 detail=detail, transitions=result.transitions)
+    step, reason = result.refused
+    if trigger == "reset" and step == "start":
+        # The reset itself happened; only the autostart after it was refused.
+        return 200, ActionResult(action=trigger, done=True, state=state, before=before,
+                                 detail=f"reset done; autostart refused: {reason}",
+                                 transitions=result.transitions, refused=reason)
+    return 409, ActionResult(action=trigger, done=False, state=state, before=before,
+                             detail=f"{step} refused in state {state}: {reason}",
+                             transitions=result.transitions, refused=reason)
+
+
+def _invalid(name: str, value: object, message: str) -> NoReturn:
+    """Raise a 422 in FastAPI's own shape, so every bad parameter reads alike."""
+    raise RequestValidationError([{"type": "value_error", "loc": ("query", name), "msg": message,
+                                   "input": value}])
+
+
+def _merge_hour(query_hour: str | None, body_hour: str | None) -> str | None:
+    """The one hour asked for (query or body), checked to be a real UTC hour."""
+    if query_hour is not None and body_hour is not None and query_hour != body_hour:
+        _invalid("hour", query_hour, f"hour given twice and they differ: query {query_hour!r}, "
+                                     f"body {body_hour!r}")
+    hour = query_hour if query_hour is not None else body_hour
+    if hour is None:
+        return None
+    try:
+        datetime.strptime(hour, HOUR_FORMAT)
+    except ValueError as err:
+        _invalid("hour", hour, f"{hour!r} is not a UTC hour YYYY-MM-DDTHH: {err}")
+    return hour
+
+
+# --- status helpers ----------------------------------------------------------------------------
+
+
+def _fps_achieved(status: dict[str, Any], meter: FpsMeter) -> float | None:
+    totals = status.get("totals") or {}
+    captured = totals.get("frames_captured", status.get("frames_captured", 0))
+    fps = meter.update(int(captured))
+    if fps is None and status.get("state") == "recording":
+        # First look since start-up: average over the run so far.
+        elapsed = time.time() - float(status.get("since") or 0)
+        run_frames = status.get("frames_captured", 0)
+        if elapsed >= 0.5 and run_frames:
+            fps = run_frames / elapsed
+    return round(fps, 2) if fps is not None else None
+
+
+def _disk_usage(root: Path) -> dict[str, Any] | None:
+    try:
+        usage = os.statvfs(root)
+    except OSError:
+        return None
+    return {"path": str(root), "free_bytes": usage.f_bavail * usage.f_frsize,
+            "total_bytes": usage.f_blocks * usage.f_frsize}
+
+
+def _iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _health_reason(controller: Controller, status: dict[str, Any]) -> str:
+    """One line saying why the recorder is in its state."""
+    state = status["state"]
+    since_time = float(status.get("since") or 0)
+    since = _iso(since_time)
+    alerts = status.get("alerts") or []
+    last_fault = next((a["message"] for a in reversed(alerts) if a.get("kind") == "fault"), None)
+    if state == "recording":
+        reason = f"recording since {since}"
+        fps = status.get("fps_achieved")
+        if fps is not None:
+            reason += f" at {fps:.1f} of {status.get('configured_fps', 0):g} fps"
+        health = status.get("health")
+        if isinstance(health, dict) and health.get("reason") not in (None, "", "ok"):
+            reason += f"; health: {health['reason']}"
+    elif state == "idle":
+        reason = f"idle since {since}: not recording"
+        refusal = next((r for r in reversed(list(controller.refusals)) if r[0] >= since_time), None)
+        if refusal is not None:
+            reason += f"; {refusal[1]} refused: {refusal[2]}"
+    elif state == "recovering":
+        reason = f"recovering since {since}"
+        if last_fault:
+            reason += f" after {last_fault}"
+        reason += f"; attempt {status.get('recovery_attempts', 0)}"
+    elif state == "critical":
+        reason = f"critical since {since}: recovery gave up"
+        if last_fault:
+            reason += f" ({last_fault})"
+        reason += "; probing again periodically"
+    elif state == "reset":
+        reason = f"resetting since {since}: reloading the config"
+    else:
+        reason = f"{state} since {since}"
+    return " ".join(reason.split())
+
+
+class SnapshotCache:
+    """The JPEG of the newest frame, encoded once however many clients ask for that frame."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._frame: Frame | None = None
+        self._jpeg = b""
+
+    def jpeg_of(self, frame: Frame) -> bytes:
+        """The JPEG of `frame`; EncoderError when it holds no image."""
+        if frame.data is None:
+            raise EncoderError(f"frame {frame.sequence} holds no image")
+        with self._lock:
+            if frame is not self._frame:
+                self._jpeg = encode_jpeg(frame.data)
+                self._frame = frame
+            return self._jpeg
+
+
+def _why_no_frame(controller: Controller) -> str:
+    pipeline = controller.unit.pipeline
+    if pipeline is None:
+        return f"not recording (state {controller.state})"
+    if pipeline.encoder is None:
+        return "the camera hands over encoded video only, no raw frames"
+    return "no frame has passed validation since recording started"
+
+
+def latest_frame(controller: Controller) -> Frame | None:
+    """The newest validated frame of the running pipeline, if any."""
+    pipeline = controller.unit.pipeline
+    return getattr(pipeline, "latest_frame", None) if pipeline is not None else None
+
+
+# --- the server --------------------------------------------------------------------------------
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on host:port; ApiUnavailable says why not."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as err:
+        raise ApiUnavailable(f"cannot resolve {host!r}: {err.strerror}") from err
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(128)
+    except OSError as err:
+        sock.close()
+        where = f"{host}:{port}"
+        if err.errno == errno.EADDRINUSE:
+            why = f"{where} is already in use (another vigil, or another service on that port?)"
+        elif err.errno == errno.EADDRNOTAVAIL:
+            why = f"{host} is not an address of this machine"
+        elif err.errno == errno.EACCES:
+            why = f"not permitted to listen on {where} (ports below 1024 need privileges)"
+        else:
+            why = f"cannot listen on {where}: {err.strerror or err}"
+        raise ApiUnavailable(why) from err
+    sock.set_inheritable(False)
+    return sock
+
+
+class ApiServer:
+    """Serves an ASGI app with uvicorn on the thread `vigil-api`; start and stop are bounded."""
+
+    def __init__(self, app: FastAPI, host: str, port: int) -> None:
+        self.app = app
+        self.host = host
+        self.requested_port = port
+        self._socket: socket.socket | None = None
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self._failure: BaseException | None = None
+
+    def __repr__(self) -> str:
+        running = self._thread is not None and self._thread.is_alive()
+        return f"<ApiServer {self.url} {'running' if running else 'stopped'}>"
+
+    @property
+    def port(self) -> int:
+        """The port listened on (the one the OS chose, when asked for port 0)."""
+        return int(self._socket.getsockname()[1]) if self._socket is not None else self.requested_port
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def is_running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self, timeout: float = SERVER_READY_SECONDS) -> None:
+        """Bind, then serve on a thread; returns once requests are answered.
+
+        Raises ApiUnavailable when the address cannot be used or uvicorn does not come up.
+        """
+        if self._thread is not None:
+            raise RuntimeError("an ApiServer starts once; make a new one")
+        self._socket = _bind(self.host, self.requested_port)
+        config = uvicorn.Config(
+            self.app, http="h11", ws="none", lifespan="off", log_config=None, access_log=False,
+            timeout_graceful_shutdown=int(SERVER_STOP_GRACE_SECONDS),
+        )
+        server = uvicorn.Server(config)
+        self._server = server
+        sockets = [self._socket]
+
+        def serve() -> None:
+            try:
+                server.run(sockets=sockets)
+            except BaseException as err:  # uvicorn exits with SystemExit on some failures
+                self._failure = err
+
+        self._thread = threading.Thread(target=serve, name=API_THREAD_NAME, daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                self.stop()
+                raise ApiUnavailable(f"uvicorn did not start on {self.url}: {self._failure!r}")
+            time.sleep(0.01)  # polling uvicorn's started flag, under a deadline
+        logger.info("HTTP API listening on {}", self.url)
+
+    def stop(self, timeout: float = SERVER_STOP_SECONDS) -> bool:
+        """Stop serving; False when the thread had to be abandoned after `timeout`."""
+        server, thread = self._server, self._thread
+        stopped = True
+        if server is not None and thread is not None:
+            server.should_exit = True
+            thread.join(timeout)
+            if thread.is_alive():
+                server.force_exit = True
+                thread.join(1.0)
+            if thread.is_alive():
+                logger.error("HTTP API thread did not stop within {:g}s; abandoning it", timeout)
+                stopped = False
+        if self._socket is not None:
+            self._socket.close()
+        return stopped
+
+
+def recording_root_of(controller: Controller) -> RootProvider:
+    """The root the unit records into (after any fallback), else the configured one."""
+
+    def root() -> Path:
+        unit = controller.unit
+        if unit.root_status is not None and unit.root_status.is_usable:
+            return unit.root_status.path
+        return unit.hardware.recording.root
+
+    return root
+
+
+def start_api(config: ApiConfig, controller: Controller) -> ApiServer | None:
+    """The running API as configured, or None (disabled, or its address unusable: logged)."""
+    if not config.enabled:
+        logger.info("HTTP API disabled (api.enabled: false)")
+        return None
+    host, port = parse_listen(config.listen)
+    app = create_app(controller, token_file=config.token_file, root_provider=recording_root_of(controller))
+    server = ApiServer(app, host, port)
+    try:
+        server.start()
+    except ApiUnavailable as err:
+        logger.error("HTTP API not started: {}; recording goes on without the API", err)
+        return None
+    return server
