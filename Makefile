@@ -21,10 +21,12 @@ run: $(STAMP)
 	$(VENV)/bin/vigil run $(if $(CONFIG),--config $(CONFIG)) $(ARGS)
 
 test: $(STAMP)
+	bash tools/system-deps.sh test
 	$(VENV)/bin/ruff check controller states hw tests bench
 	$(VENV)/bin/python -m pytest -n 2 -q
 
 bench: $(STAMP)
+	bash tools/system-deps.sh bench
 	$(VENV)/bin/python -m bench
 
 lint: $(STAMP)
@@ -35,3 +37,4 @@ clean:
 
 docs: $(STAMP)
 	$(VENV)/bin/python tools/update_readme.py
+	$(VENV)/bin/python deploy/example_config.py

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-MODULES = ["validate"]
+MODULES = ["validate", "merge", "passthrough"]
 
 
 def main(argv: list[str]) -> int:

@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from controller.config import ApiConfig
 
 EX_CONFIG = 78  # sysexits.h: the systemd unit does not restart on this
 
@@ -37,6 +41,151 @@ def _run(args: argparse.Namespace) -> int:
         return EX_CONFIG
 
 
+EXIT_NOT_RECORDING = 1
+EXIT_UNREACHABLE = 2
+
+
+def _api_settings(args: argparse.Namespace) -> tuple[str, ApiConfig | None] | int:
+    """(API URL, the config's api section or None), or EX_CONFIG after printing why."""
+    from controller.client import base_url
+    from controller.config import ConfigError, load_config
+
+    if args.url and not getattr(args, "needs_config", False):
+        return args.url, None
+    try:
+        api = load_config(args.config).config.api
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        return EX_CONFIG
+    return args.url or base_url(api.listen), api
+
+
+def _status(args: argparse.Namespace) -> int:
+    import json
+
+    from controller.client import DaemonClient, DaemonUnreachable, format_status
+
+    settings = _api_settings(args)
+    if isinstance(settings, int):
+        return settings
+    url, _ = settings
+    try:
+        reply = DaemonClient(url).status()
+    except DaemonUnreachable as err:
+        print(f"vigil status: {err} (is `vigil run` running, with api.enabled: true?)",
+              file=sys.stderr)
+        return EXIT_UNREACHABLE
+    if reply.status != 200 or not isinstance(reply.body, dict):
+        print(f"vigil status: {url}/status answered {reply.status}: {reply.detail}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    if args.json:
+        print(json.dumps(reply.body, indent=2, sort_keys=True))
+    else:
+        sys.stdout.write(format_status(reply.body))
+    return 0 if reply.body.get("state") == "recording" else EXIT_NOT_RECORDING
+
+
+def _reset(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from controller.client import DaemonClient, DaemonUnreachable, read_token
+
+    args.needs_config = args.token_file is None
+    settings = _api_settings(args)
+    if isinstance(settings, int):
+        return settings
+    url, api = settings
+    token_file = Path(args.token_file) if args.token_file or api is None else api.token_file
+    try:
+        token = read_token(token_file)
+    except (OSError, ValueError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        print(f"vigil reset: cannot read the API token from {token_file}: {reason}", file=sys.stderr)
+        return 1
+    try:
+        reply = DaemonClient(url).action("reset", token)
+    except DaemonUnreachable as err:
+        print(f"vigil reset: {err} (is `vigil run` running, with api.enabled: true?)",
+              file=sys.stderr)
+        return EXIT_UNREACHABLE
+    body = reply.body if isinstance(reply.body, dict) else {}
+    if reply.status == 200 and body.get("done"):
+        print(f"reset done: state {body.get('state')}")
+        for step in body.get("transitions") or []:
+            print(f"  {step}")
+        if body.get("refused"):
+            print(f"  autostart refused: {body['refused']}")
+        return 0
+    print(f"vigil reset: {url}/actions/reset answered {reply.status}: {reply.detail}", file=sys.stderr)
+    return 1
+
+
+EXIT_NOT_MERGED = 1
+EXIT_USAGE = 2
+
+
+def _merge(args: argparse.Namespace) -> int:
+    import shutil
+    import time
+    from pathlib import Path
+
+    from controller.config import ConfigError, VigilConfig, load_config
+    from controller.footage import parse_hour
+    from controller.merge import HourStillOpen, MergeError, NothingToMerge, force_merge
+    from controller.retention import RetentionPolicy
+
+    hour = None
+    if args.hour is not None:
+        try:
+            hour = parse_hour(args.hour)
+        except ValueError as err:
+            print(f"vigil merge: --hour: {err}", file=sys.stderr)
+            return EXIT_USAGE
+    try:
+        # --root alone needs no config file: the built-in defaults give the verify mode and reserve.
+        cfg = VigilConfig() if args.root and not args.config else load_config(args.config).config
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        return EX_CONFIG
+    rec, storage = cfg.recording, cfg.storage
+    roots = [Path(args.root)] if args.root else [Path(rec.root), *map(Path, rec.fallback_roots)]
+    if not any(root.is_dir() for root in roots):
+        print(f"vigil merge: no recording root found ({', '.join(map(str, roots))})", file=sys.stderr)
+        return EXIT_NOT_MERGED
+    policy = RetentionPolicy(storage.retention_days, storage.reserve_mb, storage.reserve_percent)
+    try:
+        merged = force_merge(roots, hour=hour, now=time.time(), verify=rec.merge_verify,
+                             reserve_bytes=lambda root: policy.reserve_bytes(shutil.disk_usage(root).total))
+    except (NothingToMerge, HourStillOpen) as err:
+        print(f"vigil merge: {err}", file=sys.stderr)
+        return EXIT_NOT_MERGED
+    except MergeError as err:
+        print(f"vigil merge: {err}; the segments are left as they were", file=sys.stderr)
+        return EXIT_NOT_MERGED
+    for result in merged:
+        print(f"merged {result.describe()}")
+    if not merged:
+        print(f"hour {args.hour} is already merged" if hour is not None
+              else f"nothing to merge: no closed hour with segments under {', '.join(map(str, roots))}")
+    return 0
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from controller.config import ConfigError, load_config
+    from controller.doctor import examine
+    from controller.logs import setup_logging
+
+    try:
+        loaded = load_config(args.config)
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        return EX_CONFIG
+    setup_logging("WARNING")  # the report is the output; the probes' INFO lines would drown it
+    report = examine(loaded.config, source=loaded.source)
+    sys.stdout.write(report.text())
+    return report.exit_code
+
+
 def _diagram(args: argparse.Namespace) -> int:
     from states.machine import mermaid
 
@@ -66,6 +215,34 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("file", nargs="?", help="the file to check (default: the search order)")
     with_config(check)
     command("diagram", "print the state machine as a mermaid diagram", _diagram)
+    with_config(command("doctor", "list the cameras, encoder, storage and GPIO this machine offers "
+                                  "and check the config against them; exit 1 when the configured "
+                                  "camera or storage cannot record, 78 on a bad config", _doctor))
+    merge = command("merge", "merge the segments of closed hours into hourly files now; an hour "
+                             "still being recorded is left alone (exit 1)", _merge)
+    merge.add_argument("--hour", metavar="YYYY-MM-DDTHH",
+                       help="the hour to merge, in UTC (default: every closed hour)")
+    merge.add_argument("--root", metavar="ROOT",
+                       help="the recording root (default: recording.root and fallback_roots from "
+                            "the config)")
+    with_config(merge)
+
+    def with_url(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--url", metavar="URL",
+                       help="the daemon's API, e.g. http://127.0.0.1:8080 (default: from api.listen "
+                            "in the config)")
+
+    status = command("status", "show the running daemon's status; exit 0 when it is recording, "
+                               "1 when not, 2 when it cannot be reached", _status)
+    with_url(status)
+    with_config(status)
+    status.add_argument("--json", action="store_true", help="print the raw JSON")
+    reset = command("reset", "emergency reset of the running daemon: drop everything, reload "
+                             "the config, start again", _reset)
+    with_url(reset)
+    reset.add_argument("--token-file", metavar="FILE",
+                       help="file holding the API token (default: api.token_file in the config)")
+    with_config(reset)
     return parser
 
 

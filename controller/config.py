@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
+import re
 import textwrap
 import typing
 from collections.abc import Mapping, Sequence
@@ -38,6 +40,10 @@ EncoderPreset = Literal[
     "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow"
 ]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+MergeMode = Literal["hourly", "off"]
+MergeVerify = Literal["full", "keyframes"]
+FaultKind = Literal["stall", "hang", "disconnect", "freeze", "corrupt", "backward_timestamps"]
+InputFormat = Literal["auto", "h264", "mjpeg", "yuyv422"]
 
 # Error types raised by this module's own validators; _explain() turns them into messages.
 _RULE_BROKEN = "vigil_rule_broken"
@@ -74,6 +80,49 @@ WholeNumber = Annotated[int, BeforeValidator(_reject_bool)]
 Number = Annotated[float, BeforeValidator(_reject_bool)]
 Text = Annotated[str, BeforeValidator(_reject_empty_text)]
 DirectoryPath = Annotated[Path, BeforeValidator(_reject_empty_text)]
+
+
+class BudgetConfig(BaseModel):
+    """An error category's budget: this many errors within the window make a fault."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    count: WholeNumber = Field(ge=1, le=100000, description="Errors that spend the budget: at least 1.")
+    window_seconds: Number = Field(gt=0, le=86400, description="The window they are counted in, in seconds.")
+    cooldown_seconds: Number = Field(
+        default=10.0, ge=0, le=86400,
+        description="After a fault, seconds during which this category makes no further fault.",
+    )
+
+
+class BudgetsConfig(BaseModel):
+    """Error budgets by category; a category left out keeps its built-in budget."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    frame_invalid: BudgetConfig | None = Field(default=None, description="Malformed frames.")
+    frame_timestamp: BudgetConfig | None = Field(default=None, description="Timestamps going backwards.")
+    camera_timeout: BudgetConfig | None = Field(default=None, description="No frame in time.")
+    camera_lost: BudgetConfig | None = Field(default=None, description="The camera vanished.")
+    camera_frozen: BudgetConfig | None = Field(default=None, description="The image stopped changing.")
+    encoder_error: BudgetConfig | None = Field(default=None, description="The encoder failed.")
+    storage_full: BudgetConfig | None = Field(default=None, description="The disk is full.")
+    storage_io: BudgetConfig | None = Field(default=None, description="Writes fail (I/O error, read-only).")
+    directory_missing: BudgetConfig | None = Field(
+        default=None, description="The recording directory was deleted while recording.")
+
+
+class FaultInjectionConfig(BaseModel):
+    """A fault the synthetic camera injects on its own, for demos and soak tests."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    kind: FaultKind = Field(description="Which fault.")
+    after_seconds: Number = Field(ge=0, description="When, in seconds after the daemon starts.")
+    seconds: Number = Field(default=1.0, gt=0, le=3600,
+                            description="How long (stall, hang, disconnect, freeze).")
+    count: WholeNumber = Field(default=1, ge=1, le=100000,
+                               description="How many frames (corrupt, backward_timestamps).")
 
 
 class CameraConfig(BaseModel):
@@ -126,7 +175,19 @@ class CameraConfig(BaseModel):
     )
     device: Text = Field(
         default="/dev/video0",
-        description="For backend `v4l2`: the video device to open.",
+        description=(
+            "For backend `v4l2`: the video device to open, such as /dev/video0 or, stable "
+            "across reboots and replugging, /dev/v4l/by-id/usb-...-video-index0."
+        ),
+    )
+    input_format: InputFormat = Field(
+        default="auto",
+        description=(
+            "For backend `v4l2`: what to take from the camera. `h264` records the camera's own "
+            "H.264 without re-encoding (least CPU); `mjpeg` and `yuyv422` are decoded and "
+            "encoded with libx264; `auto` takes the first of h264, mjpeg, yuyv422 the camera "
+            "offers."
+        ),
     )
     pace: bool = Field(
         default=True,
@@ -152,6 +213,15 @@ class CameraConfig(BaseModel):
         description=(
             "Seconds of an unchanged image (compared on a coarse subsample a few times a "
             "second) before the camera counts as frozen (camera_frozen); 0 turns the check off."
+        ),
+    )
+
+    inject_faults: list[FaultInjectionConfig] = Field(
+        default_factory=list,
+        description=(
+            "Backend `synthetic` only: faults to inject on a schedule, for demos and soak "
+            "tests, e.g. `[{kind: disconnect, after_seconds: 60, seconds: 5}]`; kinds: stall, "
+            "hang, disconnect, freeze, corrupt, backward_timestamps."
         ),
     )
 
@@ -224,6 +294,29 @@ class RecordingConfig(BaseModel):
         default=True,
         description="Start recording when the daemon starts and after a reset.",
     )
+    merge: MergeMode = Field(
+        default="hourly",
+        description=(
+            "`hourly` joins the segments of each finished hour into one file, "
+            "`ROOT/YYYY-MM-DD/HH.mp4`, without re-encoding; the segments are removed only "
+            "once the merged file is verified and safely on disk. `off` keeps the segments "
+            "(`vigil merge` still merges on request)."
+        ),
+    )
+    merge_verify: MergeVerify = Field(
+        default="full",
+        description=(
+            "How a merged file is checked before its segments are removed: `full` decodes "
+            "every frame; `keyframes` decodes only keyframes (much less CPU on a Pi). Both "
+            "check that every packet is byte-identical to the segments'."
+        ),
+    )
+
+    @field_validator("merge", mode="before")
+    @classmethod
+    def _merge_off_is_not_a_boolean(cls, value: object) -> object:
+        # YAML reads a bare `off` as false; that is what the user wrote, so take it as `off`.
+        return "off" if value is False else value
 
     @model_validator(mode="after")
     def _fragment_fits_in_segment(self) -> RecordingConfig:
@@ -235,6 +328,8 @@ class RecordingConfig(BaseModel):
                 f"more than segment_seconds ({_show(self.segment_seconds)})",
             )
         return self
+
+
 
 
 class RecoveryConfig(BaseModel):
@@ -261,18 +356,38 @@ class RecoveryConfig(BaseModel):
         ),
     )
     backoff_max_seconds: Number = Field(
-        default=30.0,
+        default=5.0,
         gt=0,
         description=(
             "Longest wait between recovery attempts, in seconds: at least `backoff_seconds`."
         ),
     )
     critical_probe_seconds: Number = Field(
-        default=30.0,
+        default=5.0,
         gt=0,
         description=(
             "After a critical failure, how often vigil checks whether the fault has cleared, "
             "in seconds: greater than 0."
+        ),
+    )
+
+    budgets: BudgetsConfig = Field(
+        default_factory=BudgetsConfig,
+        description=(
+            "Per error category, how many errors within how many seconds make a fault "
+            "(`{count, window_seconds, cooldown_seconds}`); categories not given keep the "
+            "built-in budgets: one error is a fault for camera_timeout, camera_lost, "
+            "camera_frozen, encoder_error, storage_full and storage_io; 30 in 10 s for "
+            "frame_invalid and frame_timestamp; 3 in 60 s for directory_missing."
+        ),
+    )
+    max_abandoned_calls: WholeNumber = Field(
+        default=3,
+        ge=1,
+        le=100,
+        description=(
+            "Hung camera or encoder calls vigil abandons before it exits with status 70 so "
+            "that systemd restarts it as a fresh process: from 1 to 100."
         ),
     )
 
@@ -304,6 +419,211 @@ class LoggingConfig(BaseModel):
         return value.upper() if isinstance(value, str) else value
 
 
+DEFAULT_API_LISTEN = "127.0.0.1:8080"
+DEFAULT_API_TOKEN_FILE = Path("/etc/vigil/api-token")
+_HOSTNAME_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """(host, port) from "HOST:PORT" ("[::1]:8080" for IPv6); ValueError says what is wrong."""
+    host, colon, port_text = text.strip().rpartition(":")
+    if not colon or not host:
+        raise ValueError("must be HOST:PORT, such as 127.0.0.1:8080")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} in brackets is not an IPv6 address") from None
+    elif ":" in host:
+        raise ValueError("put an IPv6 address in brackets, such as [::1]:8080")
+    else:
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            labels = host.rstrip(".").split(".")
+            if not all(_HOSTNAME_LABEL.fullmatch(label) for label in labels):
+                raise ValueError(f"{host!r} is neither an IP address nor a host name") from None
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ValueError(f"port {port_text!r} is not a whole number from 1 to 65535")
+    return host, int(port_text)
+
+
+class ApiConfig(BaseModel):
+    """The HTTP API: health, status, metrics and recordings, and the token-protected actions."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    enabled: bool = Field(
+        default=True,
+        description="Serve the HTTP API (health, status, Prometheus metrics, recordings, actions).",
+    )
+    listen: Text = Field(
+        default=DEFAULT_API_LISTEN,
+        description=(
+            "Address and port the API listens on, as HOST:PORT (IPv6 in brackets, such as "
+            "[::1]:8080). The default answers only on this machine; use 0.0.0.0:8080 to "
+            "answer on every network interface."
+        ),
+    )
+    token_file: DirectoryPath = Field(
+        default=DEFAULT_API_TOKEN_FILE,
+        description=(
+            "File holding the bearer token that the actions (start, stop, reset, merge) "
+            "require; when it is missing or empty the actions are disabled. Keep it readable "
+            "by the vigil user only."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _listen_is_host_and_port(self) -> ApiConfig:
+        try:
+            parse_listen(self.listen)
+        except ValueError as err:
+            raise _broken_rule("listen", self.listen, f"{_show(self.listen)} is not valid; {err}") from None
+        return self
+
+
+PinFactoryName = Literal["lgpio", "rpigpio", "pigpio", "native", "mock"]
+_GPIO_PIN_ERROR = "vigil_gpio_pin"
+_PIN_FACTORY_ERROR = "vigil_pin_factory"
+_PIN_EXAMPLES = "a BCM pin number such as 17, or a pin name such as GPIO17, BOARD11 or J8:11"
+
+
+def _gpio_pin(value: object) -> object:
+    # gpiozero takes numbers and names alike; keeping both as text gives one type to pass on.
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return str(value)
+    if isinstance(value, str) and value.strip():
+        return value.strip()
+    raise PydanticCustomError(_GPIO_PIN_ERROR, f"give {_PIN_EXAMPLES}")
+
+
+def _same_pin(first: str, second: str) -> bool:
+    """Whether two pin names surely mean the same pin (17, "GPIO17" and "BCM17" do)."""
+
+    def canonical(name: str) -> str:
+        text = name.upper()
+        for prefix in ("GPIO", "BCM", ""):
+            number = text.removeprefix(prefix)
+            if text.startswith(prefix) and number.isdigit():
+                return f"GPIO{int(number)}"
+        return text
+
+    return canonical(first) == canonical(second)
+
+
+GpioPin = Annotated[str, BeforeValidator(_gpio_pin)]
+
+
+class GpioConfig(BaseModel):
+    """The reset button and status LED on the Raspberry Pi's GPIO header."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    enabled: bool = Field(
+        default=True,
+        description=(
+            "Use the GPIO button and LED configured below; false leaves the GPIO pins alone."
+        ),
+    )
+    reset_button: GpioPin | None = Field(
+        default=None,
+        description=(
+            f"Pin of a push button wired to ground ({_PIN_EXAMPLES}); the internal pull-up "
+            "is used. A short press starts or stops recording; holding it for "
+            "`reset_hold_seconds` resets the recorder. null means no button."
+        ),
+    )
+    status_led: GpioPin | None = Field(
+        default=None,
+        description=(
+            "Pin of an LED (with its resistor) that shows the state: steady on while recording, "
+            "slow blink when idle, fast blink while recovering, an SOS pattern when critical, "
+            "off during a reset. null means no LED."
+        ),
+    )
+    reset_hold_seconds: Number = Field(
+        default=3.0,
+        ge=0.1,
+        le=60,
+        description="How long to hold the button for an emergency reset, in seconds: from 0.1 to 60.",
+    )
+    pin_factory: PinFactoryName | None = Field(
+        default=None,
+        description=(
+            "Which gpiozero pin library to use: lgpio, rpigpio, pigpio, native, or mock (a "
+            "simulation for tests). null lets gpiozero pick the first that works on this board."
+        ),
+    )
+
+    @field_validator("pin_factory", mode="before")
+    @classmethod
+    def _known_pin_factory(cls, value: object) -> object:
+        allowed = typing.get_args(PinFactoryName)
+        if value is None or value in allowed:
+            return value
+        raise PydanticCustomError(
+            _PIN_FACTORY_ERROR, f"allowed values: null, {', '.join(allowed)}"
+        )
+
+    @model_validator(mode="after")
+    def _button_and_led_on_different_pins(self) -> GpioConfig:
+        if self.reset_button and self.status_led and _same_pin(self.reset_button, self.status_led):
+            raise _broken_rule(
+                "status_led",
+                self.status_led,
+                f"{_show(self.status_led)} is the same pin as reset_button "
+                f"({_show(self.reset_button)}); the button and the LED need a pin each",
+            )
+        return self
+
+
+class StorageConfig(BaseModel):
+    """How long footage is kept and how much of the disk is kept free."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    retention_days: Number = Field(
+        default=30.0,
+        ge=0,
+        le=36500,
+        description=(
+            "Delete footage whose hour ended more than this many days ago; 0 keeps footage "
+            "until the free-space reserve needs its room. From 0 to 36500."
+        ),
+    )
+    reserve_mb: Number = Field(
+        default=1024.0,
+        ge=0,
+        description=(
+            "Free space to keep on the recording disk, in MiB: while there is less, the oldest "
+            "footage is deleted. The larger of this and `reserve_percent` applies, capped at "
+            "half the disk. Keep it above an hour of footage so hourly merges can run on a "
+            "full disk. At least 0."
+        ),
+    )
+    reserve_percent: Number = Field(
+        default=5.0,
+        ge=0,
+        le=90,
+        description=(
+            "Free space to keep on the recording disk, as a percentage of its size: from 0 "
+            "to 90. The larger of this and `reserve_mb` applies."
+        ),
+    )
+    check_seconds: Number = Field(
+        default=60.0,
+        ge=1,
+        le=86400,
+        description=(
+            "How often finished hours are merged and the age limit is applied, in seconds: "
+            "from 1 to 86400. Free space is watched every few seconds regardless, and at once "
+            "when a write fails for lack of space."
+        ),
+    )
+
+
 class VigilConfig(BaseModel):
     """Every setting of the recorder daemon; each section may be left out."""
 
@@ -316,11 +636,23 @@ class VigilConfig(BaseModel):
         default_factory=RecordingConfig,
         description="Where recordings are written and how they are encoded.",
     )
+    storage: StorageConfig = Field(
+        default_factory=StorageConfig,
+        description="Retention: deleting old footage by age and to keep disk space free.",
+    )
     recovery: RecoveryConfig = Field(
         default_factory=RecoveryConfig, description="Retrying after a camera or storage fault."
     )
     logging: LoggingConfig = Field(
         default_factory=LoggingConfig, description="Log output of the daemon."
+    )
+    api: ApiConfig = Field(
+        default_factory=ApiConfig,
+        description="The HTTP API for health checks, status, metrics, recordings and actions.",
+    )
+    gpio: GpioConfig = Field(
+        default_factory=GpioConfig,
+        description="The reset button and status LED on the Raspberry Pi's GPIO header.",
     )
 
     @model_validator(mode="before")
@@ -662,15 +994,37 @@ def _explain(kind: str, path: KeyPath, value: object, pydantic_message: str) -> 
     return f"{shown} is not valid: {pydantic_message}"
 
 
+def _inner_model(annotation: object) -> tuple[type[BaseModel] | None, type[BaseModel] | None]:
+    """(the model a field holds, or the model its list items are), looking through Optional."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation, None
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (list, tuple):
+        item = args[0] if args else None
+        if isinstance(item, type) and issubclass(item, BaseModel):
+            return None, item
+        return None, None
+    for arg in args:
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg, None
+    return None, None
+
+
 def _locate(path: KeyPath) -> tuple[type[BaseModel], str, FieldInfo | None]:
     """The model that owns the field at `path`, the field's name and its definition.
 
-    Sequence indexes below a field resolve to that field; an unknown key resolves to no field.
+    Sequence indexes below a field resolve to that field, or into the list's item model;
+    an unknown key resolves to no field.
     """
     owner: type[BaseModel] = VigilConfig
     model: type[BaseModel] | None = VigilConfig
+    item_model: type[BaseModel] | None = None
     name, field = "", None
     for part in path:
+        if isinstance(part, int) or str(part).isdigit():
+            if item_model is not None:
+                model, item_model = item_model, None
+            continue
         if model is None:
             break
         owner = model
@@ -678,9 +1032,7 @@ def _locate(path: KeyPath) -> tuple[type[BaseModel], str, FieldInfo | None]:
         if field is None:
             return owner, part, None
         name = part
-        annotation = field.annotation
-        is_model = isinstance(annotation, type) and issubclass(annotation, BaseModel)
-        model = annotation if is_model else None
+        model, item_model = _inner_model(field.annotation)
     return owner, name, field
 
 
@@ -754,7 +1106,9 @@ def _comment(description: str, indent: str) -> list[str]:
 
 
 def _yaml_value(value: object) -> str:
-    if isinstance(value, Path):
+    if isinstance(value, BaseModel):
+        value = value.model_dump(mode="json", exclude_none=True)
+    elif isinstance(value, Path):
         value = str(value)
     elif isinstance(value, list):
         value = [str(item) if isinstance(item, Path) else item for item in value]

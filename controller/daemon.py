@@ -4,25 +4,35 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 
 from loguru import logger
 
+from controller.api import start_api
 from controller.config import ConfigError, LoadedConfig, VigilConfig, load_config
 from controller.controller import Controller, Settings
+from controller.housekeeping import storage_settings_from_config
+from controller.ledger import DEFAULT_BUDGETS, Budget, ErrorLedger
 from controller.logs import setup_logging
-from hw.factory import CameraSpec, Hardware, RecordingSpec
+from controller.sdnotify import ServiceNotifier
+from hw.factory import CameraMaker, CameraSpec, Hardware, RecordingSpec
+from hw.gpio import GpioSpec, open_panel
 from states.recovering import RecoveryPolicy
 
 
-def settings_from_config(config: VigilConfig) -> Settings:
-    """The hardware factory, recovery policy and autostart flag a config describes."""
+def settings_from_config(config: VigilConfig, *,
+                         makers: Mapping[str, CameraMaker] | None = None) -> Settings:
+    """The hardware factory, recovery policy and autostart flag a config describes.
+
+    `makers` replaces the factory's camera makers (tests, `vigil doctor` with fakes).
+    """
     cam, rec, recov = config.camera, config.recording, config.recovery
     camera = CameraSpec(
         backend=cam.backend, width=cam.width, height=cam.height, fps=cam.fps,
         source=cam.source, device=cam.device, pace=cam.pace,
         read_timeout_seconds=cam.read_timeout_seconds,
-        frozen_seconds=cam.frozen_seconds,
+        frozen_seconds=cam.frozen_seconds, input_format=cam.input_format,
     )
     recording = RecordingSpec(
         root=Path(rec.root), fallback_roots=tuple(Path(p) for p in rec.fallback_roots),
@@ -34,6 +44,8 @@ def settings_from_config(config: VigilConfig) -> Settings:
         backoff_max_seconds=recov.backoff_max_seconds,
         critical_probe_seconds=recov.critical_probe_seconds,
     )
+    if makers is not None:
+        return Hardware(camera, recording, makers=makers), policy, rec.autostart
     return Hardware(camera, recording), policy, rec.autostart
 
 
@@ -50,7 +62,18 @@ def build_controller(loaded: LoadedConfig, config_path: str | None) -> Controlle
         return settings_from_config(again.config)
 
     hardware, policy, autostart = settings_from_config(loaded.config)
-    return Controller(hardware, policy=policy, autostart=autostart, reload=reload)
+    recovery = loaded.config.recovery
+    budgets = dict(DEFAULT_BUDGETS)
+    for category, budget in recovery.budgets.model_dump(exclude_none=True).items():
+        budgets[category] = Budget(**budget)
+    for fault in loaded.config.camera.inject_faults:
+        if hardware.backend != "synthetic":
+            logger.warning("camera.inject_faults ignored: backend is {}, not synthetic", hardware.backend)
+            break
+        hardware.faults.schedule(fault.after_seconds, fault.kind, fault.seconds, fault.count)
+    return Controller(hardware, policy=policy, autostart=autostart, reload=reload,
+                      ledger=ErrorLedger(budgets), max_abandoned=recovery.max_abandoned_calls,
+                      storage=storage_settings_from_config(loaded.config))
 
 
 def run(config_path: str | None) -> int:
@@ -59,14 +82,27 @@ def run(config_path: str | None) -> int:
     setup_logging(loaded.config.logging.level)
     logger.info("vigil starting config={}", loaded.source)
     controller = build_controller(loaded, config_path)
+    notifier = ServiceNotifier(controller)  # a no-op unless systemd set $NOTIFY_SOCKET
+    panel = open_panel(GpioSpec(**loaded.config.gpio.model_dump()), post=controller.post,
+                       state=lambda: controller.state)
+    api = start_api(loaded.config.api, controller)  # None when disabled or its port is taken
 
     def on_signal(signum: int, frame: object) -> None:
         logger.info("received {}: closing the open segment", signal.Signals(signum).name)
+        notifier.stopping()
         controller.request_shutdown()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
     threading.current_thread().name = "vigil-controller"
-    code = controller.run()
+    notifier.start()
+    try:
+        code = controller.run()
+    finally:
+        notifier.close()
+        if panel is not None:
+            panel.close()
+        if api is not None:
+            api.stop()
     logger.info("vigil stopped exit={}", code)
     return code

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import glob
-import importlib.util
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from loguru import logger
@@ -14,8 +12,11 @@ from hw.camera import Camera, CameraMode
 from hw.encoder import H264Encoder
 from hw.errors import CameraUnavailable
 from hw.filecam import FileCamera
+from hw.picam import PicameraMaker
 from hw.pipeline import ErrorSink, RecordingPipeline
+from hw.probe import BackendProbe
 from hw.synthetic import FaultPlan, SyntheticCamera
+from hw.v4l2 import V4L2Maker
 from hw.validate import FrameValidator
 from hw.writer import SegmentWriter
 
@@ -35,6 +36,10 @@ class CameraSpec:
     pace: bool = True
     read_timeout_seconds: float = 2.0
     frozen_seconds: float = 10.0
+    input_format: str = "auto"  # v4l2: auto, h264, mjpeg or yuyv422
+    # Keyframe period for cameras that encode themselves (picamera2); Hardware copies it from
+    # recording.fragment_seconds so that fragments and keyframes line up.
+    fragment_seconds: float = 1.0
 
     @property
     def mode(self) -> CameraMode:
@@ -67,25 +72,37 @@ def _make_file(spec: CameraSpec, faults: FaultPlan) -> Camera:
     return FileCamera(spec.mode, spec.source, paced=spec.pace)
 
 
-DEFAULT_MAKERS: Mapping[str, CameraMaker] = {"synthetic": _make_synthetic, "file": _make_file}
+DEFAULT_MAKERS: Mapping[str, CameraMaker] = {
+    "synthetic": _make_synthetic,
+    "file": _make_file,
+    "v4l2": V4L2Maker(),
+    "picamera2": PicameraMaker(),
+}
+# auto-detection asks these backends, in this order, whether they see a camera.
+PROBE_ORDER = ("picamera2", "v4l2")
+
+
+def probe_backend(makers: Mapping[str, CameraMaker], backend: str) -> BackendProbe | None:
+    """What the maker for `backend` sees, or None when it cannot probe (a plain function)."""
+    probe = getattr(makers.get(backend), "probe", None)
+    return probe() if probe is not None else None
 
 
 def detect_backend(makers: Mapping[str, CameraMaker]) -> tuple[str, str]:
-    """(backend, why) for `camera.backend: auto`: the real camera where there is one."""
-    pi = importlib.util.find_spec("picamera2") is not None
-    video = sorted(glob.glob("/dev/video*"))
-    if pi and "picamera2" in makers:
-        return "picamera2", "picamera2 is installed"
-    if video and "v4l2" in makers:
-        return "v4l2", f"found {', '.join(video)}"
-    found = []
-    if pi:
-        found.append("picamera2 (no backend for it in this build)")
-    if video:
-        found.append(f"{', '.join(video)} (no v4l2 backend in this build)")
-    if found:
-        return "synthetic", "found " + "; ".join(found) + ": falling back to synthetic"
-    return "synthetic", "no Pi camera and no /dev/video* device"
+    """(backend, why) for `camera.backend: auto`: the Pi camera, else a V4L2 camera, else synthetic.
+
+    Each probe's result is logged, found or not.
+    """
+    reasons = []
+    for backend in PROBE_ORDER:
+        result = probe_backend(makers, backend)
+        reason = "no backend for it in this build" if result is None else result.summary
+        logger.info("camera probe backend={} found={} {}", backend,
+                    bool(result and result.is_found), reason)
+        if result is not None and result.is_found:
+            return backend, f"{backend}: {reason}"
+        reasons.append(f"{backend}: {reason}")
+    return "synthetic", "; ".join(reasons) + "; falling back to synthetic"
 
 
 @dataclass
@@ -104,12 +121,18 @@ class Hardware:
     backend_reason: str = ""
 
     def __post_init__(self) -> None:
+        if self.camera.fragment_seconds != self.recording.fragment_seconds:
+            self.camera = replace(self.camera, fragment_seconds=self.recording.fragment_seconds)
         if self.camera.backend == "auto":
             self.backend, self.backend_reason = detect_backend(self.makers)
             logger.info("camera backend auto-selected backend={} reason={}",
                         self.backend, self.backend_reason)
         else:
             self.backend, self.backend_reason = self.camera.backend, "configured"
+
+    def rebuilt(self) -> Hardware:
+        """A fresh factory for the same specs: backend detection runs again."""
+        return Hardware(self.camera, self.recording, faults=self.faults, makers=self.makers)
 
     def make_camera(self) -> Camera:
         maker = self.makers.get(self.backend)
@@ -125,7 +148,7 @@ class Hardware:
         mode = camera.mode
         rec = self.recording
         writer = SegmentWriter(root, width=mode.width, height=mode.height, fps=mode.fps,
-                               segment_seconds=rec.segment_seconds)
+                               segment_seconds=rec.segment_seconds, when_error=when_error)
         encoder = None
         if mode.output == "frames":
             encoder = H264Encoder(mode, fragment_seconds=rec.fragment_seconds,

@@ -46,7 +46,7 @@ def read(luma: np.ndarray) -> int:
     band = luma[2 : CODE_ROWS - 2, :]
     n = 0
     for start, stop in cell_bounds(width):
-        margin = max(1, (stop - start) // 4)
+        margin = (stop - start) // 4  # 0 for cells 3 px or narrower: use all of them
         cell = band[:, start + margin : stop - margin]
         n = (n << 1) | int(cell.mean() > 127)
     return n

@@ -68,11 +68,16 @@ class RecordingPipeline:
         self.when_error = when_error
         self.read_timeout = read_timeout
         self.stats = PipelineStats()
+        # The newest frame that passed validation, for snapshots: a reference, never a copy,
+        # so the capture thread pays one attribute store per frame.
+        self.latest_frame: Frame | None = None
         self._queue: queue.Queue[object] = queue.Queue(maxsize=queue_frames)
         self._stop = threading.Event()
         self._dead = threading.Event()
+        self._output_failed = threading.Event()
         self._capture = threading.Thread(target=self._capture_loop, name="vigil-capture", daemon=True)
         self._encode = threading.Thread(target=self._encode_loop, name="vigil-encode", daemon=True)
+        self._hung_closes: list[threading.Thread] = []  # camera.close() calls abandoned by stop()
         self._started = False
 
     def __repr__(self) -> str:
@@ -89,19 +94,31 @@ class RecordingPipeline:
 
     @property
     def threads(self) -> tuple[threading.Thread, ...]:
-        return (self._capture, self._encode)
+        return (self._capture, self._encode, *self._hung_closes)
 
     def start(self) -> None:
         if self._started:
             raise RuntimeError("a pipeline starts once; make a new one")
         self._started = True
         self.stats.last_frame_monotonic = time.monotonic()
+        # A camera that checks a side stream of its own (the Pi's lores) reports its verdicts
+        # here and hands over its newest checked frame for snapshots.
+        attach = getattr(self.camera, "attach_sinks", None)
+        if attach is not None:
+            attach(when_error=self.when_error, when_frame=self._keep_latest_frame)
         self._encode.start()
         self._capture.start()
+
+    def _keep_latest_frame(self, frame: Frame) -> None:
+        self.latest_frame = frame
 
     def _fail(self, category: str, reason: str) -> None:
         self._dead.set()
         self.when_error(category, reason)
+
+    def _fail_output(self, category: str, reason: str) -> None:
+        self._output_failed.set()
+        self._fail(category, reason)
 
     def _capture_loop(self) -> None:
         camera, validator, stats, q = self.camera, self.validator, self.stats, self._queue
@@ -126,6 +143,8 @@ class RecordingPipeline:
                     if verdict.drops_frame:
                         stats.frames_invalid += 1
                         continue
+            if isinstance(item, Frame):
+                self.latest_frame = item
             try:
                 q.put_nowait(item)
             except queue.Full:
@@ -137,7 +156,7 @@ class RecordingPipeline:
             item = q.get()
             if item is _STOP:
                 break
-            if self._dead.is_set():
+            if self._output_failed.is_set():
                 continue  # keep draining so the capture side never blocks
             try:
                 if encoder is not None and isinstance(item, Frame):
@@ -150,11 +169,11 @@ class RecordingPipeline:
                     writer.write(packet)
                 stats.frames_recorded += len(packets)
             except StorageError as err:
-                self._fail(err.category, str(err))
+                self._fail_output(err.category, str(err))
             except EncoderError as err:
-                self._fail(err.category, str(err))
+                self._fail_output(err.category, str(err))
             except Exception as err:
-                self._fail("encoder_error", f"encode/write raised {err!r}")
+                self._fail_output("encoder_error", f"encode/write raised {err!r}")
 
     def stop(self, timeout: float = 5.0) -> StopReport:
         """Stop both threads, close the segment and the camera; never blocks past `timeout`."""
@@ -176,7 +195,7 @@ class RecordingPipeline:
         else:
             closed = self._close_writer()
         if not close_with_timeout(self.camera.close, max(0.5, deadline - time.monotonic()),
-                                  name="vigil-camera-close"):
+                                  name="vigil-camera-close", hung=self._hung_closes):
             abandoned.append("vigil-camera-close")
         for name in abandoned:
             logger.error("abandoned a hung call thread={} (it may still hold the device)", name)
@@ -193,7 +212,7 @@ class RecordingPipeline:
 
     def _close_writer(self) -> object | None:
         try:
-            if self.encoder is not None and not self._dead.is_set():
+            if self.encoder is not None and not self._output_failed.is_set():
                 for packet in self.encoder.flush():
                     self.writer.write(packet)
             return self.writer.close()
@@ -203,8 +222,12 @@ class RecordingPipeline:
             return None
 
 
-def close_with_timeout(close: Callable[[], None], timeout: float, *, name: str) -> bool:
-    """Run a close call that might hang in its own thread; False if it did not return."""
+def close_with_timeout(close: Callable[[], None], timeout: float, *, name: str,
+                       hung: list[threading.Thread] | None = None) -> bool:
+    """Run a close call that might hang in its own thread; False if it did not return.
+
+    The abandoned thread goes into `hung`, so whoever verifies cleanup knows it was given up.
+    """
     errors: list[BaseException] = []
 
     def run() -> None:
@@ -216,6 +239,8 @@ def close_with_timeout(close: Callable[[], None], timeout: float, *, name: str) 
     worker = threading.Thread(target=run, name=name, daemon=True)
     worker.start()
     worker.join(timeout)
+    if worker.is_alive() and hung is not None:
+        hung.append(worker)
     if errors:
         logger.warning("close raised during cleanup call={} error={!r}", name, errors[0])
     return not worker.is_alive()

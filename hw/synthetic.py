@@ -22,6 +22,7 @@ from hw.errors import CameraLost, CameraTimeout, CameraUnavailable
 STRIPE_PERIOD_PX = 64
 SCROLL_PX_PER_FRAME = 4
 CORRUPT_KINDS = ("shape", "dtype", "none")
+FAULT_KINDS = ("stall", "hang", "disconnect", "freeze", "corrupt", "backward_timestamps")
 
 
 class FrameCounter:
@@ -50,11 +51,12 @@ class FaultPlan:
     """
 
     stalled_until: float = 0.0
-    hung_until: float = 0.0
+    pending_hang_seconds: float = 0.0
     disconnected_until: float = 0.0
     frozen_until: float = 0.0
     corrupt: list[str] = field(default_factory=list)
     backward_timestamps: int = 0
+    scheduled: list[tuple[float, str, float, int]] = field(default_factory=list)
     history: list[tuple[float, str]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -70,8 +72,47 @@ class FaultPlan:
     def inject_hang(self, seconds: float) -> None:
         """The next read blocks for `seconds`, ignoring its timeout (a hung driver call)."""
         with self._lock:
-            self.hung_until = time.monotonic() + seconds
+            self.pending_hang_seconds = seconds
             self._note(f"hang {seconds}s")
+
+    def take_hang(self) -> float:
+        with self._lock:
+            seconds, self.pending_hang_seconds = self.pending_hang_seconds, 0.0
+            return seconds
+
+    def inject(self, kind: str, seconds: float = 1.0, count: int = 1) -> None:
+        """Inject a fault by name: stall, hang, disconnect, freeze, corrupt, backward_timestamps."""
+        if kind == "stall":
+            self.inject_stall(seconds)
+        elif kind == "hang":
+            self.inject_hang(seconds)
+        elif kind == "disconnect":
+            self.inject_disconnect(seconds)
+        elif kind == "freeze":
+            self.inject_freeze(seconds)
+        elif kind == "corrupt":
+            self.inject_corrupt([CORRUPT_KINDS[i % len(CORRUPT_KINDS)] for i in range(count)])
+        elif kind == "backward_timestamps":
+            self.inject_backward_timestamps(count)
+        else:
+            raise ValueError(f"unknown fault {kind!r}; allowed: {', '.join(FAULT_KINDS)}")
+
+    def schedule(self, after_seconds: float, kind: str, seconds: float = 1.0, count: int = 1) -> None:
+        """Inject `kind` once `after_seconds` have passed (checked on every read)."""
+        if kind not in FAULT_KINDS:
+            raise ValueError(f"unknown fault {kind!r}; allowed: {', '.join(FAULT_KINDS)}")
+        with self._lock:
+            self.scheduled.append((time.monotonic() + after_seconds, kind, seconds, count))
+            self.scheduled.sort()
+
+    def apply_due(self, now: float) -> None:
+        if not self.scheduled or self.scheduled[0][0] > now:
+            return
+        with self._lock:
+            due = [s for s in self.scheduled if s[0] <= now]
+            self.scheduled = [s for s in self.scheduled if s[0] > now]
+        for _, kind, seconds, count in due:
+            self.inject(kind, seconds, count)
 
     def inject_disconnect(self, seconds: float) -> None:
         """The camera is gone for `seconds`: reads raise CameraLost, opens fail."""
@@ -173,9 +214,11 @@ class SyntheticCamera:
         if not self._is_open:
             raise CameraLost("synthetic camera read while closed")
         now = time.monotonic()
-        if now < self.faults.hung_until:
+        self.faults.apply_due(now)
+        hang = self.faults.take_hang()
+        if hang > 0:
             # A hung driver call: ignore the timeout, as the real failure does.
-            time.sleep(self.faults.hung_until - now)
+            time.sleep(hang)
             now = time.monotonic()
         if self.faults.is_disconnected(now):
             self._is_open = False

@@ -29,13 +29,34 @@ MUX_TIME_BASE = Fraction(1, 90_000)
 MOVFLAGS = "frag_keyframe+empty_moov+default_base_moof+use_metadata_tags"
 START_TAG = "vigil_start"
 CLOCK_JUMP_SECONDS = 5.0
+COPY_CHUNK_BYTES = 1 << 20
 
 FileOpener = Callable[[Path], BinaryIO]
 
 
 def open_exclusive(path: Path) -> BinaryIO:
-    """Create `path` for writing, unbuffered; fail if it exists (nothing is overwritten)."""
-    return open(path, "xb", buffering=0)
+    """Create `path` for writing, unbuffered; fail if it exists (nothing is overwritten).
+
+    Opened read-write so that a segment whose directory is deleted under it can be read
+    back from the still-open file and saved into a recreated directory.
+    """
+    return open(path, "xb+", buffering=0)
+
+
+def copy_out(source: BinaryIO, destination: Path) -> int:
+    """Copy an open file's whole content (even if unlinked) into a new durable file."""
+    fd = source.fileno()
+    size = os.fstat(fd).st_size
+    offset = 0
+    with open_exclusive(destination) as out:
+        while offset < size:
+            chunk = os.pread(fd, min(COPY_CHUNK_BYTES, size - offset), offset)
+            if not chunk:
+                break
+            out.write(chunk)
+            offset += len(chunk)
+        os.fsync(out.fileno())
+    return offset
 
 
 def fsync_directory(path: Path) -> None:
@@ -164,6 +185,7 @@ class SegmentWriter:
         fsync: bool = True,
         opener: FileOpener = open_exclusive,
         when_segment_closed: Callable[[ClosedSegment], None] | None = None,
+        when_error: Callable[[str, str], None] | None = None,
     ) -> None:
         self.root = Path(root)
         self.width, self.height, self.fps = width, height, fps
@@ -171,6 +193,8 @@ class SegmentWriter:
         self.fsync_enabled = fsync
         self._opener = opener
         self.when_segment_closed = when_segment_closed
+        self.when_error = when_error
+        self._next_root: Path | None = None
         self._open: _OpenSegment | None = None
         self.segments_closed = 0
         self.last_closed: ClosedSegment | None = None
@@ -217,7 +241,18 @@ class SegmentWriter:
             # Muxing a keyframe flushed the previous fragment to the file: make it durable.
             seg.fsync()
 
+    def retarget(self, root: Path) -> None:
+        """Record under `root` from the next keyframe on (a root that healed, or a fallback)."""
+        self._next_root = Path(root)
+
     def _should_split(self, seg: _OpenSegment, packet: EncodedPacket) -> bool:
+        if self._next_root is not None:
+            self.root, self._next_root = self._next_root, None
+            return True
+        if not seg.partial.exists():
+            # The directory (or the file) was deleted under us: close at this keyframe, so
+            # the footage is copied out of the still-open file into a recreated directory.
+            return True
         if packet.timestamp - seg.start_timestamp >= self.segment_seconds - 0.5 / self.fps:
             return True
         expected_wall = seg.start_wallclock + (packet.timestamp - seg.start_timestamp)
@@ -247,11 +282,15 @@ class SegmentWriter:
         seg.container.close()
         if self.fsync_enabled:
             seg.fsync()
-        seg.file.close()
         if seg.frames == 0:
+            seg.file.close()
             seg.partial.unlink(missing_ok=True)
             return None
-        os.rename(seg.partial, seg.path)
+        if seg.partial.exists():
+            seg.file.close()
+            os.rename(seg.partial, seg.path)
+        else:
+            self._save_orphan(seg)
         if self.fsync_enabled:
             fsync_directory(seg.path.parent)
         duration = seg.last_timestamp - seg.start_timestamp + 1.0 / self.fps
@@ -265,6 +304,19 @@ class SegmentWriter:
         if self.when_segment_closed is not None:
             self.when_segment_closed(closed)
         return closed
+
+    def _save_orphan(self, seg: _OpenSegment) -> None:
+        """The segment's file was unlinked while open: write its content out again."""
+        make_dirs_durably(seg.path.parent)
+        seg.path = unique_segment_path(seg.path.parent, seg.path.name.removesuffix(".mp4"))
+        try:
+            copied = copy_out(seg.file, seg.path)
+        finally:
+            seg.file.close()
+        logger.warning("segment directory vanished while recording; recreated it and saved "
+                       "the segment path={} bytes={}", seg.path, copied)
+        if self.when_error is not None:
+            self.when_error("directory_missing", f"{seg.partial.parent} was deleted while recording")
 
     def close(self) -> ClosedSegment | None:
         """Close the open segment (idempotent); returns it, or None if nothing was open."""

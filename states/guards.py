@@ -7,6 +7,7 @@ in `refusal`, so the controller can log and count the refusal; the machine stays
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from pathlib import Path
@@ -17,6 +18,7 @@ from loguru import logger
 from hw.camera import Camera
 from hw.errors import CameraError
 from hw.pipeline import RecordingPipeline, close_with_timeout
+from hw.recovery import recover_partial
 from hw.storage import RootStatus, choose_root
 from hw.writer import PARTIAL_SUFFIX
 
@@ -56,6 +58,7 @@ class GuardWork:
     refusal: str
     abandoned: list[str]
     abandoned_threads: list[threading.Thread]
+    owned_threads: list[threading.Thread]
     abandoned_paths: list[Path]
     config_error: str | None
 
@@ -72,12 +75,18 @@ class GuardWork:
                 self.abandoned_threads.extend(t for t in pipeline.threads if t.is_alive())
                 if open_before is not None:
                     self.abandoned_paths.append(open_before)
+            elif open_before is not None and open_before.exists():
+                # A writer that died on a storage error left its .partial: close it out now
+                # (trimmed to whole fragments) rather than at the next start.
+                with contextlib.suppress(OSError):
+                    recover_partial(open_before)
         self._release_pending_camera()
 
     def _release_pending_camera(self) -> None:
         camera, self.pending_camera = self.pending_camera, None
         if camera is not None and not close_with_timeout(
-            camera.close, CAMERA_OPEN_TIMEOUT_SECONDS, name="vigil-camera-close"
+            camera.close, CAMERA_OPEN_TIMEOUT_SECONDS, name="vigil-camera-close",
+            hung=self.abandoned_threads,
         ):
             self.abandoned.append("vigil-camera-close")
 
@@ -111,6 +120,7 @@ class GuardWork:
                 errors.append(err)
 
         opener = threading.Thread(target=run, name="vigil-camera-open", daemon=True)
+        self.owned_threads.append(opener)
         opener.start()
         opener.join(CAMERA_OPEN_TIMEOUT_SECONDS)
         if opener.is_alive():
@@ -132,20 +142,26 @@ class GuardWork:
         return True
 
     def is_cleanup_verified(self, event: EventData) -> bool:
-        """Nothing of the source state is still alive, except what was abandoned."""
+        """Nothing of the source state is still alive, except what was abandoned.
+
+        Checks the threads this unit started (pipeline stages, camera opens) and the segment
+        files open under its recording roots; other units or services in the process are
+        theirs to account for.
+        """
         if self.pipeline is not None:
             self.refusal = "pipeline still held after cleanup"
             return False
         abandoned = set(self.abandoned_threads)
-        live = [t.name for t in threading.enumerate()
-                if t.name.startswith("vigil-") and t not in abandoned
-                and t is not threading.current_thread() and t.is_alive()
-                and not t.name.startswith(("vigil-controller", "vigil-api", "vigil-ticker"))]
+        self.owned_threads = [t for t in self.owned_threads if t.is_alive()]
+        live = [t.name for t in self.owned_threads if t not in abandoned]
         if live:
             self.refusal = f"threads still alive after cleanup: {', '.join(live)}"
             return False
+        rec = self.hardware.recording
+        roots = [str(r.resolve()) + os.sep for r in (rec.root, *rec.fallback_roots)]
         held = [p for p in open_partial_files()
-                if Path(str(p).removesuffix(" (deleted)")) not in self.abandoned_paths]
+                if str(p).startswith(tuple(roots))
+                and Path(str(p).removesuffix(" (deleted)")) not in self.abandoned_paths]
         if held:
             self.refusal = f"segment files still open after cleanup: {held}"
             return False

@@ -19,6 +19,7 @@ def enter(event: EventData) -> None:
     camera, unit.pending_camera = unit.pending_camera, None
     assert camera is not None and unit.root_status is not None  # the guards checked both
     unit.pipeline = unit.hardware.make_pipeline(camera, unit.root_status.path, unit.report_error)
+    unit.owned_threads.extend(unit.pipeline.threads)
     unit.pipeline.start()
     unit.recovery_attempts = 0
     logger.info("recording camera={} mode={}x{}@{:g} root={}", camera.name,

@@ -1,5 +1,8 @@
 """recovering: reopen camera and writer after a fault, with backoff, a bounded number of times.
 
+Progressive: every attempt reopens a fresh camera instance and a fresh writer; from attempt
+REBUILD_HARDWARE_AT_ATTEMPT on, the hardware factory itself is rebuilt first.
+
 Each attempt is the `recovered` transition itself: its guards reopen the camera, repair the
 directories and verify, so a failed attempt leaves the machine here with the reason. After
 `max_attempts` failed attempts the unit gives up and goes to `critical`.
@@ -16,6 +19,10 @@ if TYPE_CHECKING:
     from transitions import EventData
 
 ATTEMPT_EVENT = "recover_attempt"
+# Attempts get heavier: the first ones reopen camera and writer (every attempt does, through
+# the transition's guards); from this one on, the whole hardware factory is rebuilt first,
+# so backend detection runs again (a camera that came back as a different device).
+REBUILD_HARDWARE_AT_ATTEMPT = 3
 
 
 @dataclass(frozen=True)
@@ -24,8 +31,8 @@ class RecoveryPolicy:
 
     max_attempts: int = 3
     backoff_seconds: float = 1.0
-    backoff_max_seconds: float = 30.0
-    critical_probe_seconds: float = 30.0
+    backoff_max_seconds: float = 5.0
+    critical_probe_seconds: float = 5.0
 
     def delay_before(self, attempt: int) -> float:
         """Seconds to wait before attempt number `attempt` (1-based): exponential, capped."""
@@ -50,6 +57,9 @@ def attempt(unit) -> None:  # type: ignore[no-untyped-def]
     unit.recoveries_attempted += 1
     n, policy = unit.recovery_attempts, unit.policy
     unit.refusal = ""
+    if n >= REBUILD_HARDWARE_AT_ATTEMPT:
+        logger.warning("recovery attempt {}: rebuilding the hardware layer", n)
+        unit.hardware = unit.hardware.rebuilt()
     unit.recovered()
     if unit.state == "recording":
         logger.info("recovered on attempt {} of {}", n, policy.max_attempts)

@@ -63,6 +63,7 @@ class Unit(GuardWork):
         self.refusal = ""
         self.abandoned: list[str] = []
         self.abandoned_threads: list[threading.Thread] = []
+        self.owned_threads: list[threading.Thread] = []
         self.abandoned_paths: list[Path] = []
         self.recovery_attempts = 0
         self.recoveries_attempted = 0

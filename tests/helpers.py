@@ -10,9 +10,15 @@ import av
 from hw import framecode
 
 
+def _segment_key(path: Path) -> tuple[Path, str, int]:
+    """Start time from the name, then the collision suffix as a number (X, X-1, X-2, X-10)."""
+    stem, _, n = path.stem.partition("-")
+    return (path.parent, stem, int(n) if n.isdigit() else 0)
+
+
 def segments(root: Path) -> list[Path]:
     """Closed segment files under `root`, oldest first (names sort by start time)."""
-    return sorted(root.rglob("*.mp4"), key=lambda p: (p.parent, p.name))
+    return sorted(root.rglob("*.mp4"), key=_segment_key)
 
 
 def frame_numbers(path: Path) -> list[int]:

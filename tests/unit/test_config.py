@@ -20,7 +20,10 @@ from controller.config import (
 )
 from hw.errors import VigilError
 
-CAMERA_KEYS = "backend, width, height, fps, source, device, pace, read_timeout_seconds, frozen_seconds"
+CAMERA_KEYS = (
+    "backend, width, height, fps, source, device, input_format, pace, read_timeout_seconds, "
+    "frozen_seconds, inject_faults"
+)
 
 
 def write(path: Path, text: str) -> Path:
@@ -70,8 +73,8 @@ def test_no_file_anywhere_gives_built_in_defaults(tmp_path: Path) -> None:
     assert (config.recording.encoder_preset, config.recording.crf) == ("ultrafast", 23)
     assert (config.recording.queue_frames, config.recording.autostart) == (60, True)
     assert config.recovery.max_attempts == 3
-    assert (config.recovery.backoff_seconds, config.recovery.backoff_max_seconds) == (1.0, 30.0)
-    assert config.recovery.critical_probe_seconds == 30.0
+    assert (config.recovery.backoff_seconds, config.recovery.backoff_max_seconds) == (1.0, 5.0)
+    assert config.recovery.critical_probe_seconds == 5.0
     assert config.logging.level == "INFO"
 
 
@@ -287,7 +290,7 @@ def test_unknown_top_level_key(tmp_path: Path) -> None:
     assert (problem.line, problem.key) == (3, "camrea")
     assert str(problem) == (
         "vigil.yaml:3: camrea: unknown key; allowed keys at the top level: "
-        "camera, recording, recovery, logging; did you mean 'camera'?"
+        f"{', '.join(VigilConfig.model_fields)}; did you mean 'camera'?"
     )
 
 
@@ -570,7 +573,7 @@ def test_top_level_that_is_not_a_mapping(tmp_path: Path, text: str, found: str) 
     assert problem.key == ""
     assert problem.line == len(text) - len(text.lstrip("\n")) + 1
     assert problem.message == (
-        "the top level must be a mapping of sections (camera, recording, recovery, logging); "
+        f"the top level must be a mapping of sections ({', '.join(VigilConfig.model_fields)}); "
         f"found {found}"
     )
 
@@ -597,9 +600,169 @@ def test_describe_defaults_explains_every_key_in_a_comment_above_it() -> None:
 
     for section_name, section_field in VigilConfig.model_fields.items():
         assert f"{section_name}:" in lines
+        start = lines.index(f"{section_name}:")
+        end = next((i for i in range(start + 1, len(lines)) if lines[i] and not lines[i][0].isspace()
+                    and not lines[i].startswith("#")), len(lines))
         section_model = section_field.annotation
         assert section_model is not None
         for name, field in section_model.model_fields.items():
             assert field.description, f"{section_name}.{name} has no description"
-            [index] = [i for i, line in enumerate(lines) if line.startswith(f"  {name}: ")]
+            [index] = [i for i in range(start, end) if lines[i].startswith(f"  {name}: ")]
             assert lines[index - 1].startswith("  # "), f"{section_name}.{name} is not commented"
+
+
+# --- api ---------------------------------------------------------------------------------------
+
+
+def test_api_defaults_listen_on_loopback_with_actions_behind_a_token_file() -> None:
+    api = VigilConfig().api
+
+    assert (api.enabled, api.listen, api.token_file) == (
+        True, "127.0.0.1:8080", Path("/etc/vigil/api-token")
+    )
+
+
+@pytest.mark.parametrize(
+    ("listen", "host", "port"),
+    [("0.0.0.0:80", "0.0.0.0", 80), ("[::1]:8080", "::1", 8080),
+     ("vigil-7.local:65535", "vigil-7.local", 65535)],
+)
+def test_api_listen_accepts_ipv4_ipv6_and_host_names(listen: str, host: str, port: int) -> None:
+    from controller.config import parse_listen
+
+    config = parse_config_text(f"api:\n  listen: '{listen}'\n", "vigil.yaml")
+
+    assert parse_listen(config.api.listen) == (host, port)
+
+
+@pytest.mark.parametrize(
+    ("listen", "reason"),
+    [
+        ("8080", "must be HOST:PORT, such as 127.0.0.1:8080"),
+        ("127.0.0.1:0", "port '0' is not a whole number from 1 to 65535"),
+        ("127.0.0.1:http", "port 'http' is not a whole number from 1 to 65535"),
+        ("::1:8080", "put an IPv6 address in brackets, such as [::1]:8080"),
+        ("[nope]:8080", "'nope' in brackets is not an IPv6 address"),
+        ("bad_host:8080", "'bad_host' is neither an IP address nor a host name"),
+    ],
+)
+def test_api_listen_that_is_not_host_and_port_is_reported_on_its_line(
+    tmp_path: Path, listen: str, reason: str
+) -> None:
+    problem = only_problem(tmp_path, f"api:\n  enabled: true\n  listen: '{listen}'\n")
+
+    assert str(problem) == f"vigil.yaml:3: api.listen: '{listen}' is not valid; {reason}"
+
+
+def test_api_unknown_key_lists_the_api_keys(tmp_path: Path) -> None:
+    problem = only_problem(tmp_path, "api:\n  token: secret\n")
+
+    assert str(problem) == (
+        "vigil.yaml:2: api.token: unknown key; allowed keys in api: enabled, listen, token_file; "
+        "did you mean 'token_file'?"
+    )
+
+
+# --- gpio --------------------------------------------------------------------------------------
+
+
+def test_gpio_defaults_use_no_pins() -> None:
+    gpio = VigilConfig().gpio
+    assert (gpio.enabled, gpio.reset_button, gpio.status_led) == (True, None, None)
+    assert (gpio.reset_hold_seconds, gpio.pin_factory) == (3.0, None)
+
+
+@pytest.mark.parametrize(("written", "kept"), [("17", "17"), ("GPIO17", "GPIO17"), ("BOARD11", "BOARD11"),
+                                               ("'J8:11'", "J8:11")])
+def test_gpio_pins_are_bcm_numbers_or_gpiozero_names(written: str, kept: str) -> None:
+    config = parse_config_text(f"gpio:\n  reset_button: {written}\n  pin_factory: mock\n", "vigil.yaml")
+
+    assert (config.gpio.reset_button, config.gpio.pin_factory) == (kept, "mock")
+
+
+@pytest.mark.parametrize("written", ["true", "-1", "''", "1.5"])
+def test_gpio_pin_that_is_not_a_pin_is_reported_on_its_line(tmp_path: Path, written: str) -> None:
+    problem = only_problem(tmp_path, f"gpio:\n  enabled: true\n  status_led: {written}\n")
+
+    assert (problem.line, problem.key) == (3, "gpio.status_led")
+    assert problem.message.endswith(
+        "is not valid: give a BCM pin number such as 17, or a pin name such as GPIO17, BOARD11 or J8:11"
+    )
+
+
+def test_gpio_button_and_led_on_the_same_pin_is_refused(tmp_path: Path) -> None:
+    problem = only_problem(tmp_path, "gpio:\n  reset_button: 17\n  status_led: GPIO17\n")
+
+    assert str(problem) == (
+        "vigil.yaml:3: gpio.status_led: 'GPIO17' is the same pin as reset_button ('17'); "
+        "the button and the LED need a pin each"
+    )
+
+
+def test_gpio_unknown_pin_factory_lists_the_choices(tmp_path: Path) -> None:
+    problem = only_problem(tmp_path, "gpio:\n  pin_factory: gpiod\n")
+
+    assert str(problem) == (
+        "vigil.yaml:2: gpio.pin_factory: 'gpiod' is not valid: "
+        "allowed values: null, lgpio, rpigpio, pigpio, native, mock"
+    )
+
+
+def test_gpio_hold_time_has_a_range(tmp_path: Path) -> None:
+    problem = only_problem(tmp_path, "gpio:\n  reset_hold_seconds: 0\n")
+
+    assert str(problem) == (
+        "vigil.yaml:2: gpio.reset_hold_seconds: 0 is out of range; "
+        "reset_hold_seconds must be a number from 0.1 to 60"
+    )
+
+
+# --- storage lifecycle: recording.merge*, storage.* ------------------------------------------
+
+
+def test_storage_defaults_keep_30_days_and_a_gigabyte_free() -> None:
+    config = parse_config_text("", "vigil.yaml")
+
+    assert (config.recording.merge, config.recording.merge_verify) == ("hourly", "full")
+    storage = config.storage
+    assert (storage.retention_days, storage.reserve_mb, storage.reserve_percent) == (30, 1024, 5)
+    assert storage.check_seconds == 60
+
+
+def test_merge_off_written_bare_is_not_taken_for_a_boolean(tmp_path: Path) -> None:
+    # YAML 1.1 reads a bare `off` as false; the user meant the choice `off`.
+    config = parse_config_text("recording:\n  merge: off\n  merge_verify: keyframes\n", "vigil.yaml")
+    assert (config.recording.merge, config.recording.merge_verify) == ("off", "keyframes")
+
+    problem = only_problem(tmp_path, "recording:\n  merge: daily\n")
+    assert str(problem) == (
+        "vigil.yaml:2: recording.merge: 'daily' is not allowed; allowed values: hourly, off"
+    )
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("retention_days: -1", "storage.retention_days: -1 is out of range; "
+                               "retention_days must be a number from 0 to 36500"),
+        ("reserve_mb: -5", "storage.reserve_mb: -5 is out of range; reserve_mb must be a number at least 0"),
+        ("reserve_percent: 95", "storage.reserve_percent: 95 is out of range; "
+                                "reserve_percent must be a number from 0 to 90"),
+        ("check_seconds: 0", "storage.check_seconds: 0 is out of range; "
+                             "check_seconds must be a number from 1 to 86400"),
+        ("reserve_mb: lots", "storage.reserve_mb: 'lots' is not a number"),
+    ],
+)
+def test_storage_keys_have_ranges(tmp_path: Path, line: str, message: str) -> None:
+    problem = only_problem(tmp_path, f"storage:\n  {line}\n")
+
+    assert problem.line == 2
+    assert str(problem).startswith(f"vigil.yaml:2: {message}")
+
+
+def test_storage_zero_means_keep_forever_and_no_reserve() -> None:
+    config = parse_config_text(
+        "storage:\n  retention_days: 0\n  reserve_mb: 0\n  reserve_percent: 0\n", "vigil.yaml"
+    )
+    storage = config.storage
+    assert (storage.retention_days, storage.reserve_mb, storage.reserve_percent) == (0, 0, 0)

@@ -187,24 +187,41 @@ def test_guard_config_invalid_does_not_block_reset(unit: Unit) -> None:
     assert unit.state == "reset"
 
 
-def test_guard_cleanup_refuses_while_a_vigil_thread_lives(unit: Unit) -> None:
+def test_guard_cleanup_refuses_while_a_thread_it_started_lives(unit: Unit) -> None:
+    to_state(unit, "recording")
+    assert unit.pipeline is not None
     release = threading.Event()
-    leaked = threading.Thread(target=release.wait, name="vigil-leaked-worker", daemon=True)
-    leaked.start()
+    # As if a pipeline stage had not ended when its stop returned: a thread the unit owns.
+    straggler = threading.Thread(target=release.wait, name="vigil-encode", daemon=True)
+    straggler.start()
+    unit.owned_threads.append(straggler)
     try:
-        unit.start()
-        assert unit.state == "idle"
-        assert "vigil-leaked-worker" in unit.refusal
-        assert unit.pending_camera is None  # the camera opened for the refused start was closed
+        unit.stop()
+        assert unit.state == "recording"
+        assert "threads still alive after cleanup: vigil-encode" in unit.refusal
     finally:
         release.set()
-        leaked.join(5)
-    unit.start()
-    assert unit.state == "recording"
+        straggler.join(5)
+    unit.stop()
+    assert unit.state == "idle"
+
+
+def test_guard_cleanup_ignores_threads_it_did_not_start(unit: Unit) -> None:
+    release = threading.Event()
+    other = threading.Thread(target=release.wait, name="vigil-capture", daemon=True)
+    other.start()  # e.g. another unit's pipeline in the same process
+    try:
+        unit.start()
+        assert unit.state == "recording"
+    finally:
+        release.set()
+        other.join(5)
 
 
 def test_guard_cleanup_refuses_while_a_segment_file_is_open(unit: Unit, tmp_path: Path) -> None:
-    with open(tmp_path / "stray.mp4.partial", "wb"):
+    root = unit.hardware.recording.root
+    root.mkdir(parents=True)
+    with open(root / "stray.mp4.partial", "wb"):
         unit.start()
         assert unit.state == "idle"
         assert "still open" in unit.refusal

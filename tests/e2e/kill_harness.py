@@ -1,0 +1,35 @@
+"""A recording daemon for the kill -9 test: `vigil run`'s controller, plus a progress line.
+
+It prints how many frames the camera has delivered, every few milliseconds, so the test
+knows how many frames existed when it sent SIGKILL. Not a test module: run as a script.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+
+from controller.config import load_config
+from controller.daemon import build_controller
+
+PRINT_EVERY_SECONDS = 0.005
+
+
+def main(config_path: str) -> int:
+    controller = build_controller(load_config(config_path), config_path)
+
+    def report() -> None:
+        while True:
+            status = controller.status()
+            sys.stdout.write(f"captured {status['totals']['frames_captured']}\n")
+            sys.stdout.flush()
+            time.sleep(PRINT_EVERY_SECONDS)
+
+    threading.Thread(target=report, name="harness-report", daemon=True).start()
+    threading.current_thread().name = "vigil-controller"
+    return controller.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))

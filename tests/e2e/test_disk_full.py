@@ -1,0 +1,91 @@
+"""The disk fills while recording (ENOSPC on a real, size-limited tmpfs)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+from pathlib import Path
+
+from controller.controller import Controller
+from controller.housekeeping import StorageSettings
+from controller.retention import RetentionPolicy
+from tests.e2e.test_faults import RESUME_SECONDS, missing, record_for, resumed_after, visited
+from tests.helpers import gaps, recorded_numbers, segments
+from tests.tmpfs import mounted_tmpfs
+
+# No reserve and no age limit: only an actual ENOSPC makes room, which is what is under test.
+NO_RESERVE = StorageSettings(retention=RetentionPolicy(retention_days=0, reserve_mb=0, reserve_percent=0),
+                             check_seconds=3600)
+
+
+def fill(directory: Path, name: str = "ballast.bin") -> Path:
+    """Write a file until the filesystem is full, as another program on the card might."""
+    path = directory / name
+    chunk = os.urandom(64 * 1024)
+    with open(path, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(chunk)
+        except OSError as err:
+            assert err.errno == errno.ENOSPC
+    return path
+
+
+def test_full_disk_deletes_the_oldest_footage_and_records_on(start_controller, tmp_path: Path) -> None:
+    with mounted_tmpfs(tmp_path / "card", "16m") as card:
+        root = card / "rec"
+        running = start_controller(root=root, width=640, height=480, segment_seconds=1.0, crf=4,
+                                   storage=NO_RESERVE)
+        c: Controller = running.controller
+        record_for(c, 150)
+        before = {p: recorded_numbers_of(p) for p in segments(root)}
+        oldest = min(before)
+        fill(card)
+        full = time.monotonic()
+        assert c.wait_until(lambda: ("recording", "recovering") in visited(c), 15)
+        assert c.wait_until(lambda: resumed_after(c, full), RESUME_SECONDS + 5)
+        record_for(c, 60)
+        running.stop()
+        assert c.ledger.totals["storage_full"] >= 1
+        assert not oldest.exists(), "the oldest segment should have made room"
+        after = segments(root)
+        survivors = [p for p in before if p.exists()]
+        # Oldest first: whatever survived of the footage from before is its newest part.
+        assert survivors == sorted(before)[len(before) - len(survivors):]
+        numbers = recorded_numbers(root)
+        lost = missing(numbers)
+        print(f"disk full: {len(before) - len(survivors)} old segments deleted, "
+              f"{len(lost)} frames lost at the failure")
+        assert len(lost) <= 2 * 15  # the fragment being written when ENOSPC hit, plus in flight
+        assert numbers[-1] >= max(max(n) for n in before.values())
+        assert after[-1].name > sorted(before)[-1].name
+
+
+def test_full_disk_with_nothing_to_delete_goes_critical_and_resumes_when_space_returns(
+    start_controller, tmp_path: Path
+) -> None:
+    with mounted_tmpfs(tmp_path / "card", "8m") as card:
+        root = card / "rec"
+        running = start_controller(root=root, width=640, height=480, segment_seconds=600, crf=18,
+                                   storage=NO_RESERVE)
+        c: Controller = running.controller
+        record_for(c, 60)
+        ballast = fill(card)  # only the open segment is footage: nothing may be deleted
+        assert c.wait_until(lambda: ("recovering", "critical") in visited(c), 30)
+        assert not list(root.rglob("*.partial")), "the torn segment should have been closed out"
+        kept = segments(root)
+        assert kept, "the footage written before the disk filled must be kept"
+        ballast.unlink()
+        freed = time.monotonic()
+        assert c.wait_until(lambda: resumed_after(c, freed), RESUME_SECONDS + 2)
+        record_for(c, 30)
+        running.stop()
+        assert all(p.exists() for p in kept)
+        assert gaps(recorded_numbers_of(kept[0])) == []
+
+
+def recorded_numbers_of(path: Path) -> list[int]:
+    from tests.helpers import frame_numbers
+
+    return frame_numbers(path)

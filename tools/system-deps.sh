@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Install the system tools the test suite (or the benchmarks) use, when they are missing.
+# Usage: tools/system-deps.sh test|bench. Needs root and apt-get to install; otherwise it
+# says what is missing and the tests that need it fail with a clear message.
+set -euo pipefail
+
+declare -A package_of=(
+  [mkfs.ext4]=e2fsprogs [mount]=mount [losetup]=mount [systemd-analyze]=systemd
+  [ffmpeg]=ffmpeg
+)
+case "${1:-test}" in
+  test) tools=(mkfs.ext4 mount losetup systemd-analyze) ;;
+  bench) tools=(ffmpeg) ;;
+  *) echo "usage: $0 test|bench" >&2; exit 2 ;;
+esac
+
+missing=()
+for tool in "${tools[@]}"; do
+  command -v "$tool" >/dev/null 2>&1 || PATH="$PATH:/usr/sbin:/sbin" command -v "$tool" >/dev/null 2>&1 \
+    || missing+=("${package_of[$tool]}")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+  echo "missing system packages: ${missing[*]} (install them; tests that need them will fail)" >&2
+  exit 0
+fi
+echo "installing system packages: ${missing[*]}"
+apt-get update -qq
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
