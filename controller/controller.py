@@ -96,6 +96,7 @@ class Controller:
         self._next_root_check = 0.0
         self.root_recheck_seconds = ROOT_RECHECK_SECONDS
         self._next_orphan_fault = 0.0
+        self._alerted_root: Path | None = None
         # Lifetime totals: runs that ended are folded in; the counted run is read live.
         self.finished_runs: Counter[str] = Counter()
         self._counted_pipeline: RecordingPipeline | None = None
@@ -330,6 +331,7 @@ class Controller:
             logger.exception("transition {} from {} raised; treating as a fault", name, before)
             self.report_error("encoder_error", f"transition {name} raised")
         self._track_run(self.unit.pipeline)
+        self._note_root_change()
         after = self.unit.state
         if after != before:
             self.state_since = time.time()
@@ -400,6 +402,18 @@ class Controller:
             self._fire(lambda: unit.fault(reason=f"camera_timeout: no frame for {silent:.1f}s"),
                        "fault", reason=f"camera_timeout: no frame for {silent:.1f}s")
 
+    def _note_root_change(self) -> None:
+        """An alert when the guards moved recording to a fallback root or back."""
+        status = self.unit.root_status
+        if status is None or not status.is_usable or status.path == self._alerted_root:
+            return
+        primary = self.unit.hardware.recording.root
+        if status.path != primary:
+            self.alerts.record("fault", f"recording root {primary} unusable; recording to {status.path}")
+        elif self._alerted_root is not None:
+            self.alerts.record("recovery", f"recording root {primary} works again; recording there")
+        self._alerted_root = status.path
+
     def _return_to_primary_root(self) -> None:
         """Recording on a fallback root: once the primary root works again, go back to it."""
         unit = self.unit
@@ -413,6 +427,7 @@ class Controller:
                        unit.root_status.path)
         self.alerts.record("recovery", f"recording root {primary} works again; recording there")
         unit.root_status = status
+        self._alerted_root = primary
         unit.pipeline.writer.retarget(primary)
 
     def _shutdown(self, code: int) -> None:

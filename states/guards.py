@@ -96,9 +96,12 @@ class GuardWork:
         chosen, probes = choose_root(rec.root, rec.fallback_roots)
         previous = self.root_status
         self.root_status = chosen
-        if previous is not None and previous.path != chosen.path and chosen.is_usable:
-            logger.warning("recording root changed from={} to={} reason={}",
-                           previous.path, chosen.path, probes[0].reason)
+        moved = chosen.is_usable and (previous is None or previous.path != chosen.path)
+        if moved and chosen.path != rec.root:
+            logger.warning("recording root {} is unusable ({}); recording to fallback root {}",
+                           rec.root, probes[0].reason, chosen.path)
+        elif moved and previous is not None:
+            logger.info("recording root {} is usable again; recording there", chosen.path)
         if not chosen.is_usable:
             logger.error("no usable recording root: {}",
                          "; ".join(p.reason for p in probes))

@@ -266,3 +266,20 @@ def test_hung_camera_close_exits_70_so_a_new_process_can_open_it(start_controlle
     release.set()
     assert running.exit_code == 70
     assert "vigil-camera-close" in c.unit.abandoned
+
+
+def test_read_only_card_at_start_records_to_the_fallback(
+    start_controller, sd_card, tmp_path: Path
+) -> None:
+    image, mount = sd_card
+    subprocess.run(["umount", str(mount)], check=True)
+    subprocess.run(["mount", "-o", "loop,ro", str(image), str(mount)], check=True)  # writes: EROFS
+    fallback = tmp_path / "fallback"
+    running = start_controller(root=mount / "rec", fallbacks=(fallback,))
+    c = running.controller
+    assert c.unit.root_status is not None and c.unit.root_status.path == fallback
+    record_for(c, 30)
+    running.stop()
+    assert gaps(recorded_numbers(fallback)) == []
+    assert not (mount / "rec").exists()
+    assert any(a.kind == "fault" and "unusable" in a.message for a in c.alerts.recent(20))
