@@ -5,7 +5,9 @@ from __future__ import annotations
 import importlib
 import sys
 
-MODULES = ["validate", "merge", "passthrough"]
+MODULES = [
+    "validate", "merge", "passthrough", "throughput", "baseline", "overhead", "startup", "cpu", "memory",
+]
 
 
 def main(argv: list[str]) -> int:
