@@ -287,7 +287,9 @@ class RecordingConfig(BaseModel):
         ge=1,
         le=1000,
         description=(
-            "How many captured frames may wait between the camera and the encoder: from 1 to 1000."
+            "How many captured frames may wait between the camera and the encoder: from 1 to 1000; "
+            "never more than 48 MiB of raw frames (16 at 1080p), so a slow encoder cannot "
+            "exhaust a Pi's memory."
         ),
     )
     autostart: bool = Field(

@@ -6,11 +6,11 @@ import signal
 import threading
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from loguru import logger
 
-from controller.api import start_api
-from controller.config import ConfigError, LoadedConfig, VigilConfig, load_config
+from controller.config import ApiConfig, ConfigError, LoadedConfig, VigilConfig, load_config
 from controller.controller import Controller, Settings
 from controller.housekeeping import storage_settings_from_config
 from controller.ledger import DEFAULT_BUDGETS, Budget, ErrorLedger
@@ -19,6 +19,8 @@ from controller.sdnotify import ServiceNotifier
 from hw.factory import CameraMaker, CameraSpec, Hardware, RecordingSpec
 from hw.gpio import GpioSpec, open_panel
 from states.recovering import RecoveryPolicy
+
+API_START_TIMEOUT_SECONDS = 10.0
 
 
 def settings_from_config(config: VigilConfig, *,
@@ -76,6 +78,33 @@ def build_controller(loaded: LoadedConfig, config_path: str | None) -> Controlle
                       storage=storage_settings_from_config(loaded.config))
 
 
+class BackgroundApi:
+    """Imports and starts the HTTP API beside the controller, not before it.
+
+    Importing FastAPI and uvicorn takes a few tenths of a second on a Pi: recording must not
+    wait for the API, so the first fragment reaches the disk that much sooner.
+    """
+
+    def __init__(self, config: ApiConfig, controller: Controller) -> None:
+        self._config = config
+        self._controller = controller
+        self._server: Any = None
+        self._thread = threading.Thread(target=self._start, name="vigil-api-start", daemon=True)
+
+    def _start(self) -> None:
+        from controller.api import start_api
+
+        self._server = start_api(self._config, self._controller)  # None: disabled or port taken
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = API_START_TIMEOUT_SECONDS) -> None:
+        self._thread.join(timeout)
+        if self._server is not None:
+            self._server.stop()
+
+
 def run(config_path: str | None) -> int:
     """Record until SIGTERM or SIGINT; returns the exit status."""
     loaded = load_config(config_path)
@@ -85,7 +114,7 @@ def run(config_path: str | None) -> int:
     notifier = ServiceNotifier(controller)  # a no-op unless systemd set $NOTIFY_SOCKET
     panel = open_panel(GpioSpec(**loaded.config.gpio.model_dump()), post=controller.post,
                        state=lambda: controller.state)
-    api = start_api(loaded.config.api, controller)  # None when disabled or its port is taken
+    api = BackgroundApi(loaded.config.api, controller)
 
     def on_signal(signum: int, frame: object) -> None:
         logger.info("received {}: closing the open segment", signal.Signals(signum).name)
@@ -96,13 +125,13 @@ def run(config_path: str | None) -> int:
         signal.signal(sig, on_signal)
     threading.current_thread().name = "vigil-controller"
     notifier.start()
+    api.start()
     try:
         code = controller.run()
     finally:
         notifier.close()
         if panel is not None:
             panel.close()
-        if api is not None:
-            api.stop()
+        api.stop()
     logger.info("vigil stopped exit={}", code)
     return code

@@ -20,6 +20,19 @@ from hw.v4l2 import V4L2Maker
 from hw.validate import FrameValidator
 from hw.writer import SegmentWriter
 
+# Raw frames waiting for the encoder are the one buffer that grows with the frame size: a
+# 1080p YUV420 frame is 3.1 MB, so 60 of them would hold 187 MB when encoding falls behind.
+QUEUE_BUDGET_BYTES = 48 * 2**20
+
+
+def queue_frames_for(mode: CameraMode, configured: int) -> int:
+    """The frame queue's length: as configured, but within QUEUE_BUDGET_BYTES of raw frames."""
+    if mode.output != "frames":
+        return configured  # encoded packets are small
+    frame_bytes = mode.width * mode.height * 3 // 2
+    return max(2, min(configured, QUEUE_BUDGET_BYTES // frame_bytes))
+
+
 BACKENDS = ("auto", "synthetic", "file", "v4l2", "picamera2")
 
 
@@ -155,5 +168,5 @@ class Hardware:
                                   preset=rec.encoder_preset, crf=rec.crf)
         validator = FrameValidator(mode, frozen_seconds=self.camera.frozen_seconds)
         return RecordingPipeline(camera, writer, encoder=encoder, validator=validator,
-                                 when_error=when_error, queue_frames=rec.queue_frames,
+                                 when_error=when_error, queue_frames=queue_frames_for(mode, rec.queue_frames),
                                  read_timeout=self.camera.read_timeout_seconds)

@@ -72,3 +72,13 @@ def test_synthetic_corruption_is_caught_as_invalid() -> None:
     v = FrameValidator(MODE)
     verdicts = [v.check(camera.read(1.0)) for _ in range(4)]
     assert [x.category if x else None for x in verdicts] == ["frame_invalid"] * 3 + [None]
+
+
+def test_frame_queue_is_bounded_in_bytes_not_just_frames() -> None:
+    from hw.factory import QUEUE_BUDGET_BYTES, queue_frames_for
+
+    assert queue_frames_for(CameraMode(640, 480, 30), 60) == 60
+    assert queue_frames_for(CameraMode(1920, 1080, 30), 60) == 16
+    assert queue_frames_for(CameraMode(1920, 1080, 30), 60) * 1920 * 1080 * 3 // 2 <= QUEUE_BUDGET_BYTES
+    assert queue_frames_for(CameraMode(4096, 4096, 30), 60) == 2  # never fewer than two
+    assert queue_frames_for(CameraMode(1920, 1080, 30, "packets"), 60) == 60
