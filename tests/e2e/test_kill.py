@@ -48,11 +48,15 @@ def test_kill_9_loses_at_most_the_open_fragment(tmp_path: Path) -> None:
     restart.send_signal(signal.SIGTERM)
     out, _ = restart.communicate(timeout=20)
     assert restart.returncode == 0, out
-    assert "recovered partial segment" in out
 
     assert not list(root.rglob("*.partial"))
     recovered = partials[0].with_name(partials[0].name.removesuffix(".partial"))
-    assert recovered in segments(root)
+    if "recovered partial segment" in out:
+        assert recovered in segments(root)
+    else:
+        # Killed before the new segment's first fragment was complete: nothing playable in it.
+        assert "held no whole fragment, removed" in out, out
+        assert not recovered.exists()
     for path in segments(root):
         assert frame_numbers(path), f"{path} does not decode"
     numbers = recorded_numbers(root)
