@@ -24,6 +24,7 @@ from pathlib import Path
 from loguru import logger
 
 from bench.common import Figure, machine_line, table
+from bench.rig import NO_FFMPEG
 from controller.footage import hour_folder_for
 from controller.merge import VerifyMode, concat_segments, merge_hour
 from hw.camera import CameraMode
@@ -33,7 +34,6 @@ from hw.writer import SegmentWriter
 
 HOUR = 3600
 TITLE = "hourly merge throughput, MB of segments per second"
-NO_FFMPEG = "ffmpeg not installed: install it (apt-get install ffmpeg) to compare"
 
 
 def make_hour(root: Path, *, width: int, height: int, fps: float, seconds: float,

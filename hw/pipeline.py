@@ -136,14 +136,13 @@ class RecordingPipeline:
                 return
             stats.frames_captured += 1
             stats.last_frame_monotonic = time.monotonic()
-            if validator is not None and isinstance(item, Frame):
-                verdict = validator.check(item)
+            if isinstance(item, Frame):
+                verdict = validator.check(item) if validator is not None else None
                 if verdict is not None:
                     self.when_error(verdict.category, verdict.reason)
                     if verdict.drops_frame:
                         stats.frames_invalid += 1
                         continue
-            if isinstance(item, Frame):
                 self.latest_frame = item
             try:
                 q.put_nowait(item)

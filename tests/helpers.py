@@ -8,6 +8,9 @@ from pathlib import Path
 import av
 
 from hw import framecode
+from hw.camera import CameraMode, EncodedPacket
+from hw.encoder import H264Encoder
+from hw.synthetic import FrameCounter, SyntheticCamera
 
 
 def _segment_key(path: Path) -> tuple[Path, str, int]:
@@ -38,3 +41,25 @@ def recorded_numbers(root: Path) -> list[int]:
 def gaps(numbers: list[int]) -> list[tuple[int, int]]:
     """(last before, first after) for every place the numbers do not go up by one."""
     return [(a, b) for a, b in itertools.pairwise(numbers) if b != a + 1]
+
+
+def encode_synthetic(mode: CameraMode, count: int, *, fragment_seconds: float, wall_start: float,
+                     wall_jump_at: int | None = None, jump_seconds: float = 0.0) -> list[EncodedPacket]:
+    """`count` synthetic frames numbered from 0, 1/fps apart, encoded with libx264.
+
+    Wall clocks start at `wall_start` (so segment names are predictable) and jump by
+    `jump_seconds` from frame `wall_jump_at` on, as an NTP sync would make them.
+    """
+    camera = SyntheticCamera(mode, counter=FrameCounter(), paced=False)
+    camera.open()
+    encoder = H264Encoder(mode, fragment_seconds=fragment_seconds)
+    out: list[EncodedPacket] = []
+    for i in range(count):
+        frame = camera.read(1.0)
+        frame.timestamp = i / mode.fps
+        frame.wallclock = wall_start + i / mode.fps
+        if wall_jump_at is not None and i >= wall_jump_at:
+            frame.wallclock += jump_seconds
+        out.extend(encoder.encode(frame))
+    out.extend(encoder.flush())
+    return out

@@ -41,11 +41,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hw.camera import CameraMode, EncodedPacket
-from hw.encoder import H264Encoder, keyframe_interval
+from hw.encoder import keyframe_interval
 from hw.recovery import recover_partials
-from hw.synthetic import FrameCounter, SyntheticCamera
 from hw.writer import PARTIAL_SUFFIX, SegmentWriter
-from tests.helpers import frame_numbers, gaps, recorded_numbers, segments
+from tests.helpers import encode_synthetic, frame_numbers, gaps, recorded_numbers, segments
 
 # 160 px: the frame-number code needs cells of 3+ px to be read back (see hw/framecode.py).
 MODE = CameraMode(160, 120, 30)
@@ -137,16 +136,7 @@ class DurableStorage:
 
 def encoded_packets() -> list[EncodedPacket]:
     """FRAME_COUNT synthetic frames numbered from 0, encoded with a keyframe every GOP."""
-    camera = SyntheticCamera(MODE, counter=FrameCounter(), paced=False)
-    camera.open()
-    encoder = H264Encoder(MODE, fragment_seconds=FRAGMENT_SECONDS)
-    out: list[EncodedPacket] = []
-    for i in range(FRAME_COUNT):
-        frame = camera.read(1.0)
-        frame.timestamp = i / MODE.fps
-        frame.wallclock = START + i / MODE.fps
-        out.extend(encoder.encode(frame))
-    out.extend(encoder.flush())
+    out = encode_synthetic(MODE, FRAME_COUNT, fragment_seconds=FRAGMENT_SECONDS, wall_start=START)
     assert len(out) == FRAME_COUNT  # zerolatency: one packet per frame, none held back
     return out
 

@@ -9,11 +9,9 @@ import av
 import pytest
 
 from hw.camera import CameraMode, EncodedPacket
-from hw.encoder import H264Encoder
 from hw.recovery import playable_length, recover_partial, recover_partials
-from hw.synthetic import FrameCounter, SyntheticCamera
 from hw.writer import PARTIAL_SUFFIX, SegmentWriter
-from tests.helpers import frame_numbers, gaps, recorded_numbers, segments
+from tests.helpers import encode_synthetic, frame_numbers, gaps, recorded_numbers, segments
 
 MODE = CameraMode(128, 96, 30)
 START = 1_790_000_000.0  # 2026-09-21T14:13:20Z: a fixed wall clock keeps names predictable
@@ -22,19 +20,8 @@ START = 1_790_000_000.0  # 2026-09-21T14:13:20Z: a fixed wall clock keeps names 
 def packets(count: int, *, fragment_seconds: float = 0.5, wall_start: float = START,
             wall_jump_at: int | None = None, jump_seconds: float = 0.0) -> list[EncodedPacket]:
     """Encoded synthetic frames, numbered from 0, timestamps 1/fps apart."""
-    camera = SyntheticCamera(MODE, counter=FrameCounter(), paced=False)
-    camera.open()
-    encoder = H264Encoder(MODE, fragment_seconds=fragment_seconds)
-    out: list[EncodedPacket] = []
-    for i in range(count):
-        frame = camera.read(1.0)
-        frame.timestamp = i / MODE.fps
-        frame.wallclock = wall_start + i / MODE.fps
-        if wall_jump_at is not None and i >= wall_jump_at:
-            frame.wallclock += jump_seconds
-        out.extend(encoder.encode(frame))
-    out.extend(encoder.flush())
-    return out
+    return encode_synthetic(MODE, count, fragment_seconds=fragment_seconds, wall_start=wall_start,
+                            wall_jump_at=wall_jump_at, jump_seconds=jump_seconds)
 
 
 def writer(root: Path, segment_seconds: float = 1.0) -> SegmentWriter:
