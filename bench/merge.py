@@ -25,10 +25,10 @@ from loguru import logger
 
 from bench.common import Figure, machine_line, table
 from bench.rig import NO_FFMPEG
-from controller.footage import hour_folder_for
 from controller.merge import VerifyMode, concat_segments, merge_hour
 from hw.camera import CameraMode
 from hw.encoder import H264Encoder
+from hw.footage import hour_folder_for
 from hw.synthetic import FrameCounter, SyntheticCamera
 from hw.writer import SegmentWriter
 

@@ -130,9 +130,9 @@ def _merge(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from controller.config import ConfigError, VigilConfig, load_config
-    from controller.footage import parse_hour
     from controller.merge import HourStillOpen, MergeError, NothingToMerge, force_merge
     from controller.retention import RetentionPolicy
+    from hw.footage import parse_hour
 
     hour = None
     if args.hour is not None:

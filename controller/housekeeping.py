@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Literal
 from loguru import logger
 
 from controller.diskmon import DiskMonitor, DiskStatus
-from controller.footage import HourFolder, hour_key, parse_hour
 from controller.merge import (
     MergeAborted,
     MergeBusy,
@@ -45,6 +44,7 @@ from controller.merge import (
     merge_hour,
 )
 from controller.retention import RetentionPolicy, RetentionReport, enforce_retention
+from hw.footage import HourFolder, hour_key, parse_hour
 from hw.storage import MIN_FREE_BYTES
 
 if TYPE_CHECKING:

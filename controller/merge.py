@@ -32,21 +32,25 @@ from typing import Literal
 import av
 from loguru import logger
 
-from controller.footage import (
-    MERGE_TEMP_SUFFIX,
+from hw.errors import VigilError
+from hw.footage import (
     SECONDS_PER_HOUR,
     HourFolder,
     collision_number,
     date_dirs,
+    free_merged_path,
     hour_folder_for,
     hour_folders,
     hour_key,
+    is_real_directory,
+    merge_temp_path,
+    merge_temps_in,
     merged_files_for,
+    partials_in,
     segment_start,
     segments_in,
 )
-from hw.errors import VigilError
-from hw.writer import PARTIAL_SUFFIX, START_TAG, fsync_directory
+from hw.writer import START_TAG, fsync_directory
 
 VerifyMode = Literal["full", "keyframes"]
 Step = Literal["written", "verified", "renamed", "segment_removed"]
@@ -150,10 +154,9 @@ def open_reason(
     if now < hour.end + grace:
         return (f"hour {hour.key} ended less than {grace:g}s ago; its last frames may still be "
                 f"on their way to disk (try again after {_utc(hour.end + grace)})")
-    with contextlib.suppress(OSError):
-        for entry in hour.path.iterdir():
-            if entry.name.endswith(PARTIAL_SUFFIX):
-                return f"{entry} is still being written"
+    partials = partials_in(hour.path)
+    if partials:
+        return f"{partials[0]} is still being written"
     for path in open_segments:
         if path.parent == hour.path:
             return f"{path} is the open segment"
@@ -404,17 +407,6 @@ def fsync_file(path: Path) -> None:
 # -- one hour ---------------------------------------------------------------------------------
 
 
-def _free_merged_name(hour: HourFolder) -> Path:
-    """HH.mp4, or HH-N.mp4 when taken: nothing is ever overwritten."""
-    n = 0
-    while True:
-        name = f"{hour.path.name}.mp4" if n == 0 else f"{hour.path.name}-{n}.mp4"
-        path = hour.date_dir / name
-        if not path.exists():
-            return path
-        n += 1
-
-
 def merge_hour(
     hour: HourFolder, *, verify: VerifyMode = "full", fsync: bool = True,
     should_abort: AbortCheck | None = None, when_step: StepHook | None = None,
@@ -456,8 +448,8 @@ def _merge_run(
     if free - needed < reserve_bytes:
         raise MergeDeferred(f"merging {hour.key} needs {needed / 2**20:.1f} MiB free above the "
                             f"{reserve_bytes / 2**20:.1f} MiB reserve; {free / 2**20:.1f} MiB free")
-    final = _free_merged_name(hour)
-    temp = final.with_name(f".{final.name}{MERGE_TEMP_SUFFIX}")
+    final = free_merged_path(hour)
+    temp = merge_temp_path(final)
     temp.unlink(missing_ok=True)  # a leftover of a crash: we hold the lock, nobody else writes it
     try:
         plan = _write(infos, temp, hour=hour.key, should_abort=should_abort, fsync=fsync)
@@ -600,7 +592,7 @@ def clean_interrupted_merges(root: Path, *, verify: VerifyMode = "full", fsync: 
     """
     done: list[str] = []
     for date_dir in date_dirs(root):
-        for temp in sorted(date_dir.glob(f".*{MERGE_TEMP_SUFFIX}")):
+        for temp in merge_temps_in(date_dir):
             temp.unlink(missing_ok=True)
             logger.info("removed the temporary file of an interrupted merge path={}", temp)
             done.append(f"removed {temp}")
@@ -639,7 +631,7 @@ def housekeeping_lock(root: Path, *, timeout: float | None) -> Iterator[None]:
 def has_footage_of(root: Path, hour: float) -> bool:
     """Whether `root` holds segments or a merged file of the hour starting at `hour`."""
     folder = hour_folder_for(root, hour)
-    return folder.path.is_dir() or bool(merged_files_for(folder))
+    return is_real_directory(folder.path) or bool(merged_files_for(folder))
 
 
 def force_merge(
@@ -665,7 +657,7 @@ def force_merge(
             reason = open_reason(folder, now=now, open_segments=open_segments)
             if reason is not None:
                 raise HourStillOpen(f"not merging: {reason}")
-            targets = [folder] if folder.path.is_dir() else []
+            targets = [folder] if is_real_directory(folder.path) else []
         else:
             targets = closed_hours(root, now=now, open_segments=open_segments)
         if not targets:
@@ -673,7 +665,7 @@ def force_merge(
         with housekeeping_lock(root, timeout=lock_timeout):
             for folder in targets:
                 # Looked at again under the lock: the daemon may have merged it meanwhile.
-                if folder.path.is_dir():
+                if is_real_directory(folder.path):
                     reserve = reserve_bytes(root) if reserve_bytes is not None else 0
                     results.extend(merge_hour(folder, verify=verify, should_abort=should_abort,
                                               reserve_bytes=reserve))

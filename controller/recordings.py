@@ -1,8 +1,8 @@
 """Recordings over HTTP: the recorded hours page by page, and closed files with byte ranges.
 
-Only closed `.mp4` files strictly inside the recording root are ever served: a path is
-resolved (every symlink followed) and must stay inside the resolved root; `..`, absolute
-paths, NUL bytes and `.partial` files are refused the same way as a missing file.
+Only closed footage files of vigil's own layout inside the recording root are ever served
+(hw.footage): a path through a symbolic link, `..`, absolute paths, NUL bytes, foreign names
+and `.partial` files are refused the same way as a missing file.
 """
 
 from __future__ import annotations
@@ -22,17 +22,21 @@ from loguru import logger
 from pydantic import BaseModel, Field
 from starlette.background import BackgroundTask
 
-from hw.writer import PARTIAL_SUFFIX
+from hw.footage import (
+    SECONDS_PER_HOUR,
+    Footage,
+    footage_at,
+    hour_folder_for,
+    hour_folders,
+    list_footage,
+    partials_in,
+)
 
 RANGE_CHUNK_BYTES = 64 * 1024
-SEGMENT_SUFFIX = ".mp4"
 DEFAULT_PER_PAGE = 24
 MAX_PER_PAGE = 200
 MAX_PAGE = 1_000_000
 
-_DAY_DIR = re.compile(r"\d{4}-\d{2}-\d{2}")
-_HOUR_DIR = re.compile(r"\d{2}")
-_MERGED_FILE = re.compile(r"(\d{2})\.mp4")
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 
 
@@ -51,7 +55,9 @@ class RecordingFile(BaseModel):
 class RecordingHour(BaseModel):
     day: str = Field(description="UTC date, YYYY-MM-DD.")
     hour: str = Field(description="UTC hour, HH.")
-    merged: RecordingFile | None = Field(description="The merged hour file, once merged.")
+    merged: RecordingFile | None = Field(description="The merged hour file, once merged (HH.mp4).")
+    merged_files: list[RecordingFile] = Field(
+        default_factory=list, description="Every merged file of the hour: HH.mp4, then HH-1.mp4, ...")
     segments: list[RecordingFile]
     is_recording: bool = Field(description="A segment of this hour is still being written.")
 
@@ -65,86 +71,51 @@ class RecordingPage(BaseModel):
     hours: list[RecordingHour] = Field(description="Hours that hold footage, newest first.")
 
 
-def _scan(directory: Path) -> list[os.DirEntry[str]]:
+def _file(footage: Footage, root: Path) -> RecordingFile | None:
     try:
-        with os.scandir(directory) as entries:
-            return list(entries)
-    except OSError:
-        return []
-
-
-def _hours(root: Path) -> list[tuple[str, str]]:
-    """(day, hour) of every hour holding footage or a merged file, newest first."""
-    found: set[tuple[str, str]] = set()
-    for day in _scan(root):
-        if not (_DAY_DIR.fullmatch(day.name) and day.is_dir(follow_symlinks=False)):
-            continue
-        for entry in _scan(Path(day.path)):
-            if _HOUR_DIR.fullmatch(entry.name) and entry.is_dir(follow_symlinks=False):
-                found.add((day.name, entry.name))
-            merged = _MERGED_FILE.fullmatch(entry.name)
-            if merged and entry.is_file(follow_symlinks=False):
-                found.add((day.name, merged.group(1)))
-    return sorted(found, reverse=True)
-
-
-def _file(entry: os.DirEntry[str] | Path, relative: str) -> RecordingFile | None:
-    try:
-        size = entry.stat(follow_symlinks=False).st_size
+        size = os.lstat(footage.path).st_size
     except OSError:
         return None  # merged or deleted since the scan
-    return RecordingFile(name=entry.name, path=relative, size_bytes=size)
+    return RecordingFile(name=footage.path.name, path=footage.relative_to(root), size_bytes=size)
 
 
-def _describe_hour(root: Path, day: str, hour: str) -> RecordingHour:
-    segments: list[RecordingFile] = []
-    is_recording = False
-    for entry in sorted(_scan(root / day / hour), key=lambda e: e.name):
-        if entry.name.endswith(PARTIAL_SUFFIX):
-            is_recording = True
-        elif entry.name.endswith(SEGMENT_SUFFIX) and entry.is_file(follow_symlinks=False):
-            described = _file(entry, f"{day}/{hour}/{entry.name}")
-            if described is not None:
-                segments.append(described)
-    merged_path = root / day / f"{hour}{SEGMENT_SUFFIX}"
-    merged = None
-    if merged_path.is_file() and not merged_path.is_symlink():
-        merged = _file(merged_path, f"{day}/{merged_path.name}")
-    return RecordingHour(day=day, hour=hour, merged=merged, segments=segments,
-                         is_recording=is_recording)
+def _describe_hour(root: Path, start: float, files: list[Footage]) -> RecordingHour:
+    folder = hour_folder_for(root, start)
+    day, hour = folder.date_dir.name, folder.path.name
+    merged = [f for f in (_file(item, root) for item in files if item.kind == "merged") if f is not None]
+    segments = [f for f in (_file(item, root) for item in files if item.kind == "segment") if f is not None]
+    return RecordingHour(day=day, hour=hour, merged=merged[0] if merged else None, merged_files=merged,
+                         segments=segments, is_recording=bool(partials_in(folder.path)))
 
 
 def list_recordings(root: Path, *, page: int, per_page: int) -> RecordingPage:
-    """One page of the recorded hours under `root`, newest first."""
-    hours = _hours(root)
+    """One page of the recorded hours under `root`, newest first.
+
+    An hour is listed when it holds closed footage (segments, merged files) or a segment
+    being written: every file merge and retention know about, through the footage layout.
+    """
+    by_hour: dict[float, list[Footage]] = {}
+    for item in list_footage(root):
+        by_hour.setdefault(item.hour_end - SECONDS_PER_HOUR, []).append(item)
+    for folder in hour_folders(root):
+        if partials_in(folder.path):
+            by_hour.setdefault(folder.start, [])
+    hours = sorted(by_hour, reverse=True)
     total_pages = max(1, -(-len(hours) // per_page))
     chosen = hours[(page - 1) * per_page : page * per_page]
     return RecordingPage(root=str(root), page=page, per_page=per_page, total_hours=len(hours),
                          total_pages=total_pages,
-                         hours=[_describe_hour(root, day, hour) for day, hour in chosen])
+                         hours=[_describe_hour(root, start, by_hour[start]) for start in chosen])
 
 
 def resolve_recording(root: Path, relative: str) -> Path | None:
-    """The real path of closed recording `relative` inside `root`, or None.
+    """The path of closed recording `relative` inside `root`, or None.
 
-    None for anything that is not a closed `.mp4` strictly inside the root once every
-    symlink is resolved: `..`, absolute paths, NUL bytes, links out of the root, `.partial`.
+    None for anything that is not a closed footage file of vigil's layout (hw.footage):
+    `..`, absolute paths, NUL bytes, `.partial`, foreign names, and any path through a link.
     """
-    if not relative or "\x00" in relative or not relative.endswith(SEGMENT_SUFFIX):
-        return None
-    candidate = Path(relative)
-    if candidate.is_absolute() or ".." in candidate.parts:
-        return None
-    try:
-        real_root = root.resolve(strict=True)
-        target = (real_root / candidate).resolve(strict=True)
-    except (OSError, RuntimeError, ValueError):
-        return None
-    if target == real_root or not target.is_relative_to(real_root):
-        return None
-    if not target.name.endswith(SEGMENT_SUFFIX):
-        return None
-    return target
+    found = footage_at(root, relative)
+    return found.path if found is not None else None
 
 
 class _RangeNotSatisfiable(Exception):

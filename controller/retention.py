@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -20,12 +21,13 @@ from pathlib import Path
 
 from loguru import logger
 
-from controller.footage import (
+from hw.footage import (
     DATE_DIR_NAME,
     HOUR_DIR_NAME,
     SECONDS_PER_HOUR,
     Footage,
     date_dirs,
+    hour_folders,
     list_footage,
 )
 from hw.writer import fsync_directory
@@ -111,6 +113,7 @@ def enforce_retention(
     kept_open = {p.parent for p in open_segments}
     touched: set[Path] = set()
     for group in _by_filesystem(roots):
+        device = os.stat(group[0]).st_dev
         footage = [f for root in group for f in list_footage(root) if f.path not in protected]
         footage.sort(key=lambda f: f.sort_key)
         if by_age and policy.retention_days > 0:
@@ -119,7 +122,7 @@ def enforce_retention(
                 item = footage.pop(0)
                 reason = (f"older than retention_days={policy.retention_days:g} "
                           f"(hour ended {_utc(item.hour_end)})")
-                if _delete(item, reason, report):
+                if _delete(item, reason, report, device):
                     touched.add(item.path.parent)
         total, _, free = disk_usage(group[0])
         reserve = policy.reserve_bytes(total)
@@ -129,7 +132,7 @@ def enforce_retention(
             reason = (f"free space {free / MIB:.1f} MiB below the reserve {reserve / MIB:.1f} MiB"
                       + (f" + {headroom_bytes / MIB:.1f} MiB headroom" if headroom_bytes else "")
                       + f" on the filesystem of {group[0]}")
-            freed = _delete(item, reason, report)
+            freed = _delete(item, reason, report, device)
             if freed:
                 touched.add(item.path.parent)
                 # Counted as freed even if someone still holds the file open (space not yet
@@ -144,10 +147,18 @@ def enforce_retention(
     return report
 
 
-def _delete(item: Footage, reason: str, report: RetentionReport) -> int:
-    """Unlink one file; the bytes it held on disk, or 0 when it could not be deleted."""
+def _delete(item: Footage, reason: str, report: RetentionReport, device: int) -> int:
+    """Unlink one file; the bytes it held on disk, or 0 when it could not be deleted.
+
+    Only a regular file on the root's own filesystem (`device`): a mount or a link inside
+    the root is someone else's.
+    """
     try:
-        st = item.path.stat()
+        st = os.lstat(item.path)
+        if not stat.S_ISREG(st.st_mode) or st.st_dev != device:
+            logger.warning("retention left alone path={}: not a regular file on the root's "
+                           "filesystem", item.path)
+            return 0
         item.path.unlink()
     except FileNotFoundError:
         return 0
@@ -175,8 +186,7 @@ def _prune_empty_folders(root: Path, touched: set[Path], *, now: float, keep: se
     for date_dir in date_dirs(root):
         # Leftover empty hour folders of days retention works on go too.
         if date_dir in candidates:
-            with contextlib.suppress(OSError):
-                candidates.update(p for p in date_dir.iterdir() if HOUR_DIR_NAME.match(p.name))
+            candidates.update(h.path for h in hour_folders(root) if h.date_dir == date_dir)
     # Hour folders before their date folders.
     for folder in sorted(candidates, key=lambda p: len(p.parts), reverse=True):
         if folder in keep or _folder_end(folder) > now - RECENT_FOLDER_SECONDS:

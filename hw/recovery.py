@@ -3,7 +3,9 @@
 A fragmented MP4 is `ftyp`, `moov`, then `moof`+`mdat` pairs. Whatever follows the last
 complete pair is the fragment that was being written when the power went: it is cut off,
 the file is fsynced and renamed to its closed name. A file with no complete fragment holds
-no playable video and is removed; a file that is not an MP4 at all is left alone.
+no playable video and is removed. Only files vigil writes are touched: a segment name in an
+hour folder (never through a link) whose content is vigil's fragmented MP4 (`ftyp`, then a
+`moov` with `mvex`); anything else is someone else's and is left alone.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from pathlib import Path
 
 from loguru import logger
 
-from hw.writer import PARTIAL_SUFFIX, fsync_directory, unique_segment_path
+from hw.footage import SEGMENT_SUFFIX, final_path, partial_segments, unique_segment_path
+from hw.writer import fsync_directory
 
 HEADER_BYTES = 8
 LARGE_HEADER_BYTES = 16
@@ -58,13 +61,39 @@ def playable_length(path: Path) -> tuple[int, int]:
     return kept, fragments
 
 
+def is_vigil_fragmented_mp4(path: Path) -> bool:
+    """Whether `path` starts the way vigil's segments do: `ftyp`, then a fragmented `moov`.
+
+    A file cut before its `moov` was complete counts (a crash right after creation); one
+    whose media comes before a `moov`, or whose `moov` has no `mvex` (not fragmented), is
+    an ordinary MP4 that another program wrote.
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(HEADER_BYTES)
+        if len(head) < HEADER_BYTES:
+            return True  # torn at creation: nothing of anyone's is in it
+        if head[4:8] != b"ftyp":
+            return False
+        offset = struct.unpack(">I", head[:4])[0]
+        while offset + HEADER_BYTES <= size:
+            f.seek(offset)
+            box_size, kind = struct.unpack(">I4s", f.read(HEADER_BYTES))
+            if kind == b"moov":
+                if box_size < HEADER_BYTES or offset + box_size > size:
+                    return True  # the moov itself was being written
+                return b"mvex" in f.read(min(box_size - HEADER_BYTES, 1 << 20))
+            if kind in (b"mdat", b"moof") or box_size < HEADER_BYTES:
+                return False
+            offset += box_size
+    return True
+
+
 def recover_partial(partial: Path) -> RecoveredPartial:
     """Trim one `.partial` to its last whole fragment and close it under its final name."""
     size = partial.stat().st_size
-    with open(partial, "rb") as f:
-        head = f.read(HEADER_BYTES)
-    if size >= HEADER_BYTES and head[4:8] != b"ftyp":
-        logger.error("partial segment is not an MP4 file, left alone path={}", partial)
+    if not is_vigil_fragmented_mp4(partial):
+        logger.error("partial segment is not a vigil fragmented MP4, left alone path={}", partial)
         return RecoveredPartial(partial, None, size, 0, 0)
     kept, fragments = playable_length(partial)
     if fragments == 0:
@@ -76,9 +105,9 @@ def recover_partial(partial: Path) -> RecoveredPartial:
     with open(partial, "r+b") as f:
         f.truncate(kept)
         os.fsync(f.fileno())
-    final = partial.with_name(partial.name.removesuffix(PARTIAL_SUFFIX))
-    if final.exists():
-        final = unique_segment_path(partial.parent, final.name.removesuffix(".mp4"))
+    final = final_path(partial)
+    if final.exists() or final.is_symlink():
+        final = unique_segment_path(partial.parent, final.name.removesuffix(SEGMENT_SUFFIX))
     os.rename(partial, final)
     fsync_directory(partial.parent)
     logger.info("recovered partial segment path={} fragments={} kept_bytes={} dropped_bytes={}",
@@ -87,11 +116,9 @@ def recover_partial(partial: Path) -> RecoveredPartial:
 
 
 def recover_partials(root: Path, *, skip: set[Path] | None = None) -> list[RecoveredPartial]:
-    """Recover every `.partial` under `root` except those in `skip` (open right now)."""
+    """Recover every `.partial` segment under `root` except those in `skip` (open right now)."""
     results = []
-    if not root.is_dir():
-        return results
-    for partial in sorted(root.rglob("*" + PARTIAL_SUFFIX)):
+    for partial in partial_segments(root):
         if skip and partial in skip:
             continue
         try:

@@ -23,8 +23,8 @@ from loguru import logger
 
 from hw.camera import EncodedPacket
 from hw.errors import StorageError, StorageFull
+from hw.footage import partial_path, segment_dir, segment_stem, unique_segment_path
 
-PARTIAL_SUFFIX = ".partial"
 MUX_TIME_BASE = Fraction(1, 90_000)
 MOVFLAGS = "frag_keyframe+empty_moov+default_base_moof+use_metadata_tags"
 START_TAG = "vigil_start"
@@ -68,27 +68,6 @@ def fsync_directory(path: Path) -> None:
         os.close(fd)
 
 
-def segment_dir(root: Path, wallclock: float) -> Path:
-    """ROOT/YYYY-MM-DD/HH for a segment starting at `wallclock` (UTC)."""
-    t = datetime.fromtimestamp(wallclock, UTC)
-    return root / t.strftime("%Y-%m-%d") / t.strftime("%H")
-
-
-def segment_stem(wallclock: float) -> str:
-    return datetime.fromtimestamp(wallclock, UTC).strftime("%Y%m%dT%H%M%SZ")
-
-
-def unique_segment_path(directory: Path, stem: str) -> Path:
-    """NAME.mp4, or NAME-N.mp4 when NAME is taken (closed or still partial)."""
-    n = 0
-    while True:
-        name = f"{stem}.mp4" if n == 0 else f"{stem}-{n}.mp4"
-        path = directory / name
-        if not path.exists() and not path.with_name(name + PARTIAL_SUFFIX).exists():
-            return path
-        n += 1
-
-
 def make_dirs_durably(directory: Path) -> None:
     """mkdir -p, fsyncing each parent whose entry was created, so the tree survives a cut."""
     missing = []
@@ -126,7 +105,7 @@ class _OpenSegment:
         opener: FileOpener,
     ) -> None:
         self.path = path
-        self.partial = path.with_name(path.name + PARTIAL_SUFFIX)
+        self.partial = partial_path(path)
         self.start_timestamp = packet.timestamp
         self.start_wallclock = packet.wallclock
         self.last_timestamp = packet.timestamp

@@ -17,10 +17,10 @@ from loguru import logger
 
 from hw.camera import Camera
 from hw.errors import CameraError
+from hw.footage import PARTIAL_SUFFIX
 from hw.pipeline import RecordingPipeline, close_with_timeout
 from hw.recovery import recover_partial
 from hw.storage import RootStatus, choose_root
-from hw.writer import PARTIAL_SUFFIX
 
 if TYPE_CHECKING:
     from transitions import EventData

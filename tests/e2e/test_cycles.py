@@ -27,7 +27,7 @@ from controller.housekeeping import StorageSettings
 from controller.merge import segment_order
 from controller.retention import RetentionPolicy
 from hw.factory import CameraSpec, Hardware, RecordingSpec
-from hw.writer import PARTIAL_SUFFIX
+from hw.footage import PARTIAL_SUFFIX
 from states.recovering import RecoveryPolicy
 from tests.helpers import frame_numbers, gaps
 

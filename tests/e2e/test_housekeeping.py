@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 
 from controller.controller import Controller
-from controller.footage import hour_folder_for, hour_key
 from controller.housekeeping import THREAD_NAME, StorageHousekeeper, StorageSettings
 from controller.merge import HourStillOpen
 from controller.retention import RetentionPolicy
 from hw.camera import CameraMode
 from hw.encoder import H264Encoder
 from hw.factory import CameraSpec, Hardware, RecordingSpec
+from hw.footage import hour_folder_for, hour_key
 from hw.synthetic import FrameCounter, SyntheticCamera
 from hw.writer import ClosedSegment, SegmentWriter
 from tests.helpers import frame_numbers, gaps

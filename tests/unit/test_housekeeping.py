@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from controller.footage import MERGE_TEMP_SUFFIX, hour_folder_for
 from controller.housekeeping import (
     IOPRIO_CLASS_IDLE,
     IOPRIO_CLASS_SHIFT,
@@ -21,6 +20,7 @@ from controller.housekeeping import (
 )
 from controller.merge import MergeAborted, MergeDeferred, merge_hour
 from controller.retention import RetentionPolicy
+from hw.footage import MERGE_TEMP_SUFFIX, hour_folder_for
 from hw.synthetic import FrameCounter
 from tests.helpers import frame_numbers
 from tests.pasthours import past_hour_start, record

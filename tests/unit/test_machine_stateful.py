@@ -32,7 +32,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from hw.factory import CameraSpec, Hardware, RecordingSpec
-from hw.writer import PARTIAL_SUFFIX
+from hw.footage import PARTIAL_SUFFIX
 from states import recovering
 from states.guards import open_partial_files
 from states.machine import STATE_NAMES

@@ -14,7 +14,6 @@ from pathlib import Path
 import av
 import pytest
 
-from controller.footage import MERGE_TEMP_SUFFIX, hour_folder_for, hour_folders, parse_hour
 from controller.merge import (
     SOURCES_TAG,
     HourStillOpen,
@@ -28,6 +27,7 @@ from controller.merge import (
     open_reason,
     verify_merged,
 )
+from hw.footage import MERGE_TEMP_SUFFIX, hour_folder_for, hour_folders, parse_hour
 from hw.synthetic import FrameCounter
 from tests.conftest import REPO
 from tests.helpers import frame_numbers
@@ -162,7 +162,10 @@ def test_an_hour_is_closed_only_when_past_with_nothing_being_written(
     assert "in the future" in (open_reason(folder, now=hour_start - 10) or "")
     assert "ended less than" in (open_reason(folder, now=end + 1) or "")
     assert open_reason(folder, now=end + 60) is None
-    partial = folder.path / "x.mp4.partial"
+    foreign = folder.path / "x.mp4.partial"  # not a name vigil writes: someone else's file
+    foreign.write_bytes(b"")
+    assert open_reason(folder, now=end + 60) is None
+    partial = folder.path / (time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(hour_start)) + ".mp4.partial")
     partial.write_bytes(b"")
     assert "still being written" in (open_reason(folder, now=end + 60) or "")
     partial.unlink()
@@ -235,7 +238,7 @@ def test_start_up_cleanup_removes_a_merged_file_that_does_not_verify(
 KILLED_MERGE = """
 import os, signal, sys
 from pathlib import Path
-from controller.footage import hour_folder_for
+from hw.footage import hour_folder_for
 from controller.merge import merge_hour
 root, start, step = Path(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
 def hook(at):

@@ -42,8 +42,9 @@ from hypothesis import strategies as st
 
 from hw.camera import CameraMode, EncodedPacket
 from hw.encoder import keyframe_interval
+from hw.footage import PARTIAL_SUFFIX
 from hw.recovery import recover_partials
-from hw.writer import PARTIAL_SUFFIX, SegmentWriter
+from hw.writer import SegmentWriter
 from tests.helpers import encode_synthetic, frame_numbers, gaps, recorded_numbers, segments
 
 # 160 px: the frame-number code needs cells of 3+ px to be read back (see hw/framecode.py).

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from loguru import logger
 
-from controller.footage import list_footage
 from controller.retention import RetentionPolicy, enforce_retention
+from hw.footage import list_footage
 from tests.tmpfs import mounted_tmpfs
 
 DAY = 86_400

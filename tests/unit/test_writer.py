@@ -9,8 +9,9 @@ import av
 import pytest
 
 from hw.camera import CameraMode, EncodedPacket
+from hw.footage import PARTIAL_SUFFIX
 from hw.recovery import playable_length, recover_partial, recover_partials
-from hw.writer import PARTIAL_SUFFIX, SegmentWriter
+from hw.writer import SegmentWriter
 from tests.helpers import encode_synthetic, frame_numbers, gaps, recorded_numbers, segments
 
 MODE = CameraMode(128, 96, 30)
