@@ -23,6 +23,7 @@ run: $(STAMP)
 test: $(STAMP)
 	bash tools/system-deps.sh test
 	$(VENV)/bin/ruff check controller states hw tests bench
+	$(VENV)/bin/mypy --strict controller states hw
 	$(VENV)/bin/python -m pytest -n 2 -q
 
 bench: $(STAMP)
@@ -31,6 +32,7 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check controller states hw tests bench
+	$(VENV)/bin/mypy --strict controller states hw
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,9 +1,9 @@
 """The HTTP API that operators and uptime checkers reach, served by uvicorn on `vigil-api`.
 
 Health, status, metrics, recordings and the snapshot are open and read-only; actions need
-the bearer token from `api.token_file`. Handlers never fire triggers: an action posts an
-event on the controller's queue and then waits, bounded, for what the machine did (the new
-state, or the guard that refused and why).
+the bearer token from `api.token_file`. Handlers read only the controller's status snapshot
+and never fire triggers: an action posts a command on the controller's queue and then
+waits, bounded, for its own outcome event (the new state, or the guard that refused and why).
 """
 
 from __future__ import annotations
@@ -32,9 +32,10 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from loguru import logger
 from pydantic import BaseModel, Field
 
+from controller.commands import CommandDesk
 from controller.config import ApiConfig, parse_listen
 from controller.controller import Controller
-from controller.metrics import CONTENT_TYPE, FpsMeter, health_score, render_metrics
+from controller.metrics import CONTENT_TYPE, render_metrics
 from controller.recordings import (
     DEFAULT_PER_PAGE,
     MAX_PAGE,
@@ -45,10 +46,10 @@ from controller.recordings import (
     resolve_recording,
     serve_file,
 )
+from controller.snapshot import StatusSnapshot
 from hw.camera import Frame
 from hw.errors import EncoderError, VigilError
 from hw.snapshot import encode_jpeg
-from states.machine import STATE_NAMES, TRANSITIONS
 
 API_THREAD_NAME = "vigil-api"
 ACTION_WAIT_SECONDS = 5.0
@@ -161,18 +162,33 @@ def _read_token(path: Path) -> ActionGate:
     return ActionGate(token, "")
 
 
+class TokenGate:
+    """The action token now in force; a reset swaps in the one its reloaded config names."""
+
+    def __init__(self, token_file: Path | None) -> None:
+        self.token_file = token_file
+        self.gate = load_action_gate(token_file)
+
+    def reload(self, token_file: Path | None) -> None:
+        self.token_file = token_file
+        self.gate = load_action_gate(token_file)
+
+
 _bearer = HTTPBearer(auto_error=False, description="The token in the file named by api.token_file.")
 
 
 # --- the app -----------------------------------------------------------------------------------
 
 
-def create_app(controller: Controller, *, token_file: Path | None, root_provider: RootProvider) -> FastAPI:
-    """The API for `controller`, serving recordings below `root_provider()`."""
-    gate = load_action_gate(token_file)
-    fps_meter = FpsMeter()
+def create_app(controller: Controller, *, token_file: Path | None,
+               root_provider: RootProvider | None = None) -> FastAPI:
+    """The API for `controller`, serving recordings below `root_provider()` (default: the
+    root the snapshot says recording goes to)."""
+    tokens = TokenGate(token_file)
+    commands = CommandDesk(controller, name="api-actions")
     snapshots = SnapshotCache()
     version = _version()
+    footage_root = root_provider or recording_root_of(controller)
     app = FastAPI(
         title="vigil",
         version=version,
@@ -180,10 +196,13 @@ def create_app(controller: Controller, *, token_file: Path | None, root_provider
                     "read-only; actions need the bearer token from api.token_file.",
         redoc_url=None,
     )
+    app.state.tokens = tokens
+    app.state.commands = commands
 
     def authorized(
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> None:
+        gate = tokens.gate
         if gate.token is None:
             raise HTTPException(403, detail=gate.disabled_reason)
         if credentials is None:
@@ -193,18 +212,13 @@ def create_app(controller: Controller, *, token_file: Path | None, root_provider
             raise HTTPException(401, detail="wrong bearer token",
                                 headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
 
-    def snapshot_status() -> dict[str, Any]:
-        status = jsonable_encoder(controller.status())
-        # The health sampler's rate where the controller has one ("fps"), else ours.
-        measured = status.get("fps_achieved", status.get("fps"))
-        status["fps_achieved"] = measured if measured is not None else _fps_achieved(status, fps_meter)
-        alerts = getattr(controller, "alerts", None)
-        if alerts is not None and "alerts" not in status:
-            status["alerts"] = [alert.as_dict() for alert in alerts.recent(ALERTS_IN_STATUS)]
-        if not status.get("disk"):  # none yet (the disk monitor samples periodically)
-            status["disk"] = _disk_usage(Path(status.get("root") or root_provider()))
-        status["actions_enabled"] = gate.is_enabled
-        return status
+    def snapshot_status() -> tuple[StatusSnapshot, dict[str, Any]]:
+        snap = controller.snapshot
+        status = snap.as_dict()
+        if status["disk"] is None:  # none yet (the disk monitor samples periodically)
+            status["disk"] = _disk_usage(snap.root or snap.primary_root)
+        status["actions_enabled"] = tokens.gate.is_enabled
+        return snap, status
 
     auth_responses: dict[int | str, dict[str, Any]] = {
         401: {"model": Problem, "description": "Missing or wrong bearer token."},
@@ -214,23 +228,24 @@ def create_app(controller: Controller, *, token_file: Path | None, root_provider
     @app.get("/health", response_model=Health, responses={503: {"model": Health,
              "description": "Not recording."}}, summary="Recording or not, for uptime checks")
     def health() -> JSONResponse:
-        status = snapshot_status()
-        body = Health(state=status["state"], health=health_score(status),
-                      reason=_health_reason(controller, status))
-        return JSONResponse(body.model_dump(), status_code=200 if body.state == "recording" else 503)
+        snap = controller.snapshot
+        body = Health(state=snap.state, health=snap.health_score, reason=health_reason(snap))
+        return JSONResponse(body.model_dump(), status_code=200 if snap.is_recording else 503)
 
     @app.get("/status", summary="Everything the recorder knows about itself")
     def get_status() -> dict[str, Any]:
-        return snapshot_status()
+        return snapshot_status()[1]
 
     @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
     def metrics() -> PlainTextResponse:
-        status = snapshot_status()
-        alerts = getattr(controller, "alerts", None)
-        text = render_metrics(status, fps_achieved=status.get("fps_achieved"),
-                              alert_counts=dict(alerts.counts) if alerts is not None else {},
-                              disk=status.get("disk"), version=version)
-        return PlainTextResponse(text, media_type=CONTENT_TYPE)
+        snap = controller.snapshot
+        disk_now = None
+        if snap.disk is None:
+            usage = _disk_usage(snap.root or snap.primary_root)
+            if usage is not None:
+                disk_now = (usage["path"], usage["free_bytes"], usage["total_bytes"])
+        return PlainTextResponse(render_metrics(snap, version=version, disk_now=disk_now),
+                                 media_type=CONTENT_TYPE)
 
     @app.get("/recordings", response_model=RecordingPage, summary="Recorded hours, newest first")
     def recordings(
@@ -238,7 +253,7 @@ def create_app(controller: Controller, *, token_file: Path | None, root_provider
         per_page: Annotated[int, Query(ge=1, le=MAX_PER_PAGE, description="Hours per page.")] = (
             DEFAULT_PER_PAGE),
     ) -> RecordingPage:
-        return list_recordings(root_provider(), page=page, per_page=per_page)
+        return list_recordings(footage_root(), page=page, per_page=per_page)
 
     @app.get(
         "/recordings/{path:path}",
@@ -252,7 +267,7 @@ def create_app(controller: Controller, *, token_file: Path | None, root_provider
         summary="A closed recording, with HTTP range requests",
     )
     def recording_file(path: str, request: Request) -> Response:
-        target = resolve_recording(root_provider(), path)
+        target = resolve_recording(footage_root(), path)
         if target is None:
             raise HTTPException(404, detail="no such recording")
         return serve_file(target, request.headers.get("range"), request.headers.get("if-range"))
@@ -265,9 +280,10 @@ def create_app(controller: Controller, *, token_file: Path | None, root_provider
         summary="The latest validated frame as JPEG",
     )
     def snapshot() -> Response:
-        frame = latest_frame(controller)
+        snap = controller.snapshot
+        frame = snap.latest_frame
         if frame is None or frame.data is None:
-            raise HTTPException(503, detail=f"no frame yet: {_why_no_frame(controller)}")
+            raise HTTPException(503, detail=f"no frame yet: {snap.no_frame_reason}")
         try:
             jpeg = snapshots.jpeg_of(frame)
         except EncoderError as err:
@@ -282,7 +298,7 @@ def create_app(controller: Controller, *, token_file: Path | None, root_provider
 
     def action_route(trigger: str, summary: str) -> None:
         def act() -> JSONResponse:
-            status_code, result = perform_action(controller, trigger, ACTION_WAIT_SECONDS)
+            status_code, result = perform_action(controller, commands, trigger, ACTION_WAIT_SECONDS)
             return JSONResponse(result.model_dump(), status_code=status_code)
 
         act.__name__ = f"action_{trigger}"  # FastAPI names the OpenAPI operation after it
@@ -360,89 +376,28 @@ def _plain(value: object) -> Any:
         return str(value)
 
 
-def accepts(trigger: str, state: str) -> bool:
-    """Whether the transition table has `trigger` leaving `state`."""
-    for transition in TRANSITIONS:
-        if transition["trigger"] != trigger:
-            continue
-        source = transition["source"]
-        if source == "*" or source == state or (isinstance(source, list) and state in source):
-            return True
-    return False
-
-
-@dataclass(frozen=True)
-class _Progress:
-    transitions: list[str]
-    refused: tuple[str, str] | None  # (trigger, the guard's reason)
-
-
-def _follow(controller: Controller, trigger: str, asked: float) -> _Progress | None:
-    """How far the chain an action starts has got since `asked`; None while still pending.
-
-    A reset is `reset`, then `reset_done`, then (when the config says autostart) `start`.
-    """
-    transitions = [t for t in list(controller.transitions) if t[0] >= asked]
-    refusals = [r for r in list(controller.refusals) if r[0] >= asked]
-    wanted = ["reset", "reset_done"] if trigger == "reset" else [trigger]
-    done: list[str] = []
-    after = asked
-    index = 0
-    while index < len(wanted):
-        step = wanted[index]
-        hit = next((t for t in transitions if t[3] == step and t[0] >= after), None)
-        if hit is None:
-            refusal = next((r for r in refusals if r[1] == step and r[0] >= after), None)
-            if refusal is None:
-                return None
-            return _Progress(done, (step, refusal[2]))
-        done.append(f"{hit[1]} -> {hit[2]} on {step}")
-        after = hit[0]
-        if step == "reset_done" and controller.unit.autostart:
-            wanted.append("start")
-        index += 1
-    return _Progress(done, None)
-
-
-def perform_action(controller: Controller, trigger: str, wait_seconds: float) -> tuple[int, ActionResult]:
-    """Post `trigger` and wait (bounded) for what the machine did: (HTTP status, result)."""
-    before = controller.state
-    if not accepts(trigger, before):
-        possible = ", ".join(s for s in STATE_NAMES if accepts(trigger, s))
-        return 409, ActionResult(action=trigger, done=False, state=before, before=before,
-                                 detail=f"{trigger} does nothing in state {before} "
-                                        f"(possible from: {possible})")
-    asked = time.time()
+def perform_action(controller: Controller, commands: CommandDesk, trigger: str,
+                   wait_seconds: float) -> tuple[int, ActionResult]:
+    """Post `trigger` and wait (bounded) for its outcome event: (HTTP status, result)."""
+    before = controller.snapshot.state
     logger.info("API asked for {} in state {}", trigger, before)
-    controller.post(trigger)
-    progress: list[_Progress] = []
-
-    def settled() -> bool:
-        found = _follow(controller, trigger, asked)
-        if found is not None:
-            progress.append(found)
-        return found is not None
-
-    if not controller.wait_until(settled, wait_seconds):
-        state = controller.state
+    done = commands.ask(trigger, wait_seconds)
+    if done is None:
+        state = controller.snapshot.state
         return 202, ActionResult(action=trigger, done=False, state=state, before=before,
                                  detail=f"{trigger} asked; not finished after {wait_seconds:g}s, "
                                         f"state is {state}")
-    result = progress[-1]
-    state = controller.state
-    if result.refused is None:
-        detail = f"{trigger} done: {before} -> {state}"
-        return 200, ActionResult(action=trigger, done=True, state=state, before=before,
-                                 detail=detail, transitions=result.transitions)
-    step, reason = result.refused
-    if trigger == "reset" and step == "start":
+    result = ActionResult(action=trigger, done=done.is_done, state=done.state, before=done.before,
+                          detail=done.detail, transitions=list(done.transitions),
+                          refused=done.refused[1] if done.refused else None)
+    if done.is_done:
+        return 200, result
+    if trigger == "reset" and done.refused is not None and done.refused[0] == "start":
         # The reset itself happened; only the autostart after it was refused.
-        return 200, ActionResult(action=trigger, done=True, state=state, before=before,
-                                 detail=f"reset done; autostart refused: {reason}",
-                                 transitions=result.transitions, refused=reason)
-    return 409, ActionResult(action=trigger, done=False, state=state, before=before,
-                             detail=f"{step} refused in state {state}: {reason}",
-                             transitions=result.transitions, refused=reason)
+        result.done = True
+        result.detail = f"reset done; autostart refused: {done.refused[1]}"
+        return 200, result
+    return 409, result
 
 
 def _invalid(name: str, value: object, message: str) -> NoReturn:
@@ -469,19 +424,6 @@ def _merge_hour(query_hour: str | None, body_hour: str | None) -> str | None:
 # --- status helpers ----------------------------------------------------------------------------
 
 
-def _fps_achieved(status: dict[str, Any], meter: FpsMeter) -> float | None:
-    totals = status.get("totals") or {}
-    captured = totals.get("frames_captured", status.get("frames_captured", 0))
-    fps = meter.update(int(captured))
-    if fps is None and status.get("state") == "recording":
-        # First look since start-up: average over the run so far.
-        elapsed = time.time() - float(status.get("since") or 0)
-        run_frames = status.get("frames_captured", 0)
-        if elapsed >= 0.5 and run_frames:
-            fps = run_frames / elapsed
-    return round(fps, 2) if fps is not None else None
-
-
 def _disk_usage(root: Path) -> dict[str, Any] | None:
     try:
         usage = os.statvfs(root)
@@ -495,31 +437,27 @@ def _iso(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _health_reason(controller: Controller, status: dict[str, Any]) -> str:
+def health_reason(snap: StatusSnapshot) -> str:
     """One line saying why the recorder is in its state."""
-    state = status["state"]
-    since_time = float(status.get("since") or 0)
-    since = _iso(since_time)
-    alerts = status.get("alerts") or []
-    last_fault = next((a["message"] for a in reversed(alerts) if a.get("kind") == "fault"), None)
+    state = snap.state
+    since = _iso(snap.since)
+    last_fault = next((a.message for a in reversed(snap.alerts) if a.kind == "fault"), None)
     if state == "recording":
         reason = f"recording since {since}"
-        fps = status.get("fps_achieved")
-        if fps is not None:
-            reason += f" at {fps:.1f} of {status.get('configured_fps', 0):g} fps"
-        health = status.get("health")
-        if isinstance(health, dict) and health.get("reason") not in (None, "", "ok"):
-            reason += f"; health: {health['reason']}"
+        if snap.fps_achieved is not None:
+            reason += f" at {snap.fps_achieved:.1f} of {snap.configured_fps:g} fps"
+        if snap.health is not None and snap.health.reason not in ("", "ok"):
+            reason += f"; health: {snap.health.reason}"
     elif state == "idle":
         reason = f"idle since {since}: not recording"
-        refusal = next((r for r in reversed(list(controller.refusals)) if r[0] >= since_time), None)
-        if refusal is not None:
-            reason += f"; {refusal[1]} refused: {refusal[2]}"
+        if snap.refusals_since_state:
+            refusal = snap.refusals_since_state[-1]
+            reason += f"; {refusal.trigger} refused: {refusal.reason}"
     elif state == "recovering":
         reason = f"recovering since {since}"
         if last_fault:
             reason += f" after {last_fault}"
-        reason += f"; attempt {status.get('recovery_attempts', 0)}"
+        reason += f"; attempt {snap.recovery_attempts}"
     elif state == "critical":
         reason = f"critical since {since}: recovery gave up"
         if last_fault:
@@ -549,21 +487,6 @@ class SnapshotCache:
                 self._jpeg = encode_jpeg(frame.data)
                 self._frame = frame
             return self._jpeg
-
-
-def _why_no_frame(controller: Controller) -> str:
-    pipeline = controller.unit.pipeline
-    if pipeline is None:
-        return f"not recording (state {controller.state})"
-    if pipeline.encoder is None:
-        return "the camera hands over encoded video only, no raw frames"
-    return "no frame has passed validation since recording started"
-
-
-def latest_frame(controller: Controller) -> Frame | None:
-    """The newest validated frame of the running pipeline, if any."""
-    pipeline = controller.unit.pipeline
-    return getattr(pipeline, "latest_frame", None) if pipeline is not None else None
 
 
 # --- the server --------------------------------------------------------------------------------
@@ -681,10 +604,8 @@ def recording_root_of(controller: Controller) -> RootProvider:
     """The root the unit records into (after any fallback), else the configured one."""
 
     def root() -> Path:
-        unit = controller.unit
-        if unit.root_status is not None and unit.root_status.is_usable:
-            return unit.root_status.path
-        return unit.hardware.recording.root
+        snap = controller.snapshot
+        return snap.root or snap.primary_root
 
     return root
 
@@ -695,7 +616,7 @@ def start_api(config: ApiConfig, controller: Controller) -> ApiServer | None:
         logger.info("HTTP API disabled (api.enabled: false)")
         return None
     host, port = parse_listen(config.listen)
-    app = create_app(controller, token_file=config.token_file, root_provider=recording_root_of(controller))
+    app = create_app(controller, token_file=config.token_file)
     server = ApiServer(app, host, port)
     try:
         server.start()

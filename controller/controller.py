@@ -1,9 +1,10 @@
 """The Controller: one thread that owns the state machine and drains an event queue.
 
 Everything else (pipeline threads, signal handlers, the API, GPIO callbacks) only puts
-events on the queue with `post`, `report_error` or `request_shutdown`. The loop also
-runs scheduled events (recovery attempts, critical probes) and a health tick that turns
-a silent pipeline into a fault.
+events on the queue with `post`, `command`, `report_error` or `request_shutdown`, and sees
+the recorder through the status snapshot (`snapshot`) and the event bus (`bus`). The loop
+also runs scheduled triggers (recovery attempts, critical probes) and a health tick that
+reports a silent or dead pipeline to the error ledger, which decides on a fault.
 """
 
 from __future__ import annotations
@@ -13,25 +14,36 @@ import itertools
 import queue
 import threading
 import time
-from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from loguru import logger
 
 from controller.alerts import AlertLog
+from controller.events import (
+    AlertRaised,
+    CommandDone,
+    ConfigReloaded,
+    EventBus,
+    FaultRaised,
+    SegmentClosed,
+    StateChanged,
+    TransitionRefused,
+)
 from controller.health import Health, HealthSampler
 from controller.housekeeping import StorageHousekeeper, StorageSettings
-from controller.ledger import ErrorLedger
+from controller.ledger import Budget, ErrorLedger
 from controller.merge import MergedHour
+from controller.snapshot import Refusal, RunCounters, StatusSnapshot
 from hw.factory import Hardware
 from hw.pipeline import RecordingPipeline
 from hw.recovery import recover_partials
 from hw.storage import probe_root
-from states import recovering
+from hw.writer import ClosedSegment
+from states.machine import STATE_NAMES, TRIGGERS, accepts
 from states.recovering import RecoveryPolicy
 from states.unit import Unit
 
@@ -43,14 +55,26 @@ CAMERA_CLOSE_THREAD = "vigil-camera-close"
 DEFAULT_MAX_ABANDONED = 3
 HEALTH_SECONDS = 1.0
 ROOT_RECHECK_SECONDS = 10.0
-# A GPIO short press: decided here, against the state the event meets, not the one seen at press time.
-TOGGLE_EVENT = "toggle"
-STOPPABLE_STATES = frozenset({"recording", "recovering", "critical"})
+ALERTS_IN_SNAPSHOT = 20
+HISTORY_KEPT = 100
 
-Settings = tuple[Hardware, RecoveryPolicy, bool]
-# Per-run counters that status() also totals over the daemon's life (for metrics counters).
-RUN_COUNTERS = ("frames_captured", "frames_recorded", "frames_dropped", "frames_invalid",
-                "segments_closed", "bytes_written")
+
+@dataclass(frozen=True)
+class Parts:
+    """What the composition root (daemon.py) builds from one config; a reset swaps in a new set.
+
+    `config` is the validated config itself, handed on in ConfigReloaded so that the parts
+    that live outside the controller (API token, GPIO pins) are rebuilt from the same file.
+    """
+
+    hardware: Hardware
+    policy: RecoveryPolicy
+    autostart: bool
+    budgets: Mapping[str, Budget]
+    max_abandoned: int
+    storage: StorageSettings
+    config: Any = None
+    source: str = ""
 
 
 @dataclass(frozen=True)
@@ -58,6 +82,7 @@ class Event:
     kind: str  # "trigger", "error", "shutdown"
     name: str
     detail: str = ""
+    cause: int | None = None  # the command this event belongs to, if any
 
 
 class Controller:
@@ -69,12 +94,14 @@ class Controller:
         *,
         policy: RecoveryPolicy | None = None,
         autostart: bool = True,
-        reload: Callable[[], Settings | None] | None = None,
+        reload: Callable[[], Parts | None] | None = None,
         ledger: ErrorLedger | None = None,
         max_abandoned: int = DEFAULT_MAX_ABANDONED,
         storage: StorageSettings | None = None,
+        bus: EventBus | None = None,
     ) -> None:
         self.events: queue.Queue[Event] = queue.Queue()
+        self.bus = bus or EventBus()
         self.ledger = ledger or ErrorLedger()
         self.max_abandoned = max_abandoned
         self._timers: list[tuple[float, int, int, str]] = []
@@ -86,52 +113,71 @@ class Controller:
         # Monotonic time of the loop's latest iteration (None before run()); the systemd
         # watchdog thread stops pinging when it grows old, so a wedged loop gets us restarted.
         self.heartbeat: float | None = None
+        # History for tests and logs; nothing outside the controller thread decides by it.
         self.transitions: list[tuple[float, str, str, str]] = []
         self.refusals: list[tuple[float, str, str]] = []
         self.state_since = time.time()
         self.alerts = AlertLog()
+        self.alerts.when_alert = lambda alert: self.bus.publish(AlertRaised(alert))
         self.health: Health | None = None
         self._health_sampler = HealthSampler()
         self._next_health = 0.0
         self._next_root_check = 0.0
         self.root_recheck_seconds = ROOT_RECHECK_SECONDS
-        self._next_orphan_fault = 0.0
         self._alerted_root: Path | None = None
         # Lifetime totals: runs that ended are folded in; the counted run is read live.
-        self.finished_runs: Counter[str] = Counter()
+        self._finished_runs = RunCounters()
         self._counted_pipeline: RecordingPipeline | None = None
-        self._totals_lock = threading.Lock()
+        # Commands: each posted command's chain of events, until the last one is handled.
+        self._command_ids = itertools.count(1)
+        self._cause: int | None = None
+        self._pending: dict[int, int] = {}
+        self._chains: dict[int, _Chain] = {}
+        self._reload = reload
         self.unit = Unit(
             hardware,
             policy=policy or RecoveryPolicy(),
             autostart=autostart,
-            post=self.post,
+            post=self._post_from_machine,
             schedule=self._schedule,
             cancel_scheduled=self._cancel_scheduled,
             report_error=self.report_error,
-            reload=self._reload_and_clear(reload),
+            reload=self._reload_parts,
+            when_segment_closed=self._segment_closed,
         )
-        # -- storage lifecycle (issue 4): merge, retention, disk watch in their own thread --
+        # -- storage lifecycle: merge, retention, disk watch in their own thread --
         self.housekeeper = StorageHousekeeper(
-            storage or StorageSettings(), roots=self._footage_roots, active_root=self._active_root,
-            open_segments=self._open_segments, bytes_written=self._bytes_written_now,
-            when_disk_low_changed=lambda disk: self.alerts.condition(
-                "low_disk", disk.path, disk.is_low,
-                f"free space on {disk.path} is below the {disk.reserve_bytes / 2**20:.0f} MiB reserve"),
+            storage or StorageSettings(), roots=lambda: self.snapshot.footage_roots,
+            active_root=lambda: self.snapshot.root,
+            open_segments=lambda: self.snapshot.open_segments,
+            bytes_written=lambda: self.snapshot.run.bytes_written,
+            when_disk_low_changed=self._disk_low_changed, publish=self.bus.publish,
         )
+        self.snapshot: StatusSnapshot = self._build_snapshot()
 
     def __repr__(self) -> str:
         return f"<Controller state={self.state} queued={self.events.qsize()}>"
 
     @property
     def state(self) -> str:
-        return self.unit.state
+        """The state of the latest snapshot (the controller thread's own view is the Unit's)."""
+        return self.snapshot.state
 
     # -- what other threads may call -------------------------------------------------
 
-    def post(self, trigger: str) -> None:
+    def post(self, trigger: str, reason: str = "") -> None:
         """Ask the machine to fire `trigger` (start, stop, reset, ...) on the controller thread."""
-        self.events.put(Event("trigger", trigger))
+        self.events.put(Event("trigger", trigger, reason))
+
+    def command(self, trigger: str) -> int:
+        """Like `post`, and a CommandDone with the returned id is published once it settled.
+
+        The outcome covers the whole chain the trigger starts: a reset is `reset`, then
+        `reset_done`, then `start` when the reloaded config says autostart.
+        """
+        command_id = next(self._command_ids)
+        self.events.put(Event("trigger", trigger, cause=command_id))
+        return command_id
 
     def report_error(self, category: str, reason: str) -> None:
         """An error from anywhere; the ledger decides whether it is a fault."""
@@ -141,15 +187,8 @@ class Controller:
         self.events.put(Event("shutdown", "shutdown"))
 
     def wait_for_state(self, state: str, timeout: float) -> bool:
-        """Block until the machine is in `state` (True) or `timeout` passes (False)."""
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while self.unit.state != state:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._changed.wait(left)
-            return True
+        """Block until the snapshot shows `state` (True) or `timeout` passes (False)."""
+        return self.wait_until(lambda: self.snapshot.state == state, timeout)
 
     def wait_until(self, predicate: Callable[[], bool], timeout: float) -> bool:
         """Block until `predicate()` holds after some event or tick, or `timeout` passes."""
@@ -162,38 +201,6 @@ class Controller:
                 self._changed.wait(min(left, TICK_SECONDS))
             return True
 
-    def status(self) -> dict[str, Any]:
-        """A snapshot for status pages and metrics; safe to call from any thread."""
-        unit = self.unit
-        pipeline = unit.pipeline
-        stats = pipeline.stats if pipeline is not None else None
-        writer = pipeline.writer if pipeline is not None else None
-        spec = unit.hardware.camera
-        return {
-            "state": unit.state,
-            "since": self.state_since,
-            "backend": unit.hardware.backend,
-            "configured_fps": spec.fps,
-            "frames_captured": stats.frames_captured if stats else 0,
-            "frames_recorded": stats.frames_recorded if stats else 0,
-            "frames_dropped": stats.frames_dropped if stats else 0,
-            "frames_invalid": stats.frames_invalid if stats else 0,
-            "errors": dict(self.ledger.totals),
-            "faults": dict(self.ledger.faults),
-            "recovery_attempts": unit.recovery_attempts,
-            "recoveries_attempted": unit.recoveries_attempted,
-            "root": str(unit.root_status.path) if unit.root_status else None,
-            "current_segment": str(writer.open_path) if writer and writer.open_path else None,
-            "segments_closed": writer.segments_closed if writer else 0,
-            "bytes_written": writer.bytes_written if writer else 0,
-            "abandoned_calls": len(unit.abandoned),
-            "last_refusal": self.refusals[-1][2] if self.refusals else None,
-            "totals": self._totals(),
-            "health": self.health.as_dict() if self.health else None,
-            "disk": self.housekeeper.disk_status(),
-            "fps": self._health_sampler.achieved_fps,
-        }
-
     def request_merge(self, hour: str | None = None) -> Future[list[MergedHour]]:
         """Merge `hour` (YYYY-MM-DDTHH) or every closed hour now, in the housekeeping thread.
 
@@ -202,38 +209,82 @@ class Controller:
         """
         return self.housekeeper.request_merge(hour)
 
-    # -- what the housekeeper asks (from its own thread) ---------------------------------
+    # -- the snapshot (built on the controller thread) -------------------------------
 
-    def _footage_roots(self) -> list[Path]:
-        rec = self.unit.hardware.recording
-        return [rec.root, *rec.fallback_roots]
+    def _build_snapshot(self) -> StatusSnapshot:
+        unit = self.unit
+        pipeline = unit.pipeline
+        writer = pipeline.writer if pipeline is not None else None
+        run = _run_counts(pipeline)
+        rec = unit.hardware.recording
+        refusals = [Refusal(name, reason, at) for at, name, reason in self.refusals]
+        open_path = writer.open_path if writer is not None else None
+        latest = pipeline.latest_frame if pipeline is not None else None
+        return StatusSnapshot(
+            state=unit.state,
+            since=self.state_since,
+            heartbeat=self.heartbeat,
+            backend=unit.hardware.backend,
+            configured_fps=unit.hardware.camera.fps,
+            fps_achieved=self._health_sampler.achieved_fps,
+            run=run,
+            totals=self._finished_runs + _run_counts(self._counted_pipeline),
+            errors=dict(self.ledger.totals),
+            faults=dict(self.ledger.faults),
+            recovery_attempts=unit.recovery_attempts,
+            recoveries_attempted=unit.recoveries_attempted,
+            root=unit.root_status.path if unit.root_status is not None and unit.root_status.is_usable
+            else None,
+            primary_root=rec.root,
+            footage_roots=(rec.root, *rec.fallback_roots),
+            current_segment=open_path,
+            open_segments=(*([open_path] if open_path is not None else []), *unit.abandoned_paths),
+            abandoned_calls=tuple(unit.abandoned),
+            autostart=unit.autostart,
+            last_refusal=refusals[-1] if refusals else None,
+            refusals_since_state=tuple(r for r in refusals if r.at >= self.state_since),
+            health=self.health,
+            disk=self.housekeeper.monitor.latest,
+            alerts=tuple(self.alerts.recent(ALERTS_IN_SNAPSHOT)),
+            alert_counts=dict(self.alerts.counts),
+            merges=dict(self.housekeeper.merge_counts),
+            events=self.bus.stats(),
+            latest_frame=latest,
+            no_frame_reason=_why_no_frame(unit.state, pipeline),
+            is_running=self._running,
+        )
 
-    def _active_root(self) -> Path | None:
-        status = self.unit.root_status
-        return status.path if status is not None else None
+    def _publish_snapshot(self) -> None:
+        self.snapshot = self._build_snapshot()  # one reference swap: readers see old or new
+        with self._changed:
+            self._changed.notify_all()
 
-    def _open_segments(self) -> list[Path]:
-        pipeline = self.unit.pipeline
-        open_path = pipeline.writer.open_path if pipeline is not None else None
-        # Segments of abandoned (hung) pipelines may still be written to by their thread.
-        return [*([open_path] if open_path is not None else []), *self.unit.abandoned_paths]
+    # -- what the machine and the recording threads call -----------------------------
 
-    def _bytes_written_now(self) -> int:
-        pipeline = self.unit.pipeline
-        return pipeline.writer.bytes_written if pipeline is not None else 0
+    def _post_from_machine(self, trigger: str, reason: str = "") -> None:
+        """A trigger queued by a state's callback: it belongs to the command being handled."""
+        cause = self._cause
+        if cause is not None:
+            self._pending[cause] = self._pending.get(cause, 0) + 1
+        self.events.put(Event("trigger", trigger, reason, cause=cause))
 
-    def _totals(self) -> dict[str, int]:
-        with self._totals_lock:
-            live = _run_counts(self._counted_pipeline)
-            return {key: self.finished_runs[key] + live[key] for key in RUN_COUNTERS}
+    def _segment_closed(self, closed: ClosedSegment) -> None:
+        # The encode thread calls this; publishing never blocks it.
+        self.bus.publish(SegmentClosed(closed.path, closed.frames, closed.started_wallclock,
+                                       closed.duration_seconds, closed.size_bytes))
+
+    def _disk_low_changed(self, disk: object) -> None:
+        path = getattr(disk, "path", "")
+        reserve = getattr(disk, "reserve_bytes", 0)
+        self.alerts.condition("low_disk", str(path), bool(getattr(disk, "is_low", False)),
+                              f"free space on {path} is below the {reserve / 2**20:.0f} MiB reserve")
 
     def _track_run(self, pipeline: RecordingPipeline | None) -> None:
         """Fold a finished run's counters into the totals once the unit holds another."""
         if pipeline is self._counted_pipeline:
             return
-        with self._totals_lock:
-            self.finished_runs.update(_run_counts(self._counted_pipeline))
-            self._counted_pipeline = pipeline
+        self._finished_runs = self._finished_runs + _run_counts(self._counted_pipeline)
+        self._counted_pipeline = pipeline
 
     # -- scheduling (controller thread only) -----------------------------------------
 
@@ -245,14 +296,23 @@ class Controller:
         self._generation += 1
         self._timers.clear()
 
-    def _reload_and_clear(
-        self, reload: Callable[[], Settings | None] | None
-    ) -> Callable[[], Settings | None]:
-        def run() -> Settings | None:
-            self.ledger.clear()
-            return reload() if reload is not None else None
+    def _reload_parts(self) -> tuple[Hardware, RecoveryPolicy, bool] | None:
+        """A reset: reload the config and swap in every part built from it."""
+        self.ledger.clear()
+        if self._reload is None:
+            return None
+        parts = self._reload()
+        if parts is None:
+            return None
+        self.apply(parts)
+        return parts.hardware, parts.policy, parts.autostart
 
-        return run
+    def apply(self, parts: Parts) -> None:
+        """Use `parts` from now on: budgets, limits and storage here; the rest via ConfigReloaded."""
+        self.ledger.budgets = dict(parts.budgets)
+        self.max_abandoned = parts.max_abandoned
+        self.housekeeper.reconfigure(parts.storage)
+        self.bus.publish(ConfigReloaded(parts.source, parts))
 
     # -- the loop --------------------------------------------------------------------
 
@@ -286,15 +346,11 @@ class Controller:
             if time.monotonic() >= next_tick:
                 self._tick()
                 next_tick = time.monotonic() + TICK_SECONDS
-            self._notify()
+            self._publish_snapshot()
         self.housekeeper.stop()
         self._running = False
-        self._notify()
+        self._publish_snapshot()
         return self.exit_code
-
-    def _notify(self) -> None:
-        with self._changed:
-            self._changed.notify_all()
 
     def _run_due_timers(self) -> None:
         now = time.monotonic()
@@ -309,54 +365,106 @@ class Controller:
         elif event.kind == "error":
             self._on_error(event.name, event.detail)
         else:
-            self._dispatch(event.name)
+            self._cause = event.cause
+            try:
+                if event.cause is not None and event.cause not in self._chains:
+                    self._chains[event.cause] = _Chain(event.name, self.unit.state)
+                    self._pending[event.cause] = self._pending.get(event.cause, 0) + 1
+                self._dispatch(event.name, event.detail)
+            finally:
+                self._cause = None
+            if event.cause is not None:
+                self._settle(event.cause)
 
-    def _dispatch(self, name: str) -> None:
-        if name == recovering.ATTEMPT_EVENT:
-            self._fire(lambda: recovering.attempt(self.unit), name)
-        elif name == TOGGLE_EVENT:
-            if self.state in STOPPABLE_STATES or self.state == "idle":
-                self._dispatch("start" if self.state == "idle" else "stop")
-            else:
-                logger.info("toggle ignored in state {}", self.state)
-        else:
-            self._fire(lambda: getattr(self.unit, name)(), name)
+    def _dispatch(self, name: str, reason: str = "") -> None:
+        """Fire one of the machine's own triggers; anything else is refused and logged."""
+        if name not in TRIGGERS:
+            logger.warning("refused event {!r}: not a trigger of the machine (triggers: {})",
+                           name, ", ".join(TRIGGERS))
+            self._note(None, name, reason="not a trigger", possible=False)
+            return
+        state = self.unit.state
+        if not accepts(name, state):
+            logger.info("{} does nothing in state {}", name, state)
+            self._note(None, name, reason=f"{name} does nothing in state {state}", possible=False)
+            return
+        kwargs = {"reason": reason} if reason else {}
+        self._fire(name, **kwargs)
 
-    def _fire(self, action: Callable[[], Any], name: str, **kwargs: Any) -> None:
-        before = self.unit.state
-        self.unit.refusal = ""
+    def _fire(self, name: str, **kwargs: Any) -> None:
+        unit = self.unit
+        before = unit.state
+        unit.refusal = ""
         try:
-            action()
+            unit.trigger(name, **kwargs)
         except Exception:
             logger.exception("transition {} from {} raised; treating as a fault", name, before)
             self.report_error("encoder_error", f"transition {name} raised")
-        self._track_run(self.unit.pipeline)
+        self._track_run(unit.pipeline)
         self._note_root_change()
-        after = self.unit.state
+        after = unit.state
         if after != before:
             self.state_since = time.time()
             self.transitions.append((time.time(), before, after, name))
-            del self.transitions[:-100]
+            del self.transitions[:-HISTORY_KEPT]
             logger.info("state {} -> {} on {}", before, after, name)
-            # A give_up carries no reason of its own: the failed attempt's refusal is why.
-            self.alerts.record_transition(before, after, name,
-                                          kwargs.get("reason") or self.unit.refusal)
-        elif self.unit.refusal and name != recovering.ATTEMPT_EVENT:
-            self.refusals.append((time.time(), name, self.unit.refusal))
-            del self.refusals[:-100]
-            logger.warning("{} refused in state {}: {}", name, before, self.unit.refusal)
+            # A give_up carries the failed attempt's refusal as its reason.
+            reason = kwargs.get("reason") or unit.refusal
+            self.alerts.record_transition(before, after, name, reason)
+            self.bus.publish(StateChanged(before, after, name, reason))
+            self._note(f"{before} -> {after} on {name}", name)
+        elif unit.refusal:
+            self.refusals.append((time.time(), name, unit.refusal))
+            del self.refusals[:-HISTORY_KEPT]
+            logger.warning("{} refused in state {}: {}", name, before, unit.refusal)
+            self.bus.publish(TransitionRefused(name, before, unit.refusal))
+            self._note(None, name, reason=unit.refusal)
+
+    def _note(self, transition: str | None, trigger: str, *, reason: str = "", possible: bool = True) -> None:
+        """Add what `trigger` did to the chain of the command being handled, if any."""
+        chain = self._chains.get(self._cause) if self._cause is not None else None
+        if chain is None:
+            return
+        if transition is not None:
+            chain.transitions.append(transition)
+        elif not possible and not chain.transitions:
+            chain.impossible = reason
+        elif chain.refused is None:
+            chain.refused = (trigger, reason)
+
+    def _settle(self, cause: int) -> None:
+        """Once every event of a command's chain is handled, publish what it did."""
+        left = self._pending.get(cause, 1) - 1
+        if left > 0:
+            self._pending[cause] = left
+            return
+        self._pending.pop(cause, None)
+        chain = self._chains.pop(cause, None)
+        if chain is None:
+            return
+        state = self.unit.state
+        if chain.impossible:
+            possible = ", ".join(s for s in STATE_NAMES if accepts(chain.trigger, s))
+            detail = f"{chain.impossible} (possible from: {possible or 'nowhere'})"
+        elif chain.refused is not None:
+            detail = f"{chain.refused[0]} refused in state {state}: {chain.refused[1]}"
+        else:
+            detail = f"{chain.trigger} done: {chain.before} -> {state}"
+        self.bus.publish(CommandDone(cause, chain.trigger, chain.before, state, tuple(chain.transitions),
+                                     chain.refused, not chain.impossible, detail))
 
     def _on_error(self, category: str, reason: str) -> None:
         if category == "storage_full":
             self.housekeeper.request_reclaim()  # retention frees space before recovery retries
         spent = self.ledger.record(category)
-        if spent:
-            logger.error("fault category={} reason={} state={}", category, reason, self.state)
-            if self.state == "recording":
-                self._fire(lambda: self.unit.fault(reason=f"{category}: {reason}"), "fault",
-                           reason=f"{category}: {reason}")
-        else:
+        if not spent:
             logger.debug("error category={} reason={}", category, reason)
+            return
+        state = self.unit.state
+        logger.error("fault category={} reason={} state={}", category, reason, state)
+        self.bus.publish(FaultRaised(category, reason, state))
+        if state == "recording":
+            self._fire("fault", reason=f"{category}: {reason}")
 
     def _tick(self) -> None:
         unit = self.unit
@@ -374,33 +482,27 @@ class Controller:
             self._shutdown(EXIT_HUNG_HARDWARE)
             return
         now = time.monotonic()
+        pipeline = unit.pipeline
         if now >= self._next_health:
             self._next_health = now + HEALTH_SECONDS
-            self.health = self._health_sampler.sample(self)
-        pipeline = unit.pipeline
-        if unit.state == "recording" and pipeline is None and now >= self._next_orphan_fault:
-            # A transition out of recording ran its cleanup and was then refused: recording
-            # without a pipeline records nothing, so go through recovery to get one back.
-            self._next_orphan_fault = now + 1.0
-            reason = "recording without a pipeline after a refused transition"
-            self._fire(lambda: unit.fault(reason=reason), "fault", reason=reason)
-            return
+            self.health = self._health_sampler.sample(
+                state=unit.state, configured_fps=unit.hardware.camera.fps,
+                stats=pipeline.stats if pipeline is not None else None,
+                errors=sum(self.ledger.totals.values()),
+                root=unit.root_status.path if unit.root_status is not None else None)
         if unit.state != "recording" or pipeline is None:
             return
         if now >= self._next_root_check:
             self._next_root_check = now + self.root_recheck_seconds
             self._return_to_primary_root()
         if pipeline.is_dead:
-            self._fire(lambda: unit.fault(reason="pipeline stopped"), "fault",
-                       reason="pipeline stopped")
+            self._on_error("pipeline_stopped", "a recording stage stopped")
             return
         silent = time.monotonic() - pipeline.stats.last_frame_monotonic
         if silent > unit.hardware.camera.read_timeout_seconds + STALL_GRACE_SECONDS:
             # The capture thread is stuck inside a camera call that ignores its timeout.
-            self.ledger.record("camera_timeout")
             logger.error("no frame for {:.1f}s: camera call hung", silent)
-            self._fire(lambda: unit.fault(reason=f"camera_timeout: no frame for {silent:.1f}s"),
-                       "fault", reason=f"camera_timeout: no frame for {silent:.1f}s")
+            self._on_error("camera_timeout", f"no frame for {silent:.1f}s")
 
     def _note_root_change(self) -> None:
         """An alert when the guards moved recording to a fallback root or back."""
@@ -431,20 +533,39 @@ class Controller:
         unit.pipeline.writer.retarget(primary)
 
     def _shutdown(self, code: int) -> None:
-        logger.info("shutting down from state {}", self.state)
+        logger.info("shutting down from state {}", self.unit.state)
         if self.unit.state in ("recording", "recovering", "critical"):
-            self._fire(self.unit.stop, "stop")
+            self._fire("stop")
         if self.unit.pipeline is not None:
             self.unit.cleanup(None)  # type: ignore[arg-type]
         self._cancel_scheduled()
         self.exit_code = code
 
 
-def _run_counts(pipeline: RecordingPipeline | None) -> Counter[str]:
+@dataclass
+class _Chain:
+    """What one command's events did so far."""
+
+    trigger: str
+    before: str
+    transitions: list[str] = field(default_factory=list)
+    refused: tuple[str, str] | None = None
+    impossible: str = ""
+
+
+def _run_counts(pipeline: RecordingPipeline | None) -> RunCounters:
     """The counters of one recording run (zeros for none)."""
     if pipeline is None:
-        return Counter()
+        return RunCounters()
     stats, writer = pipeline.stats, pipeline.writer
-    return Counter(frames_captured=stats.frames_captured, frames_recorded=stats.frames_recorded,
-                   frames_dropped=stats.frames_dropped, frames_invalid=stats.frames_invalid,
-                   segments_closed=writer.segments_closed, bytes_written=writer.bytes_written)
+    return RunCounters(frames_captured=stats.frames_captured, frames_recorded=stats.frames_recorded,
+                       frames_dropped=stats.frames_dropped, frames_invalid=stats.frames_invalid,
+                       segments_closed=writer.segments_closed, bytes_written=writer.bytes_written)
+
+
+def _why_no_frame(state: str, pipeline: RecordingPipeline | None) -> str:
+    if pipeline is None:
+        return f"not recording (state {state})"
+    if pipeline.encoder is None:
+        return "the camera hands over encoded video only, no raw frames"
+    return "no frame has passed validation since recording started"

@@ -11,25 +11,26 @@ from typing import Any
 from loguru import logger
 
 from controller.config import ApiConfig, ConfigError, LoadedConfig, VigilConfig, load_config
-from controller.controller import Controller, Settings
-from controller.housekeeping import storage_settings_from_config
+from controller.controller import Controller, Parts
+from controller.events import ConfigReloaded
+from controller.housekeeping import StorageSettings
 from controller.ledger import DEFAULT_BUDGETS, Budget, ErrorLedger
 from controller.logs import setup_logging
+from controller.retention import RetentionPolicy
 from controller.sdnotify import ServiceNotifier
 from hw.factory import CameraMaker, CameraSpec, Hardware, RecordingSpec
-from hw.gpio import GpioSpec, open_panel
+from hw.gpio import GpioSpec, OperatorPanel, open_panel
 from states.recovering import RecoveryPolicy
 
 API_START_TIMEOUT_SECONDS = 10.0
 
 
-def settings_from_config(config: VigilConfig, *,
-                         makers: Mapping[str, CameraMaker] | None = None) -> Settings:
-    """The hardware factory, recovery policy and autostart flag a config describes.
+def hardware_from_config(config: VigilConfig, *, makers: Mapping[str, CameraMaker] | None = None) -> Hardware:
+    """The hardware factory the config's `camera` and `recording` sections describe.
 
     `makers` replaces the factory's camera makers (tests, `vigil doctor` with fakes).
     """
-    cam, rec, recov = config.camera, config.recording, config.recovery
+    cam, rec = config.camera, config.recording
     camera = CameraSpec(
         backend=cam.backend, width=cam.width, height=cam.height, fps=cam.fps,
         source=cam.source, device=cam.device, pace=cam.pace,
@@ -41,41 +42,69 @@ def settings_from_config(config: VigilConfig, *,
         segment_seconds=rec.segment_seconds, fragment_seconds=rec.fragment_seconds,
         encoder_preset=rec.encoder_preset, crf=rec.crf, queue_frames=rec.queue_frames,
     )
+    hardware = Hardware(camera, recording) if makers is None else Hardware(camera, recording, makers=makers)
+    for fault in config.camera.inject_faults:
+        if hardware.backend != "synthetic":
+            logger.warning("camera.inject_faults ignored: backend is {}, not synthetic", hardware.backend)
+            break
+        hardware.faults.schedule(fault.after_seconds, fault.kind, fault.seconds, fault.count)
+    return hardware
+
+
+def storage_from_config(config: VigilConfig) -> StorageSettings:
+    """The housekeeper's settings from a config's `recording.merge*` and `storage` keys."""
+    rec, storage = config.recording, config.storage
+    return StorageSettings(
+        merge=rec.merge, merge_verify=rec.merge_verify, check_seconds=storage.check_seconds,
+        retention=RetentionPolicy(retention_days=storage.retention_days, reserve_mb=storage.reserve_mb,
+                                  reserve_percent=storage.reserve_percent),
+    )
+
+
+def budgets_from_config(config: VigilConfig) -> dict[str, Budget]:
+    """The ledger's budgets: its defaults, with the categories the config sets replaced."""
+    budgets = dict(DEFAULT_BUDGETS)
+    for category, budget in config.recovery.budgets.model_dump(exclude_none=True).items():
+        budgets[category] = Budget(**budget)
+    return budgets
+
+
+def gpio_from_config(config: VigilConfig) -> GpioSpec:
+    return GpioSpec(**config.gpio.model_dump())
+
+
+def parts_from_config(config: VigilConfig, *, source: str = "",
+                      makers: Mapping[str, CameraMaker] | None = None) -> Parts:
+    """Every part the controller runs with, built from one validated config."""
+    recov = config.recovery
     policy = RecoveryPolicy(
         max_attempts=recov.max_attempts, backoff_seconds=recov.backoff_seconds,
         backoff_max_seconds=recov.backoff_max_seconds,
         critical_probe_seconds=recov.critical_probe_seconds,
     )
-    if makers is not None:
-        return Hardware(camera, recording, makers=makers), policy, rec.autostart
-    return Hardware(camera, recording), policy, rec.autostart
+    return Parts(hardware=hardware_from_config(config, makers=makers), policy=policy,
+                 autostart=config.recording.autostart, budgets=budgets_from_config(config),
+                 max_abandoned=recov.max_abandoned_calls, storage=storage_from_config(config),
+                 config=config, source=source)
 
 
-def build_controller(loaded: LoadedConfig, config_path: str | None) -> Controller:
+def build_controller(loaded: LoadedConfig, config_path: str | None, *,
+                     makers: Mapping[str, CameraMaker] | None = None) -> Controller:
     """A controller for `loaded`, whose reset reloads the config from the same place."""
 
-    def reload() -> Settings | None:
+    def reload() -> Parts | None:
         try:
             again = load_config(config_path)
         except ConfigError as err:
             logger.error("config reload failed:\n{}", err)
             return None
         logger.info("config reloaded from {}", again.source)
-        return settings_from_config(again.config)
+        return parts_from_config(again.config, source=str(again.source), makers=makers)
 
-    hardware, policy, autostart = settings_from_config(loaded.config)
-    recovery = loaded.config.recovery
-    budgets = dict(DEFAULT_BUDGETS)
-    for category, budget in recovery.budgets.model_dump(exclude_none=True).items():
-        budgets[category] = Budget(**budget)
-    for fault in loaded.config.camera.inject_faults:
-        if hardware.backend != "synthetic":
-            logger.warning("camera.inject_faults ignored: backend is {}, not synthetic", hardware.backend)
-            break
-        hardware.faults.schedule(fault.after_seconds, fault.kind, fault.seconds, fault.count)
-    return Controller(hardware, policy=policy, autostart=autostart, reload=reload,
-                      ledger=ErrorLedger(budgets), max_abandoned=recovery.max_abandoned_calls,
-                      storage=storage_settings_from_config(loaded.config))
+    parts = parts_from_config(loaded.config, source=str(loaded.source), makers=makers)
+    return Controller(parts.hardware, policy=parts.policy, autostart=parts.autostart, reload=reload,
+                      ledger=ErrorLedger(parts.budgets), max_abandoned=parts.max_abandoned,
+                      storage=parts.storage)
 
 
 class BackgroundApi:
@@ -95,14 +124,68 @@ class BackgroundApi:
         from controller.api import start_api
 
         self._server = start_api(self._config, self._controller)  # None: disabled or port taken
+        if self._server is not None and self._config.token_file != self._server.app.state.tokens.token_file:
+            self._server.app.state.tokens.reload(self._config.token_file)  # a reset came first
 
     def start(self) -> None:
         self._thread.start()
+
+    def reload(self, config: ApiConfig) -> None:
+        """Use the action token `config` names from now on (a reset reloaded the config)."""
+        self._config = config
+        server = self._server
+        if server is not None:
+            server.app.state.tokens.reload(config.token_file)
 
     def stop(self, timeout: float = API_START_TIMEOUT_SECONDS) -> None:
         self._thread.join(timeout)
         if self._server is not None:
             self._server.stop()
+
+
+class Surfaces:
+    """The parts that live beside the controller: API, GPIO panel, systemd notifier.
+
+    A reset that reloaded the config (ConfigReloaded) rebuilds the GPIO panel from the new
+    pins and swaps in the API token the new config names, without a restart. The API's
+    listen address is bound once; changing it needs a restart.
+    """
+
+    def __init__(self, config: VigilConfig, controller: Controller) -> None:
+        self.controller = controller
+        self.notifier = ServiceNotifier(controller)  # a no-op unless systemd set $NOTIFY_SOCKET
+        self.gpio_spec = gpio_from_config(config)
+        self.panel: OperatorPanel | None = self._open_panel(self.gpio_spec)
+        self.api = BackgroundApi(config.api, controller)
+        self._reloads = controller.bus.subscribe("reload-surfaces", self._on_reload, kinds=(ConfigReloaded,))
+
+    def _open_panel(self, spec: GpioSpec) -> OperatorPanel | None:
+        controller = self.controller
+        return open_panel(spec, post=controller.post, state=lambda: controller.state)
+
+    def _on_reload(self, event: ConfigReloaded) -> None:
+        config = getattr(event.parts, "config", None)
+        if not isinstance(config, VigilConfig):
+            return
+        spec = gpio_from_config(config)
+        if spec != self.gpio_spec:
+            logger.info("reset: GPIO settings changed; reopening the panel")
+            if self.panel is not None:
+                self.panel.close()
+            self.panel = self._open_panel(spec)
+            self.gpio_spec = spec
+        self.api.reload(config.api)
+
+    def start(self) -> None:
+        self.notifier.start()
+        self.api.start()
+
+    def stop(self) -> None:
+        self.controller.bus.unsubscribe(self._reloads)
+        self.notifier.close()
+        if self.panel is not None:
+            self.panel.close()
+        self.api.stop()
 
 
 def run(config_path: str | None) -> int:
@@ -111,27 +194,21 @@ def run(config_path: str | None) -> int:
     setup_logging(loaded.config.logging.level)
     logger.info("vigil starting config={}", loaded.source)
     controller = build_controller(loaded, config_path)
-    notifier = ServiceNotifier(controller)  # a no-op unless systemd set $NOTIFY_SOCKET
-    panel = open_panel(GpioSpec(**loaded.config.gpio.model_dump()), post=controller.post,
-                       state=lambda: controller.state)
-    api = BackgroundApi(loaded.config.api, controller)
+    surfaces = Surfaces(loaded.config, controller)
 
     def on_signal(signum: int, frame: object) -> None:
         logger.info("received {}: closing the open segment", signal.Signals(signum).name)
-        notifier.stopping()
+        surfaces.notifier.stopping()
         controller.request_shutdown()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
     threading.current_thread().name = "vigil-controller"
-    notifier.start()
-    api.start()
+    surfaces.start()
     try:
         code = controller.run()
     finally:
-        notifier.close()
-        if panel is not None:
-            panel.close()
-        api.stop()
+        surfaces.stop()
+        controller.bus.close()
     logger.info("vigil stopped exit={}", code)
     return code

@@ -76,6 +76,10 @@ class DiskMonitor:
         self._path: Path | None = None
         self.latest: DiskStatus | None = None
 
+    def set_reserve(self, reserve_bytes: Callable[[int], int]) -> None:
+        """Measure against a new reserve from the next sample on."""
+        self._reserve_bytes = reserve_bytes
+
     def __repr__(self) -> str:
         latest = self.latest
         if latest is None:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from controller.config import VigilConfig
-from controller.daemon import settings_from_config
+from controller.daemon import hardware_from_config
 from hw.camera import Camera, EncodedPacket
 from hw.errors import CameraError, VigilError
 from hw.factory import DEFAULT_MAKERS, PROBE_ORDER, CameraMaker, Hardware
@@ -83,7 +83,7 @@ def examine(
     if source:
         report.lines.append(f"config: {source}")
     _list_cameras(report, makers)
-    hardware, _, _ = settings_from_config(config, makers=makers)
+    hardware = hardware_from_config(config, makers=makers)
     _check_camera(report, config, hardware)
     _check_storage(report, hardware)
     _check_gpio(report, config, load_pin_factory)

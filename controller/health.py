@@ -23,9 +23,12 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import psutil
+
+if TYPE_CHECKING:
+    from hw.pipeline import PipelineStats
 
 STATE_CAP = {"recording": 100, "idle": 60, "recovering": 40, "reset": 40, "critical": 10}
 FPS_WEIGHT = 30.0
@@ -130,45 +133,48 @@ class HealthSampler:
 
     def __init__(self) -> None:
         self._samples: deque[tuple[float, int, int, int]] = deque()
-        self._pipeline: object | None = None
+        self._stats: PipelineStats | None = None
         self._process = psutil.Process()
         self._memory_total = psutil.virtual_memory().total
         self.achieved_fps: float | None = None
         self.inputs: HealthInputs | None = None
 
-    def sample(self, controller: Any) -> Health:
+    def sample(self, *, state: str, configured_fps: float, stats: PipelineStats | None,
+               errors: int, root: Path | None) -> Health:
+        """The health now, from the current run's counters and the errors counted so far."""
         now = time.monotonic()
-        unit = controller.unit
-        pipeline = unit.pipeline
-        if pipeline is not self._pipeline:
+        if stats is not self._stats:
             self._samples.clear()
-            self._pipeline = pipeline
-        stats = pipeline.stats if pipeline is not None else None
+            self._stats = stats
         captured = stats.frames_captured if stats else 0
         bad = stats.frames_dropped + stats.frames_invalid if stats else 0
-        errors = sum(controller.ledger.totals.values())
         self._samples.append((now, captured, bad, errors))
         while len(self._samples) > 1 and now - self._samples[0][0] > WINDOW_SECONDS:
             self._samples.popleft()
         t0, c0, b0, e0 = self._samples[0]
         span = now - t0
-        configured = unit.hardware.camera.fps
         if stats is not None and span >= 1.0:
             self.achieved_fps = (captured - c0) / span
         elif stats is None:
             self.achieved_fps = None
         fresh = captured - c0 + (bad - b0)
         self.inputs = HealthInputs(
-            state=unit.state,
-            configured_fps=configured,
-            achieved_fps=configured if self.achieved_fps is None else self.achieved_fps,
+            state=state,
+            configured_fps=configured_fps,
+            achieved_fps=configured_fps if self.achieved_fps is None else self.achieved_fps,
             drop_fraction=(bad - b0) / fresh if fresh > 0 else 0.0,
             errors_per_minute=(errors - e0) * 60.0 / span if span >= 1.0 else 0.0,
-            disk_free_fraction=_free_fraction(unit.root_status.path if unit.root_status else None),
-            memory_fraction=self._process.memory_info().rss / self._memory_total,
+            disk_free_fraction=_free_fraction(root),
+            memory_fraction=self._memory_fraction(),
             temperature_c=read_temperature_c(),
         )
         return score(self.inputs)
+
+    def _memory_fraction(self) -> float:
+        try:
+            return float(self._process.memory_info().rss) / self._memory_total
+        except (OSError, psutil.Error):
+            return 0.0  # /proc unreadable (out of descriptors): no memory penalty this time
 
 
 def _free_fraction(root: Path | None) -> float | None:

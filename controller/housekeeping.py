@@ -19,15 +19,17 @@ import queue
 import shutil
 import threading
 import time
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from loguru import logger
 
 from controller.diskmon import DiskMonitor, DiskStatus
+from controller.events import FootageDeleted, HourMerged
 from controller.merge import (
     MergeAborted,
     MergeBusy,
@@ -47,9 +49,6 @@ from controller.retention import RetentionPolicy, RetentionReport, enforce_reten
 from hw.footage import HourFolder, hour_key, parse_hour
 from hw.storage import MIN_FREE_BYTES
 
-if TYPE_CHECKING:
-    from controller.config import VigilConfig
-
 THREAD_NAME = "vigil-housekeeping"
 SAMPLE_SECONDS = 5.0
 # After ENOSPC, free at least this much (four times what a recording root needs to be usable).
@@ -62,6 +61,7 @@ HEADROOM_SAMPLES = 2
 # How often a running merge looks at the free space (statvfs) while it writes.
 MERGE_SPACE_CHECK_SECONDS = 1.0
 MERGE_ATTEMPTS = 3
+MERGES_KEPT = 100  # the newest merge results kept for status and tests
 
 # Linux ioprio_set(2): no libc wrapper, so the raw syscall; numbers per architecture.
 IOPRIO_SET_SYSCALL = {"x86_64": 251, "aarch64": 30, "armv7l": 314, "armv6l": 314, "i686": 289,
@@ -86,16 +86,6 @@ class StorageSettings:
     retention: RetentionPolicy = field(default_factory=RetentionPolicy)
     check_seconds: float = CHECK_SECONDS
     sample_seconds: float = SAMPLE_SECONDS
-
-
-def storage_settings_from_config(config: VigilConfig) -> StorageSettings:
-    """The housekeeper's settings from a config's `recording.merge*` and `storage` keys."""
-    rec, storage = config.recording, config.storage
-    return StorageSettings(
-        merge=rec.merge, merge_verify=rec.merge_verify, check_seconds=storage.check_seconds,
-        retention=RetentionPolicy(retention_days=storage.retention_days, reserve_mb=storage.reserve_mb,
-                                  reserve_percent=storage.reserve_percent),
-    )
 
 
 def lower_thread_priority() -> str:
@@ -141,8 +131,10 @@ class StorageHousekeeper:
         bytes_written: Callable[[], int] | None = None,
         clock: Callable[[], float] = time.time,
         when_disk_low_changed: Callable[[DiskStatus], None] | None = None,
+        publish: Callable[[object], None] | None = None,
     ) -> None:
         self.settings = settings
+        self._publish = publish
         self._roots = roots
         self._active_root = active_root
         self._open_segments = open_segments
@@ -165,7 +157,8 @@ class StorageHousekeeper:
         self.reclaims = 0
         self.priority = ""
         self.last_retention: RetentionReport | None = None
-        self.merged: list[MergedHour] = []
+        self.merged: deque[MergedHour] = deque(maxlen=MERGES_KEPT)
+        self.merge_counts: Counter[str] = Counter()
 
     def __repr__(self) -> str:
         state = "running" if self.is_running else "stopped"
@@ -198,6 +191,16 @@ class StorageHousekeeper:
             logger.error("housekeeping thread did not stop within {:.1f}s; leaving it", timeout)
             return False
         return True
+
+    def reconfigure(self, settings: StorageSettings) -> None:
+        """Use `settings` from the next pass on (a reset reloaded the config)."""
+        self.settings = settings
+        self.monitor.set_reserve(settings.retention.reserve_bytes)
+        self._next_check = 0.0
+        logger.info("housekeeping reconfigured merge={} retention_days={:g} reserve_mb={:g} "
+                    "reserve_percent={:g}", settings.merge, settings.retention.retention_days,
+                    settings.retention.reserve_mb, settings.retention.reserve_percent)
+        self._wake.set()
 
     def wake(self) -> None:
         """Run a pass now instead of at the next sample."""
@@ -290,6 +293,9 @@ class StorageHousekeeper:
                 roots, self.settings.retention, now=self._clock(), open_segments=open_segments,
                 headroom_bytes=headroom, by_age=due,
             )
+            if self._publish is not None:
+                for deletion in self.last_retention.deletions:
+                    self._publish(FootageDeleted(deletion.path, deletion.bytes, deletion.reason))
             if reclaim:
                 with self._done:
                     self.reclaims += 1
@@ -381,22 +387,25 @@ class StorageHousekeeper:
                 unreadable=self._unreadable,
             )
         except MergeAborted:
+            self.merge_counts["aborted"] += 1
             logger.info("merge of hour {} gave way (shutdown or disk space); it runs again later",
                         hour.key)
             return
         except MergeDeferred as err:
+            self.merge_counts["deferred"] += 1
             if hour.path not in self._deferred:
                 self._deferred.add(hour.path)
                 logger.warning("{}; the segments stay as they are and the merge waits. Keep "
                                "storage.reserve_mb above an hour of footage to merge on a full disk", err)
             return
         except (MergeError, OSError) as err:
+            self.merge_counts["failed"] += 1
             count = self._failures[hour.path] = self._failures.get(hour.path, 0) + 1
             logger.error("merge of hour {} failed (attempt {} of {}); its segments stay: {}",
                          hour.key, count, MERGE_ATTEMPTS, err)
             return
         self._deferred.discard(hour.path)
-        self.merged.extend(results)
+        self._merged(results)
 
     def _run_merge_requests(self, roots: Sequence[Path]) -> None:
         while True:
@@ -422,8 +431,16 @@ class StorageHousekeeper:
             except Exception as err:
                 future.set_exception(err)
             else:
-                self.merged.extend(results)
+                self._merged(results)
                 future.set_result(results)
+
+    def _merged(self, results: Sequence[MergedHour]) -> None:
+        self.merged.extend(results)
+        self.merge_counts["merged"] += len(results)
+        if self._publish is not None:
+            for result in results:
+                self._publish(HourMerged(result.hour, result.path,
+                                          tuple(result.path.parent / name for name in result.sources)))
 
     def _fail_pending(self, err: Exception) -> None:
         while True:

@@ -33,6 +33,8 @@ DEFAULT_BUDGETS: Mapping[str, Budget] = {
     "encoder_error": Budget(1, 10.0, 2.0),
     "storage_full": Budget(1, 10.0, 2.0),
     "storage_io": Budget(1, 10.0, 2.0),
+    # A recording stage that stopped (it has reported why under its own category already).
+    "pipeline_stopped": Budget(1, 10.0, 2.0),
     # The writer saves the segment and recreates the folder itself; only repeats are a fault.
     "directory_missing": Budget(3, 60.0, 10.0),
 }

@@ -34,7 +34,7 @@ def setup_logging(level: str = "INFO") -> None:
     """Route everything to stdout; under systemd (JOURNAL_STREAM set) drop our timestamps."""
     logger.remove()
     under_journald = bool(os.environ.get("JOURNAL_STREAM"))
-    logger.configure(patcher=_add_priority)
+    logger.configure(patcher=_add_priority)  # type: ignore[arg-type]
     logger.add(
         sys.stdout,
         level=level,

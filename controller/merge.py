@@ -215,7 +215,7 @@ def _runs(infos: list[_SegmentInfo]) -> list[list[_SegmentInfo]]:
 def _copied_packets(
     infos: Sequence[_SegmentInfo], plan: _Plan, should_abort: AbortCheck | None,
     when_template: Callable[[av.video.stream.VideoStream], None] | None = None,
-) -> Iterator[av.Packet]:
+) -> Iterator[av.Packet]:  # type: ignore[type-arg]
     """Every packet of `infos` in order, re-timed onto one timeline; fills in `plan`.
 
     Segment i starts at its wall-clock offset from segment 0, or right after segment i-1

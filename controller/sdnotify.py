@@ -18,14 +18,13 @@ import socket
 import threading
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from loguru import logger
 
-from controller.metrics import health_score
-
 if TYPE_CHECKING:
     from controller.controller import Controller
+    from controller.snapshot import StatusSnapshot
 
 NOTIFY_SOCKET_VAR = "NOTIFY_SOCKET"
 WATCHDOG_USEC_VAR = "WATCHDOG_USEC"
@@ -73,14 +72,13 @@ def watchdog_timeout_seconds(env: Mapping[str, str], pid: int) -> float | None:
     return usec / 1_000_000
 
 
-def describe(status: Mapping[str, Any]) -> str:
-    """The one-line STATUS= text for a Controller.status() snapshot: state, health, why idle."""
-    parts = [str(status.get("state", "unknown"))]
-    score = health_score(status)
-    if score is not None:
-        parts.append(f"health {score:.0f}")
-    if status.get("state") == "idle" and status.get("last_refusal"):
-        parts.append(f"last refusal: {status['last_refusal']}")
+def describe(snap: StatusSnapshot) -> str:
+    """The one-line STATUS= text for a status snapshot: state, health, why idle."""
+    parts = [snap.state]
+    if snap.health_score is not None:
+        parts.append(f"health {snap.health_score:.0f}")
+    if snap.state == "idle" and snap.last_refusal is not None:
+        parts.append(f"last refusal: {snap.last_refusal.reason}")
     return "; ".join(parts)
 
 
@@ -209,16 +207,17 @@ class ServiceNotifier:
         wedged = False
         while not self._stop.is_set():
             now = time.monotonic()
-            state = self.controller.state
+            snap = self.controller.snapshot
+            state = snap.state
             if not self.is_ready:
-                if self._is_settled(state):
+                if self._is_settled(snap):
                     self.is_ready = True
                     last_state, next_status = state, now + STATUS_EVERY_SECONDS
-                    self.socket.send("READY=1", f"STATUS={describe(self.controller.status())}")
+                    self.socket.send("READY=1", f"STATUS={describe(snap)}")
                     logger.info("told systemd vigil is ready state={}", state)
             elif state != last_state or now >= next_status:
                 last_state, next_status = state, now + STATUS_EVERY_SECONDS
-                self.socket.send(f"STATUS={describe(self.controller.status())}")
+                self.socket.send(f"STATUS={describe(snap)}")
             # The watchdog only runs once start-up is complete (systemd.service(5), WatchdogSec=).
             if self.is_ready and self.ping_seconds is not None and now >= next_ping:
                 next_ping = now + self.ping_seconds
@@ -228,7 +227,7 @@ class ServiceNotifier:
     def _ping_if_alive(self, now: float, wedged: bool) -> bool:
         """Ping when the controller loop's heartbeat is fresh; returns whether it is wedged."""
         assert self.ping_seconds is not None
-        heartbeat = self.controller.heartbeat
+        heartbeat = self.controller.snapshot.heartbeat
         silent = now - heartbeat if heartbeat is not None else float("inf")
         if silent > self.ping_seconds:
             if not wedged:
@@ -241,13 +240,13 @@ class ServiceNotifier:
             self.pings_sent += 1
         return False
 
-    def _is_settled(self, state: str) -> bool:
-        if self.controller.heartbeat is None:  # the loop has not taken an event yet
+    def _is_settled(self, snap: StatusSnapshot) -> bool:
+        if snap.heartbeat is None:  # the loop has not taken an event yet
             return False
-        if state in SETTLED_STATES:
+        if snap.state in SETTLED_STATES:
             return True
-        if state != "idle":
+        if snap.state != "idle":
             return False
-        if not self.controller.unit.autostart:
+        if not snap.autostart:
             return True
-        return any(name == "start" for _, name, _ in self.controller.refusals)
+        return snap.last_refusal is not None and snap.last_refusal.trigger == "start"

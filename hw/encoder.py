@@ -112,7 +112,7 @@ class H264Encoder:
         except av.FFmpegError as err:
             raise EncoderError(f"libx264 failed to flush: {err}") from err
 
-    def _packets(self, packets: list[av.Packet]) -> list[EncodedPacket]:
+    def _packets(self, packets: list[av.Packet]) -> list[EncodedPacket]:  # type: ignore[type-arg]
         out = []
         origin = self._origin or 0.0
         for packet in packets:

@@ -18,7 +18,7 @@ from hw.probe import BackendProbe
 from hw.synthetic import FaultPlan, SyntheticCamera
 from hw.v4l2 import V4L2Maker
 from hw.validate import FrameValidator
-from hw.writer import SegmentWriter
+from hw.writer import ClosedSegment, SegmentWriter
 
 # Raw frames waiting for the encoder are the one buffer that grows with the frame size: a
 # 1080p YUV420 frame is 3.1 MB, so 60 of them would hold 187 MB when encoding falls behind.
@@ -156,12 +156,16 @@ class Hardware:
             )
         return maker(self.camera, self.faults)
 
-    def make_pipeline(self, camera: Camera, root: Path, when_error: ErrorSink) -> RecordingPipeline:
+    def make_pipeline(
+        self, camera: Camera, root: Path, when_error: ErrorSink,
+        when_segment_closed: Callable[[ClosedSegment], None] | None = None,
+    ) -> RecordingPipeline:
         """A pipeline from an opened camera into segments under `root`; not yet started."""
         mode = camera.mode
         rec = self.recording
         writer = SegmentWriter(root, width=mode.width, height=mode.height, fps=mode.fps,
-                               segment_seconds=rec.segment_seconds, when_error=when_error)
+                               segment_seconds=rec.segment_seconds, when_error=when_error,
+                               when_segment_closed=when_segment_closed)
         encoder = None
         if mode.output == "frames":
             encoder = H264Encoder(mode, fragment_seconds=rec.fragment_seconds,

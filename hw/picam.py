@@ -446,7 +446,7 @@ class PicameraCamera:
 def _packet_output_class(base: type) -> type:
     """A picamera2 Output subclass that hands every packet on and never raises into picamera2."""
 
-    class VigilPacketOutput(base):  # type: ignore[misc, valid-type]
+    class VigilPacketOutput(base):  # type: ignore[misc]
         """Receives encoded frames on picamera2's encoder thread."""
 
         def __init__(self, sink: Callable[[Any, bool, int | None], None],

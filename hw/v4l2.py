@@ -34,7 +34,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import av
 import numpy as np
@@ -545,7 +545,7 @@ class V4L2Device:
         kind = bytearray(ctypes.c_int(V4L2_BUF_TYPE_VIDEO_CAPTURE))
         self._ioctl(VIDIOC_STREAMON, kind, "VIDIOC_STREAMON")
         self._streaming = True
-        return req.count
+        return int(req.count)
 
     def dequeue(self, timeout: float) -> CapturedBuffer:
         """The next filled buffer's payload (copied), the buffer handed straight back.
@@ -614,7 +614,7 @@ def _fps(fract: v4l2_fract) -> float | None:
     """Frames per second from a time-per-frame fraction (None for 0/0)."""
     if not fract.numerator or not fract.denominator:
         return None
-    return fract.denominator / fract.numerator
+    return float(fract.denominator) / float(fract.numerator)
 
 
 # -- H.264 Annex-B ------------------------------------------------------------------------------
@@ -778,7 +778,7 @@ class V4L2Camera:
         self._headers = ParameterSets()
         self._decoder = av.CodecContext.create("mjpeg", "r") if name == "mjpeg" else None
         self._last_timestamp = float("-inf")
-        output = "packets" if name == "h264" else "frames"
+        output: Literal["frames", "packets"] = "packets" if name == "h264" else "frames"
         self._mode = CameraMode(asked.width, asked.height, asked.fps, output)
         logger.info("v4l2 camera open device={} card={} driver={} format={} size={}x{} fps={}",
                     self.device, caps.card, caps.driver, name, granted.width, granted.height,
@@ -833,7 +833,7 @@ class V4L2Camera:
     def _decode_mjpeg(self, data: bytes) -> np.ndarray | None:
         assert self._decoder is not None
         try:
-            frames = self._decoder.decode(av.Packet(data))
+            frames = self._decoder.decode(av.Packet(data))  # type: ignore[attr-defined]
         except av.FFmpegError as err:
             # A damaged JPEG (USB hiccup): the validator drops the frame and counts it.
             logger.debug("mjpeg frame did not decode device={} error={}", self.device, err)
@@ -844,7 +844,8 @@ class V4L2Camera:
         m = self._mode
         if frame.format.name != "yuv420p" or (frame.width, frame.height) != (m.width, m.height):
             frame = frame.reformat(width=m.width, height=m.height, format="yuv420p")
-        return frame.to_ndarray()
+        array: np.ndarray | None = frame.to_ndarray()
+        return array
 
     def _convert_yuyv(self, data: bytes) -> np.ndarray | None:
         m, granted = self._mode, self._granted

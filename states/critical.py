@@ -6,18 +6,20 @@ A unit whose camera comes back at 3 a.m. must record again without anyone: every
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from loguru import logger
 
 if TYPE_CHECKING:
     from transitions import EventData
 
+    from states.unit import Unit
+
 PROBE_EVENT = "probe"
 
 
 def enter(event: EventData) -> None:
-    unit = event.model
+    unit = cast("Unit", event.model)
     logger.error("critical: recovery failed ({}); probing again every {:g}s",
                  event.kwargs.get("reason", "unknown"), unit.policy.critical_probe_seconds)
     unit.schedule(unit.policy.critical_probe_seconds, PROBE_EVENT)

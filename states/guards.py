@@ -33,7 +33,7 @@ PIPELINE_STOP_TIMEOUT_SECONDS = 5.0
 
 def open_partial_files() -> list[Path]:
     """Segment files this process holds open, read from /proc/self/fd."""
-    found = []
+    found: list[Path] = []
     try:
         fds = os.listdir("/proc/self/fd")
     except OSError:
@@ -135,6 +135,13 @@ class GuardWork:
             self.refusal = f"camera did not open: {errors[0]}"
             return
         self.pending_camera = camera
+
+    def verify_cleanup(self, event: EventData) -> None:
+        """After leaving a state: say what its cleanup could not close (it is abandoned)."""
+        self.refusal = ""
+        if not self.is_cleanup_verified(event):
+            logger.error("cleanup after {} left something behind: {}", event.event.name, self.refusal)
+        self.refusal = ""
 
     # -- conditions: pure questions --------------------------------------------------
 

@@ -6,18 +6,20 @@ it starts recording again by itself when the config says `recording.autostart`.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from loguru import logger
 
 if TYPE_CHECKING:
     from transitions import EventData
 
+    from states.unit import Unit
+
 AUTOSTART_AFTER = frozenset({"reset_done"})
 
 
 def enter(event: EventData) -> None:
-    unit = event.model
+    unit = cast("Unit", event.model)
     if event.event.name in AUTOSTART_AFTER and unit.autostart:
         logger.info("config says autostart: starting to record")
         unit.post("start")

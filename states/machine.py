@@ -1,8 +1,11 @@
 """The state machine as data: states, transitions and the guard work each runs.
 
 Every transition prepares with cleanup and directory repair (and, into `recording`, a
-fresh camera), then asks its conditions. `reset` asks nothing: an emergency reset must
-always be possible. `vigil diagram` prints this table as mermaid; the README embeds it.
+fresh camera). Only transitions into `recording` ask conditions and can be refused: one
+that leaves a state always happens, so the cleanup its callbacks did (the pipeline closed)
+never leaves the machine in `recording` without a pipeline. A recovery attempt is the
+`recovered` trigger itself, scheduled by `recovering`; a GPIO short press is `toggle`.
+`vigil diagram` prints this table as mermaid; the README embeds it.
 """
 
 from __future__ import annotations
@@ -23,27 +26,39 @@ STATES: list[dict[str, Any]] = [
 STATE_NAMES = [s["name"] for s in STATES]
 
 # Guard work, in the order ARCHITECTURE.md gives: validation, cleanup, directory repair.
-LEAVE = {
-    "prepare": ["cleanup", "repair_directories"],
-    "conditions": ["is_config_valid", "is_cleanup_verified"],
-}
+# Leaving a state is never refused: its cleanup is verified afterwards and what could not be
+# closed is reported (and abandoned), not held against the transition.
+LEAVE = {"prepare": ["cleanup", "repair_directories"], "after": ["verify_cleanup"]}
 INTO_RECORDING = {
     "prepare": ["cleanup", "repair_directories", "open_camera"],
     "conditions": ["is_config_valid", "is_cleanup_verified", "is_storage_ready", "is_camera_ready"],
 }
-ALWAYS = {"prepare": ["cleanup", "repair_directories"], "conditions": []}
+RECOVERY_ATTEMPT = {**INTO_RECORDING, "prepare": ["begin_recovery_attempt", *INTO_RECORDING["prepare"]]}
 
 TRANSITIONS: list[dict[str, Any]] = [
     {"trigger": "start", "source": "idle", "dest": "recording", **INTO_RECORDING},
     {"trigger": "stop", "source": ["recording", "recovering", "critical"], "dest": "idle", **LEAVE},
     {"trigger": "fault", "source": "recording", "dest": "recovering", **LEAVE},
-    {"trigger": "recovered", "source": "recovering", "dest": "recording", **INTO_RECORDING},
+    {"trigger": "recovered", "source": "recovering", "dest": "recording", **RECOVERY_ATTEMPT},
     {"trigger": "give_up", "source": "recovering", "dest": "critical", **LEAVE},
     {"trigger": "probe", "source": "critical", "dest": "recovering", **LEAVE},
-    {"trigger": "reset", "source": "*", "dest": "reset", **ALWAYS},
+    {"trigger": "reset", "source": "*", "dest": "reset", **LEAVE},
     {"trigger": "reset_done", "source": "reset", "dest": "idle", **LEAVE},
+    {"trigger": "toggle", "source": "idle", "dest": "recording", **INTO_RECORDING},
+    {"trigger": "toggle", "source": ["recording", "recovering", "critical"], "dest": "idle", **LEAVE},
 ]
 TRIGGERS = sorted({t["trigger"] for t in TRANSITIONS})
+
+
+def accepts(trigger: str, state: str) -> bool:
+    """Whether the table has `trigger` leaving `state`."""
+    for transition in TRANSITIONS:
+        if transition["trigger"] != trigger:
+            continue
+        source = transition["source"]
+        if source == "*" or source == state or (isinstance(source, list) and state in source):
+            return True
+    return False
 
 
 def build_machine(model: object, initial: str = "idle") -> Machine:
@@ -57,7 +72,7 @@ def build_machine(model: object, initial: str = "idle") -> Machine:
         queued=True,
         send_event=True,
         ignore_invalid_triggers=True,
-        finalize_event="release_unadopted",
+        finalize_event="finish_event",
     )
 
 

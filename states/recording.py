@@ -6,21 +6,23 @@ it does nothing else, so an entry cannot half-happen. Leaving is the `cleanup` g
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from loguru import logger
 
 if TYPE_CHECKING:
     from transitions import EventData
 
+    from states.unit import Unit
+
 
 def enter(event: EventData) -> None:
-    unit = event.model
+    unit = cast("Unit", event.model)
     camera, unit.pending_camera = unit.pending_camera, None
     assert camera is not None and unit.root_status is not None  # the guards checked both
-    unit.pipeline = unit.hardware.make_pipeline(camera, unit.root_status.path, unit.report_error)
+    unit.pipeline = unit.hardware.make_pipeline(camera, unit.root_status.path, unit.report_error,
+                                                unit.when_segment_closed)
     unit.owned_threads.extend(unit.pipeline.threads)
     unit.pipeline.start()
-    unit.recovery_attempts = 0
     logger.info("recording camera={} mode={}x{}@{:g} root={}", camera.name,
                 camera.mode.width, camera.mode.height, camera.mode.fps, unit.root_status.path)

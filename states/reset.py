@@ -8,16 +8,18 @@ queues `reset_done`.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from loguru import logger
 
 if TYPE_CHECKING:
     from transitions import EventData
 
+    from states.unit import Unit
+
 
 def enter(event: EventData) -> None:
-    unit = event.model
+    unit = cast("Unit", event.model)
     logger.warning("reset: dropping all state and reloading the config")
     unit.cancel_scheduled()
     unit.recovery_attempts = 0

@@ -18,16 +18,16 @@ from hw.camera import Camera
 from hw.factory import Hardware
 from hw.pipeline import RecordingPipeline
 from hw.storage import RootStatus
+from hw.writer import ClosedSegment
+from states import recovering
 from states.guards import GuardWork
+from states.hooks import ErrorSink, Post, Schedule
 from states.machine import build_machine
 from states.recovering import RecoveryPolicy
 
 if TYPE_CHECKING:
     from transitions import EventData
 
-Post = Callable[[str], None]
-Schedule = Callable[[float, str], None]
-ErrorSink = Callable[[str, str], None]
 Reload = Callable[[], "tuple[Hardware, RecoveryPolicy, bool] | None"]
 
 
@@ -35,6 +35,18 @@ class Unit(GuardWork):
     """A camera unit under the state machine: `state`, triggers, and what each state holds."""
 
     state: str
+    # Triggers, bound by transitions.Machine from the table in states/machine.py (declared
+    # here, without a value, so that type checkers see them and the machine still binds them).
+    start: Callable[..., bool]
+    stop: Callable[..., bool]
+    fault: Callable[..., bool]
+    recovered: Callable[..., bool]
+    give_up: Callable[..., bool]
+    probe: Callable[..., bool]
+    reset: Callable[..., bool]
+    reset_done: Callable[..., bool]
+    toggle: Callable[..., bool]
+    trigger: Callable[..., bool]  # trigger(name, **kwargs): any of the above by name
 
     def __init__(
         self,
@@ -47,6 +59,7 @@ class Unit(GuardWork):
         cancel_scheduled: Callable[[], None],
         report_error: ErrorSink,
         reload: Reload | None = None,
+        when_segment_closed: Callable[[ClosedSegment], None] | None = None,
     ) -> None:
         self.hardware = hardware
         self.policy = policy
@@ -56,6 +69,7 @@ class Unit(GuardWork):
         self.cancel_scheduled = cancel_scheduled
         self.report_error = report_error
         self._reload = reload
+        self.when_segment_closed = when_segment_closed
         self.pipeline: RecordingPipeline | None = None
         self.pending_camera: Camera | None = None
         self.root_status: RootStatus | None = None
@@ -72,10 +86,16 @@ class Unit(GuardWork):
     def __repr__(self) -> str:
         return f"<Unit state={self.state} pipeline={self.pipeline!r}>"
 
-    def release_unadopted(self, event: EventData) -> None:
-        """After every event: a camera opened for a transition that was refused is closed."""
+    def finish_event(self, event: EventData) -> None:
+        """After every event: a camera opened for a refused transition is closed, and a
+        recovery attempt that failed schedules the next one (or gives up)."""
         if self.pending_camera is not None and self.state != "recording":
             self._release_pending_camera()
+        if event.event.name == recovering.ATTEMPT_EVENT and event.transition is not None:
+            recovering.after_attempt(self)
+
+    def begin_recovery_attempt(self, event: EventData) -> None:
+        recovering.begin_attempt(self)
 
     def reload(self) -> None:
         """Reload the config from disk; keep the last good one if the new one is bad."""

@@ -204,7 +204,7 @@ def test_unplugging_mid_recording_is_camera_lost_and_recording_resumes_once_it_i
     try:
         c = running.controller
         assert c.wait_for_state("recording", WAIT_SECONDS), c.refusals
-        assert c.wait_until(lambda: c.status()["frames_recorded"] >= 20, WAIT_SECONDS)
+        assert c.wait_until(lambda: c.snapshot.run.frames_recorded >= 20, WAIT_SECONDS)
         device.unplug()
         assert c.wait_until(lambda: c.state in ("recovering", "critical"), WAIT_SECONDS)
         assert c.ledger.totals["camera_lost"] >= 1
@@ -214,7 +214,7 @@ def test_unplugging_mid_recording_is_camera_lost_and_recording_resumes_once_it_i
         assert c.state != "recording"
         device.replug()
         assert c.wait_for_state("recording", 3 * WAIT_SECONDS), c.refusals
-        assert c.wait_until(lambda: c.status()["frames_recorded"] >= 20, WAIT_SECONDS)
+        assert c.wait_until(lambda: c.snapshot.run.frames_recorded >= 20, WAIT_SECONDS)
     finally:
         running.stop()
     assert len(device.events("streamon")) == 2

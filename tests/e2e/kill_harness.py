@@ -21,8 +21,7 @@ def main(config_path: str) -> int:
 
     def report() -> None:
         while True:
-            status = controller.status()
-            sys.stdout.write(f"captured {status['totals']['frames_captured']}\n")
+            sys.stdout.write(f"captured {controller.snapshot.totals.frames_captured}\n")
             sys.stdout.flush()
             time.sleep(PRINT_EVERY_SECONDS)
 

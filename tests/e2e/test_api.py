@@ -175,7 +175,7 @@ def test_metrics_parse_as_prometheus_text_and_counters_grow(recording: Live) -> 
     assert first["vigil_state[state=idle]"] == 0
     assert first["vigil_fps_configured"] == FPS
     assert "vigil_errors_total[category=camera_lost]" in first
-    wait_until(lambda: recording.controller.status()["totals"]["frames_recorded"]
+    wait_until(lambda: recording.controller.snapshot.totals.frames_recorded
                > first["vigil_frames_recorded_total"] + FPS, what="a second of frames")
     second = scrape()
     assert second["vigil_frames_recorded_total"] > first["vigil_frames_recorded_total"]
@@ -243,8 +243,8 @@ def test_a_segment_is_served_whole_and_by_byte_range(segment: Path, live: Live) 
 
 
 def test_the_segment_being_written_is_never_served(recording: Live) -> None:
-    wait_until(lambda: recording.controller.status()["current_segment"], what="an open segment")
-    partial = Path(recording.controller.status()["current_segment"])
+    wait_until(lambda: recording.controller.snapshot.current_segment, what="an open segment")
+    partial = Path(recording.controller.snapshot.current_segment)
     relative = partial.relative_to(recording.root).as_posix()
 
     assert request(recording.server, "GET", f"/recordings/{relative}").status == 404
@@ -312,8 +312,8 @@ def test_snapshot_is_a_jpeg_of_the_latest_frame(recording: Live) -> None:
         return framecode.read_video_frame(frame)
 
     first = snapshot_number()
-    captured = recording.controller.status()["totals"]["frames_captured"]
-    wait_until(lambda: recording.controller.status()["totals"]["frames_captured"] > captured + 3,
+    captured = recording.controller.snapshot.totals.frames_captured
+    wait_until(lambda: recording.controller.snapshot.totals.frames_captured > captured + 3,
                what="more frames")
     assert snapshot_number() > first
 

@@ -121,7 +121,7 @@ def test_500_fault_recover_cycles_leak_nothing_and_lose_no_frame(tmp_path: Path)
                 lambda m=marker: back_in_recording(controller, m), 10
             ), f"cycle {cycle}: not recording again; refusals {controller.refusals[-3:]}"
             assert transitions_since(controller, marker) == [
-                ("recording", "recovering", "fault"), ("recovering", "recording", "recover_attempt")]
+                ("recording", "recovering", "fault"), ("recovering", "recording", "recovered")]
             # Every run records before the next fault, so each boundary is checked for loss.
             assert poll(lambda: recording_with_a_frame(controller)), f"cycle {cycle}: no frame"
         per_cycle_ms = (time.monotonic() - started) / CYCLES * 1000
@@ -148,10 +148,10 @@ def test_500_fault_recover_cycles_leak_nothing_and_lose_no_frame(tmp_path: Path)
     closed = sorted(root.rglob("*.mp4"), key=segment_order)
     assert len(closed) >= CYCLES + 1  # one segment (at least) per recording run
     numbers = [n for path in closed for n in frame_numbers(path)]
-    totals = controller.status()["totals"]
-    assert totals["frames_dropped"] == 0 and totals["frames_invalid"] == 0
+    totals = controller.snapshot.totals
+    assert totals.frames_dropped == 0 and totals.frames_invalid == 0
     # Every frame the camera produced was recorded, and every frame recorded is on disk,
     # in order: 0 frames lost per fault.
-    assert totals["frames_captured"] == totals["frames_recorded"] == len(numbers)
+    assert totals.frames_captured == totals.frames_recorded == len(numbers)
     assert gaps(numbers) == []
     print(f"{len(closed)} segments, {len(numbers)} frames, 0 lost over {CYCLES} faults")

@@ -33,8 +33,8 @@ def frames_recorded(c: Controller) -> int:
 
 
 def record_for(c: Controller, frames: int, timeout: float = 10.0) -> None:
-    start = c.status()["totals"]["frames_recorded"]
-    assert c.wait_until(lambda: c.status()["totals"]["frames_recorded"] >= start + frames, timeout)
+    start = c.snapshot.totals.frames_recorded
+    assert c.wait_until(lambda: c.snapshot.totals.frames_recorded >= start + frames, timeout)
 
 
 def resumed_after(c: Controller, moment: float) -> bool:
@@ -81,7 +81,7 @@ def test_hung_camera_call_is_abandoned_and_a_fresh_camera_records(
     c = running.controller
     record_for(c, 30)
     c.unit.hardware.faults.inject_hang(5.0)  # the next read ignores its 0.5 s timeout
-    assert c.wait_until(lambda: c.status()["abandoned_calls"] >= 1, 10)
+    assert c.wait_until(lambda: len(c.snapshot.abandoned_calls) >= 1, 10)
     assert c.wait_until(lambda: c.state == "recording" and frames_recorded(c) > 10, 10)
     wait_for_hung_reads_to_return(c)
     record_for(c, 15)
@@ -97,7 +97,7 @@ def test_hung_calls_piling_up_exit_70_for_systemd(start_controller) -> None:
     c = running.controller
     faults = c.unit.hardware.faults
     faults.inject_hang(5.0)
-    assert c.wait_until(lambda: c.status()["abandoned_calls"] == 1 and c.state == "recording"
+    assert c.wait_until(lambda: len(c.snapshot.abandoned_calls) == 1 and c.state == "recording"
                         and frames_recorded(c) > 0, 15)
     faults.inject_hang(5.0)
     running.thread.join(20)

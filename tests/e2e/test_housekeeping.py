@@ -176,7 +176,8 @@ def test_the_controller_runs_housekeeping_and_hands_it_merges_and_full_disks(tmp
 
         controller.report_error("storage_full", "No space left on device (test)")
         assert controller.wait_until(lambda: controller.housekeeper.reclaims > 0, 30)
-        disk = controller.status()["disk"]
+        assert controller.wait_until(lambda: controller.snapshot.disk is not None, 10)
+        disk = controller.snapshot.as_dict()["disk"]
         assert disk is not None and disk["path"] == str(root)
         assert {"free_bytes", "reserve_bytes", "write_bytes_per_second", "seconds_until_reserve",
                 "is_low"} <= set(disk)

@@ -123,8 +123,8 @@ def test_short_press_toggles_recording_off_and_on_and_the_led_follows(make_unit,
     assert wait_until(lambda: unit.led.state == 1, 2)
     assert unit.panel.button is not None
     assert (unit.panel.button.short_presses, unit.panel.button.holds) == (2, 0)
-    frames = c.status()["totals"]["frames_recorded"]
-    assert c.wait_until(lambda: c.status()["totals"]["frames_recorded"] >= frames + 15, 10)
+    frames = c.snapshot.totals.frames_recorded
+    assert c.wait_until(lambda: c.snapshot.totals.frames_recorded >= frames + 15, 10)
     unit.close()
     # The synthetic camera numbers the frames it draws and draws none while stopped: the two
     # runs together are one unbroken sequence, so nothing was lost at the stop or the start.
@@ -251,7 +251,7 @@ def test_unavailable_gpio_is_said_once_and_the_recorder_runs_on(
         thread.start()
         assert panel is None
         assert controller.wait_for_state("recording", 20), controller.refusals
-        assert controller.wait_until(lambda: controller.status()["totals"]["frames_recorded"] >= 15, 10)
+        assert controller.wait_until(lambda: controller.snapshot.totals.frames_recorded >= 15, 10)
     finally:
         logger.remove(sink)
         controller.request_shutdown()

@@ -33,7 +33,6 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from hw.factory import CameraSpec, Hardware, RecordingSpec
 from hw.footage import PARTIAL_SUFFIX
-from states import recovering
 from states.guards import open_partial_files
 from states.machine import STATE_NAMES
 from states.recovering import RecoveryPolicy
@@ -71,7 +70,7 @@ class PlayedController:
         self.errors: list[tuple[str, str]] = []
         self.delivered: list[str] = []
 
-    def post(self, name: str) -> None:
+    def post(self, name: str, reason: str = "") -> None:
         self.posted.append(name)
 
     def schedule(self, delay: float, name: str) -> None:
@@ -86,10 +85,7 @@ class PlayedController:
     def fire(self, unit: Unit, name: str) -> None:
         """What the controller's _dispatch does with one event."""
         self.delivered.append(name)
-        if name == recovering.ATTEMPT_EVENT:
-            recovering.attempt(unit)
-        else:
-            getattr(unit, name)()
+        unit.trigger(name)
 
     def settle(self, unit: Unit, seconds: float = 0.0) -> None:
         """Let `seconds` of virtual time pass, delivering every event in order as it comes due.

@@ -3,34 +3,46 @@ reference client's own parser."""
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from controller.metrics import FpsMeter, health_score, render_metrics
+from controller.controller import Controller
+from controller.diskmon import DiskStatus
+from controller.events import SubscriberStats
+from controller.health import Health
+from controller.metrics import render_metrics
+from controller.snapshot import RunCounters, StatusSnapshot
+from hw.factory import CameraSpec, Hardware, RecordingSpec
 from states.machine import STATE_NAMES
 
-STATUS: dict[str, Any] = {
-    "state": "recovering",
-    "since": 1_700_000_000.5,
-    "backend": "synthetic",
-    "configured_fps": 30.0,
-    "frames_captured": 7,
-    "frames_recorded": 5,
-    "errors": {"camera_lost": 2, "something_new": 1},
-    "faults": {"camera_lost": 1},
-    "recoveries_attempted": 3,
-    "abandoned_calls": 0,
-    "root": "/srv/rec",
-    "totals": {"frames_captured": 1000, "frames_recorded": 990, "frames_dropped": 4,
-               "frames_invalid": 6, "segments_closed": 12, "bytes_written": 123_456_789},
-    "health": {"score": 42, "reason": "state is recovering"},
-    "disk": {"path": "/srv/rec", "free_bytes": 5_000_000_000, "total_bytes": 32_000_000_000,
-             "reserve_bytes": 1_000_000_000, "write_bytes_per_second": 250_000.5,
-             "seconds_until_reserve": None, "is_low": False},
-    "merges": {"merged": 3, "failed": 1},
-}
+DISK = DiskStatus(path="/srv/rec", total_bytes=32_000_000_000, free_bytes=5_000_000_000,
+                  reserve_bytes=1_000_000_000, write_bytes_per_second=250_000.5,
+                  seconds_until_reserve=None, is_low=False, measured_at=0.0)
+
+
+@pytest.fixture
+def bare() -> StatusSnapshot:
+    """The snapshot of a controller that has not run: nothing measured yet."""
+    hardware = Hardware(CameraSpec(backend="synthetic", width=160, height=120, fps=30),
+                        RecordingSpec(root=Path("/srv/rec")))
+    return Controller(hardware, autostart=False).snapshot
+
+
+@pytest.fixture
+def status(bare: StatusSnapshot) -> StatusSnapshot:
+    return replace(
+        bare, state="recovering", since=1_700_000_000.5,
+        run=RunCounters(frames_captured=7, frames_recorded=5),
+        totals=RunCounters(frames_captured=1000, frames_recorded=990, frames_dropped=4, frames_invalid=6,
+                           segments_closed=12, bytes_written=123_456_789),
+        errors={"camera_lost": 2, "something_new": 1}, faults={"camera_lost": 1},
+        recoveries_attempted=3, health=Health(42, "state is recovering", {}), disk=DISK,
+        merges={"merged": 3, "failed": 1}, fps_achieved=29.5, alert_counts={"recovery": 2},
+        events=(SubscriberStats("mqtt", 10, 4, 0, 1),),
+    )
 
 
 def parse(text: str) -> tuple[dict[str, str], dict[str, float]]:
@@ -45,15 +57,15 @@ def parse(text: str) -> tuple[dict[str, str], dict[str, float]]:
     return types, values
 
 
-def test_every_state_has_a_gauge_and_only_the_current_one_is_1() -> None:
-    _, values = parse(render_metrics(STATUS))
+def test_every_state_has_a_gauge_and_only_the_current_one_is_1(status: StatusSnapshot) -> None:
+    _, values = parse(render_metrics(status))
 
     assert {name: values[f"vigil_state{{state={name}}}"] for name in STATE_NAMES} == {
         "idle": 0, "recording": 0, "recovering": 1, "critical": 0, "reset": 0}
 
 
-def test_counters_come_from_the_lifetime_totals_with_base_units() -> None:
-    types, values = parse(render_metrics(STATUS))
+def test_counters_come_from_the_lifetime_totals_with_base_units(status: StatusSnapshot) -> None:
+    types, values = parse(render_metrics(status))
 
     for name, expected in [("frames_captured", 1000), ("frames_recorded", 990), ("frames_dropped", 4),
                            ("frames_invalid", 6), ("segments_closed", 12),
@@ -62,8 +74,10 @@ def test_counters_come_from_the_lifetime_totals_with_base_units() -> None:
         assert values[f"vigil_{name}_total"] == expected
 
 
-def test_errors_and_faults_are_counted_by_category_including_unknown_and_unseen_ones() -> None:
-    _, values = parse(render_metrics(STATUS))
+def test_errors_and_faults_are_counted_by_category_including_unknown_and_unseen_ones(
+    status: StatusSnapshot,
+) -> None:
+    _, values = parse(render_metrics(status))
 
     assert values["vigil_errors_total{category=camera_lost}"] == 2
     assert values["vigil_errors_total{category=something_new}"] == 1
@@ -72,8 +86,8 @@ def test_errors_and_faults_are_counted_by_category_including_unknown_and_unseen_
     assert values["vigil_recovery_attempts_total"] == 3
 
 
-def test_parts_other_components_add_are_exported_when_present() -> None:
-    types, values = parse(render_metrics(STATUS, fps_achieved=29.5, alert_counts={"recovery": 2}))
+def test_parts_other_components_add_are_exported_when_present(status: StatusSnapshot) -> None:
+    types, values = parse(render_metrics(status))
 
     assert values["vigil_health_score"] == 42
     assert values["vigil_disk_free_bytes{root=/srv/rec}"] == 5_000_000_000
@@ -86,22 +100,23 @@ def test_parts_other_components_add_are_exported_when_present() -> None:
     assert values["vigil_recoveries_total"] == 2
     assert values["vigil_alerts_total{kind=recovery}"] == 2
     assert types["vigil_merges"] == "counter"
+    assert values["vigil_merges_total{outcome=failed}"] == 1
+    assert values["vigil_merges_total{outcome=aborted}"] == 0
+    assert values["vigil_events_dropped_total{subscriber=mqtt}"] == 4
 
 
-def test_parts_that_are_missing_are_left_out_not_invented() -> None:
-    bare = {"state": "idle", "backend": "synthetic"}
-
+def test_parts_that_are_missing_are_left_out_not_invented(bare: StatusSnapshot) -> None:
     _, values = parse(render_metrics(bare))
 
-    assert not [name for name in values if name.startswith(("vigil_health", "vigil_disk", "vigil_merges",
+    assert not [name for name in values if name.startswith(("vigil_health", "vigil_disk",
                                                              "vigil_fps_achieved"))]
     assert values["vigil_frames_recorded_total"] == 0
     assert values["vigil_state{state=idle}"] == 1
 
 
-def test_label_values_are_escaped_so_odd_paths_parse_back() -> None:
+def test_label_values_are_escaped_so_odd_paths_parse_back(status: StatusSnapshot) -> None:
     root = 'C:\\odd "root"\nwith newline'
-    status = {**STATUS, "disk": {"path": root, "free_bytes": 1}}
+    status = replace(status, disk=replace(DISK, path=root, free_bytes=1))
 
     _, values = parse(render_metrics(status, version='1.0 "beta"'))
 
@@ -109,8 +124,8 @@ def test_label_values_are_escaped_so_odd_paths_parse_back() -> None:
     assert values['vigil_info{backend=synthetic,version=1.0 "beta"}'] == 1
 
 
-def test_every_family_has_help_and_type_and_counters_end_in_total() -> None:
-    text = render_metrics(STATUS, fps_achieved=1.0, alert_counts={})
+def test_every_family_has_help_and_type_and_counters_end_in_total(status: StatusSnapshot) -> None:
+    text = render_metrics(status)
     lines = text.splitlines()
 
     helps = [line.split()[2] for line in lines if line.startswith("# HELP")]
@@ -120,39 +135,3 @@ def test_every_family_has_help_and_type_and_counters_end_in_total() -> None:
     assert all(name.startswith("vigil_") for name in helps)
     assert all(name.endswith("_total") for name, kind in typed.items() if kind == "counter")
     assert text.endswith("\n")
-
-
-@pytest.mark.parametrize(("health", "score"), [(87, 87.0), ({"score": 55}, 55.0), (None, None),
-                                               ({"reason": "x"}, None), (True, None)])
-def test_health_score_reads_a_number_or_a_score_mapping(health: object, score: float | None) -> None:
-    assert health_score({"health": health}) == score
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def test_fps_meter_measures_the_rate_over_its_window() -> None:
-    clock = FakeClock()
-    meter = FpsMeter(window_seconds=10.0, clock=clock)
-
-    assert meter.update(0) is None  # one sample says nothing about a rate
-    for second in range(1, 21):
-        clock.now += 1.0
-        fps = meter.update(30 * second if second <= 10 else 300 + 15 * (second - 10))
-    assert fps == pytest.approx(15.0, rel=0.15)  # the last 10 s ran at 15 fps
-
-
-def test_fps_meter_starts_again_when_the_counter_goes_back() -> None:
-    clock = FakeClock()
-    meter = FpsMeter(clock=clock)
-    meter.update(1000)
-    clock.now += 1.0
-
-    assert meter.update(10) is None
-    clock.now += 1.0
-    assert meter.update(40) == pytest.approx(30.0)

@@ -12,11 +12,13 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from controller.controller import Controller
+from controller.health import Health
 from controller.sdnotify import (
     NotifySocket,
     ServiceNotifier,
@@ -24,6 +26,7 @@ from controller.sdnotify import (
     notify_address,
     watchdog_timeout_seconds,
 )
+from controller.snapshot import Refusal
 from hw.factory import CameraSpec, Hardware, RecordingSpec
 from tests.fakes.notify_socket import ServiceManagerSocket, pings
 
@@ -76,12 +79,15 @@ def test_watchdog_timeout_honours_watchdog_pid() -> None:
     assert watchdog_timeout_seconds({}, pid=42) is None
 
 
-def test_status_line_names_state_health_and_why_idle() -> None:
-    health = {"score": 97.4, "reason": "ok"}
-    assert describe({"state": "recording", "health": health}) == "recording; health 97"
-    assert describe({"state": "critical", "health": 12}) == "critical; health 12"
-    assert describe({"state": "recovering"}) == "recovering"
-    assert describe({"state": "idle", "last_refusal": "camera missing"}) == (
+def test_status_line_names_state_health_and_why_idle(tmp_path: Path) -> None:
+    snap = make_controller(tmp_path, autostart=False).snapshot
+    healthy = Health(97, "ok", {})
+    assert describe(replace(snap, state="recording", health=healthy)) == "recording; health 97"
+    assert describe(replace(snap, state="critical", health=Health(12, "state is critical", {}))) == (
+        "critical; health 12")
+    assert describe(replace(snap, state="recovering", health=None)) == "recovering"
+    refusal = Refusal("start", "camera missing", 0.0)
+    assert describe(replace(snap, state="idle", health=None, last_refusal=refusal)) == (
         "idle; last refusal: camera missing"
     )
 
@@ -132,8 +138,8 @@ def test_ready_after_recording_pings_while_healthy_and_stop_when_the_loop_is_wed
             entered.set()
             released.wait(30)
 
-        monkeypatch.setattr(controller.unit, "wedge", wedge, raising=False)
-        controller.post("wedge")
+        monkeypatch.setattr(controller.unit, "trigger", lambda *args, **kwargs: wedge())
+        controller.post("start")
         assert entered.wait(5)
         systemd.collect(2 * PING_SECONDS)  # pings already due when the loop stopped may still come
         assert pings(systemd.collect(2.0)) == 0, "watchdog kept pinging a wedged controller loop"
