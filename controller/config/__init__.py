@@ -36,7 +36,9 @@ from controller.config.schema import (
     RecordingConfig,
     RecoveryConfig,
     StorageConfig,
+    UnitConfig,
     VigilConfig,
+    default_unit_id,
     parse_listen,
 )
 
@@ -67,7 +69,9 @@ __all__ = [
     "RecordingConfig",
     "RecoveryConfig",
     "StorageConfig",
+    "UnitConfig",
     "VigilConfig",
+    "default_unit_id",
     "describe_defaults",
     "load_config",
     "parse_config_text",

@@ -13,7 +13,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails
 
 from controller.config.problems import ConfigProblem, show_value
-from controller.config.schema import BOOL_AS_NUMBER, EMPTY_TEXT, RULE_BROKEN, VigilConfig
+from controller.config.schema import BOOL_AS_NUMBER, RULE_BROKEN, TEXT_ERRORS, VigilConfig
 
 KeyPath = tuple[str, ...]
 
@@ -103,8 +103,8 @@ def _explain(kind: str, path: KeyPath, value: object, pydantic_message: str) -> 
     if kind in _RANGE_ERRORS:
         verdict = "is not supported" if kind == "multiple_of" else "is out of range"
         return f"{shown} {verdict}" + (f"; {requirement}" if requirement else "")
-    if kind == EMPTY_TEXT:
-        return f"{shown} is not allowed; {name} must not be empty"
+    if kind in TEXT_ERRORS:
+        return f"{shown} is not allowed; {name} {pydantic_message}"
     return f"{shown} is not valid: {pydantic_message}"
 
 
@@ -124,6 +124,10 @@ def _inner_model(annotation: object) -> tuple[type[BaseModel] | None, type[BaseM
     return None, None
 
 
+def _holds_a_list(annotation: object) -> bool:
+    return typing.get_origin(annotation) in (list, tuple)
+
+
 def _locate(path: KeyPath) -> tuple[type[BaseModel], str, FieldInfo | None]:
     """The model that owns the field at `path`, the field's name and its definition.
 
@@ -135,7 +139,7 @@ def _locate(path: KeyPath) -> tuple[type[BaseModel], str, FieldInfo | None]:
     item_model: type[BaseModel] | None = None
     name, field = "", None
     for part in path:
-        if isinstance(part, int) or str(part).isdigit():
+        if str(part).isdigit() and field is not None and _holds_a_list(field.annotation):
             if item_model is not None:
                 model, item_model = item_model, None
             continue

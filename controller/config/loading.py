@@ -7,12 +7,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
 from pydantic import ValidationError
 
-from controller.config.explain import KeyPath, problem_from_error, yaml_problem
+from controller.config.explain import problem_from_error
+from controller.config.files import FileRefused, read_regular_file
 from controller.config.problems import ConfigError, ConfigProblem, kind_of
 from controller.config.schema import VigilConfig
+from controller.config.yamldoc import read_yaml
 
 SEARCH_PATHS: tuple[Path, ...] = (
     Path("/boot/firmware/vigil.yaml"),
@@ -20,6 +21,7 @@ SEARCH_PATHS: tuple[Path, ...] = (
 )
 CONFIG_ENV_VAR = "VIGIL_CONFIG"
 DEFAULTS_SOURCE = "built-in defaults"
+MAX_CONFIG_BYTES = 128 * 1024  # the example config, every key with its comment, is under 10 KiB
 
 
 @dataclass(frozen=True)
@@ -56,10 +58,8 @@ def load_config(
 
 def parse_config_text(text: str, filename: str) -> VigilConfig:
     """The validated config in YAML `text`; raises ConfigError naming `filename` and lines."""
-    try:
-        data, key_lines, problems = _read_yaml(text, filename)
-    except yaml.YAMLError as err:
-        raise ConfigError([yaml_problem(err, text, filename)]) from err
+    document = read_yaml(text, filename)
+    data, key_lines, problems = document.data, document.key_lines, list(document.duplicates)
 
     if data is None:  # an empty file, or one holding only comments
         data = {}
@@ -96,7 +96,14 @@ def _may_exist(path: Path) -> bool:
 def _load_file(path: Path, *, named_by: str | None) -> LoadedConfig:
     filename = str(path)
     try:
-        raw = path.read_bytes()
+        raw = read_regular_file(path, max_bytes=MAX_CONFIG_BYTES)
+    except FileRefused as err:
+        reason = err.reason
+        if reason.startswith("is larger than"):
+            reason += "; a vigil config is a few KiB"
+        else:
+            reason += "; vigil reads its config only from a regular file"
+        raise ConfigError([_file_problem(filename, reason)]) from err
     except FileNotFoundError as err:
         reason = "config file not found" + (f" ({named_by})" if named_by else "")
         raise ConfigError([_file_problem(filename, reason)]) from err
@@ -120,64 +127,3 @@ def _load_file(path: Path, *, named_by: str | None) -> LoadedConfig:
 
 def _file_problem(filename: str, message: str) -> ConfigProblem:
     return ConfigProblem(filename, None, "", None, message)
-
-
-def _read_yaml(text: str, filename: str) -> tuple[object, dict[KeyPath, int], list[ConfigProblem]]:
-    """The document's data (safe_load semantics), the line of every key path, and duplicate keys.
-
-    The document is parsed once: the composed node tree gives the lines, the same tree is then
-    constructed into plain data exactly as yaml.safe_load would.
-    """
-    loader = yaml.SafeLoader(text)
-    try:
-        root = loader.get_single_node()
-        data = loader.construct_document(root) if root is not None else None
-    finally:
-        loader.dispose()
-    key_lines: dict[KeyPath, int] = {}
-    duplicates: list[ConfigProblem] = []
-    if root is not None:
-        key_lines[()] = root.start_mark.line + 1
-        _record_lines(root, (), key_lines, duplicates, filename, active=set())
-    return data, key_lines, duplicates
-
-
-def _record_lines(
-    node: yaml.Node,
-    path: KeyPath,
-    key_lines: dict[KeyPath, int],
-    duplicates: list[ConfigProblem],
-    filename: str,
-    active: set[int],
-) -> None:
-    if id(node) in active:  # an alias that refers to its own ancestor
-        return
-    active.add(id(node))
-    if isinstance(node, yaml.MappingNode):
-        first_lines: dict[str, int] = {}
-        for key_node, value_node in node.value:
-            key = str(key_node.value)
-            child = (*path, key)
-            line = key_node.start_mark.line + 1
-            if key in first_lines:
-                # safe_load silently keeps the last value; a repeated key is almost always a slip.
-                duplicates.append(
-                    ConfigProblem(
-                        filename,
-                        line,
-                        ".".join(child),
-                        None,
-                        f"duplicate key; it is already set on line {first_lines[key]}",
-                    )
-                )
-            else:
-                first_lines[key] = line
-            key_lines[child] = line
-            _record_lines(value_node, child, key_lines, duplicates, filename, active)
-    elif isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            child = (*path, str(index))
-            key_lines[child] = item.start_mark.line + 1
-            _record_lines(item, child, key_lines, duplicates, filename, active)
-    active.discard(id(node))
-

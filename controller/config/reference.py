@@ -7,9 +7,10 @@ from pathlib import Path
 
 import yaml
 from pydantic import BaseModel
+from pydantic.fields import FieldInfo
 
 from controller.config.loading import CONFIG_ENV_VAR, SEARCH_PATHS
-from controller.config.schema import VigilConfig
+from controller.config.schema import MACHINE_DEFAULT, VigilConfig
 
 _COMMENT_WIDTH_CHARS = 96
 
@@ -35,7 +36,7 @@ def describe_defaults() -> str:
             if index:
                 lines.append("")
             lines.extend(_comment(field.description or "", indent="  "))
-            lines.append(f"  {name}: {_yaml_value(getattr(section, name))}")
+            lines.append(f"  {name}: {_yaml_value(_shown_default(section, name, field))}")
     return "\n".join(lines) + "\n"
 
 
@@ -49,10 +50,19 @@ def reference_table() -> str:
     for section_name in VigilConfig.model_fields:
         section = getattr(defaults, section_name)
         for name, field in type(section).model_fields.items():
-            value = _yaml_value(getattr(section, name))
+            value = _yaml_value(_shown_default(section, name, field))
             description = (field.description or "").replace("|", "\\|")
             rows.append(f"| `{section_name}.{name}` | `{value}` | {description} |")
     return "\n".join(rows) + "\n"
+
+
+def _shown_default(section: BaseModel, name: str, field: FieldInfo) -> object:
+    """The default as the reference shows it: null for a default that depends on the machine
+    (the field reads null as "this machine's default"), the value otherwise."""
+    extra = field.json_schema_extra
+    if isinstance(extra, dict) and extra.get(MACHINE_DEFAULT):
+        return None
+    return getattr(section, name)
 
 
 def _comment(description: str, indent: str) -> list[str]:

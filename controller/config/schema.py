@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 import typing
 from pathlib import Path
 from typing import Annotated, Literal
@@ -34,6 +35,17 @@ InputFormat = Literal["auto", "h264", "mjpeg", "yuyv422"]
 RULE_BROKEN = "vigil_rule_broken"
 BOOL_AS_NUMBER = "vigil_bool_as_number"
 EMPTY_TEXT = "vigil_empty_text"
+TEXT_WITH_NUL = "vigil_text_with_nul"
+TEXT_NOT_UNICODE = "vigil_text_not_unicode"
+TEXT_TOO_LONG = "vigil_text_too_long"
+# Errors that explain.py words as "VALUE is not allowed; NAME <the error's own message>".
+TEXT_ERRORS = frozenset({EMPTY_TEXT, TEXT_WITH_NUL, TEXT_NOT_UNICODE, TEXT_TOO_LONG})
+# A field whose default depends on the machine (json_schema_extra): the reference and the
+# example config show it as null, which the field reads as "this machine's default".
+MACHINE_DEFAULT = "vigil_machine_default"
+
+TEXT_MAX_CHARS = 4096
+PATH_MAX_BYTES = 4095  # Linux's PATH_MAX, 4096, counts the terminating NUL
 
 _LAVFI_EXAMPLE = "lavfi:testsrc2=size=640x480:rate=30"
 
@@ -52,6 +64,39 @@ def _reject_empty_text(value: object) -> object:
     return value
 
 
+def _check_text(value: object) -> object:
+    """`value` when it is text that a file name, a device or a log line can carry."""
+    _reject_empty_text(value)
+    if not isinstance(value, str):
+        return value
+    if "\0" in value:
+        # The OS cuts a name at a NUL; Path() would only fail later, at the first open.
+        raise PydanticCustomError(TEXT_WITH_NUL, "must not contain a NUL byte")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        # YAML's "\udc80" escape makes a lone surrogate: no file name, log or JSON carries it.
+        char = repr(value[err.start])
+        raise PydanticCustomError(
+            TEXT_NOT_UNICODE, "must be valid Unicode text; it holds the lone surrogate {char}",
+            {"char": char},
+        ) from None
+    if len(value) > TEXT_MAX_CHARS:
+        raise PydanticCustomError(
+            TEXT_TOO_LONG, "must be at most {limit} characters long", {"limit": TEXT_MAX_CHARS}
+        )
+    return value
+
+
+def _check_path(value: object) -> object:
+    _check_text(value)
+    if isinstance(value, str) and len(value.encode("utf-8")) > PATH_MAX_BYTES:
+        raise PydanticCustomError(
+            TEXT_TOO_LONG, "must be at most {limit} bytes long, as any path", {"limit": PATH_MAX_BYTES}
+        )
+    return value
+
+
 def broken_rule(key: str, value: object, message: str) -> PydanticCustomError:
     """A cross-field error reported at `key` inside the model that raised it."""
     return PydanticCustomError(
@@ -61,8 +106,8 @@ def broken_rule(key: str, value: object, message: str) -> PydanticCustomError:
 
 WholeNumber = Annotated[int, BeforeValidator(_reject_bool)]
 Number = Annotated[float, BeforeValidator(_reject_bool)]
-Text = Annotated[str, BeforeValidator(_reject_empty_text)]
-DirectoryPath = Annotated[Path, BeforeValidator(_reject_empty_text)]
+Text = Annotated[str, BeforeValidator(_check_text)]
+DirectoryPath = Annotated[Path, BeforeValidator(_check_path)]
 
 
 class BudgetConfig(BaseModel):
@@ -101,11 +146,20 @@ class FaultInjectionConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     kind: FaultKind = Field(description="Which fault.")
-    after_seconds: Number = Field(ge=0, description="When, in seconds after the daemon starts.")
+    after_seconds: Number = Field(
+        ge=0, le=604800,
+        description="When, in seconds after the daemon starts: from 0 to 604800 (a week).")
     seconds: Number = Field(default=1.0, gt=0, le=3600,
                             description="How long (stall, hang, disconnect, freeze).")
     count: WholeNumber = Field(default=1, ge=1, le=100000,
                                description="How many frames (corrupt, backward_timestamps).")
+
+
+_FRAMES_PER_READ_TIMEOUT = 2
+
+
+def _rounded(value: float) -> str:
+    return f"{value:.4g}"
 
 
 class CameraConfig(BaseModel):
@@ -147,7 +201,11 @@ class CameraConfig(BaseModel):
         default=30.0,
         gt=0,
         le=120,
-        description="Frames per second to capture and record: greater than 0, at most 120.",
+        description=(
+            "Frames per second to capture and record: greater than 0, at most 120, and at least "
+            "2 / `read_timeout_seconds` (1 with the default timeout), so that a frame always "
+            "comes well within the read timeout."
+        ),
     )
     source: Text | None = Field(
         default=None,
@@ -207,6 +265,28 @@ class CameraConfig(BaseModel):
             "hang, disconnect, freeze, corrupt, backward_timestamps."
         ),
     )
+
+    @model_validator(mode="after")
+    def _frames_come_within_the_read_timeout(self) -> CameraConfig:
+        # A frame interval longer than the read timeout makes every read a camera_timeout:
+        # recovery would fault in a loop. Two frames per timeout leave room for jitter.
+        lowest_fps = _FRAMES_PER_READ_TIMEOUT / self.read_timeout_seconds
+        if self.fps >= lowest_fps:
+            return self
+        timeout = self.read_timeout_seconds
+        if "read_timeout_seconds" in self.model_fields_set and "fps" not in self.model_fields_set:
+            shortest = _FRAMES_PER_READ_TIMEOUT / self.fps
+            raise broken_rule(
+                "read_timeout_seconds", timeout,
+                f"{show_value(timeout)} is out of range; read_timeout_seconds must be at least "
+                f"2 / fps ({_rounded(shortest)}) so that frames come well within it",
+            )
+        raise broken_rule(
+            "fps", self.fps,
+            f"{show_value(self.fps)} is out of range; fps must be at least 2 / "
+            f"read_timeout_seconds ({_rounded(lowest_fps)}) so that frames come well within the "
+            "read timeout",
+        )
 
     @model_validator(mode="after")
     def _file_backend_needs_source(self) -> CameraConfig:
@@ -341,16 +421,19 @@ class RecoveryConfig(BaseModel):
     backoff_max_seconds: Number = Field(
         default=5.0,
         gt=0,
+        le=3600,
         description=(
-            "Longest wait between recovery attempts, in seconds: at least `backoff_seconds`."
+            "Longest wait between recovery attempts, in seconds: at least `backoff_seconds`, "
+            "at most 3600."
         ),
     )
     critical_probe_seconds: Number = Field(
         default=5.0,
-        gt=0,
+        ge=0.1,
+        le=3600,
         description=(
             "After a critical failure, how often vigil checks whether the fault has cleared, "
-            "in seconds: greater than 0."
+            "in seconds: from 0.1 to 3600."
         ),
     )
 
@@ -427,7 +510,8 @@ def parse_listen(text: str) -> tuple[str, int]:
             labels = host.rstrip(".").split(".")
             if not all(_HOSTNAME_LABEL.fullmatch(label) for label in labels):
                 raise ValueError(f"{host!r} is neither an IP address nor a host name") from None
-    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+    if not (port_text.isascii() and port_text.isdigit() and len(port_text) <= 5
+            and 1 <= int(port_text) <= 65535):
         raise ValueError(f"port {port_text!r} is not a whole number from 1 to 65535")
     return host, int(port_text)
 
@@ -471,6 +555,7 @@ class ApiConfig(BaseModel):
 PinFactoryName = Literal["lgpio", "rpigpio", "pigpio", "native", "mock"]
 _GPIO_PIN_ERROR = "vigil_gpio_pin"
 _PIN_FACTORY_ERROR = "vigil_pin_factory"
+_PIN_NAME_MAX_CHARS = 32
 _PIN_EXAMPLES = "a BCM pin number such as 17, or a pin name such as GPIO17, BOARD11 or J8:11"
 
 
@@ -478,7 +563,8 @@ def _gpio_pin(value: object) -> object:
     # gpiozero takes numbers and names alike; keeping both as text gives one type to pass on.
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return str(value)
-    if isinstance(value, str) and value.strip():
+    if isinstance(value, str) and value.strip() and len(value) <= _PIN_NAME_MAX_CHARS:
+        _check_text(value)
         return value.strip()
     raise PydanticCustomError(_GPIO_PIN_ERROR, f"give {_PIN_EXAMPLES}")
 
@@ -563,6 +649,9 @@ class GpioConfig(BaseModel):
         return self
 
 
+RESERVE_MB_LIMIT = 16 * 1024 * 1024  # 16 TiB, in MiB
+
+
 class StorageConfig(BaseModel):
     """How long footage is kept and how much of the disk is kept free."""
 
@@ -580,11 +669,12 @@ class StorageConfig(BaseModel):
     reserve_mb: Number = Field(
         default=1024.0,
         ge=0,
+        lt=RESERVE_MB_LIMIT,
         description=(
             "Free space to keep on the recording disk, in MiB: while there is less, the oldest "
             "footage is deleted. The larger of this and `reserve_percent` applies, capped at "
             "half the disk. Keep it above an hour of footage so hourly merges can run on a "
-            "full disk. At least 0."
+            "full disk. At least 0, less than 16777216 (16 TiB)."
         ),
     )
     reserve_percent: Number = Field(
@@ -608,11 +698,53 @@ class StorageConfig(BaseModel):
     )
 
 
+UNIT_ID_MAX_CHARS = 64
+_UNIT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_UNIT_ID_ERROR = "vigil_unit_id"
+_UNIT_ID_RULE = "1 to 64 letters, digits, '-', '_' or '.', starting with a letter or digit"
+
+
+def default_unit_id() -> str:
+    """This machine's host name as a unit id: characters an id may not hold become '-'."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname()).lstrip("._-")[:UNIT_ID_MAX_CHARS]
+    return name if _UNIT_ID.fullmatch(name) else "vigil"
+
+
+def _unit_id(value: object) -> object:
+    if value is None:
+        return default_unit_id()
+    if isinstance(value, str) and not _UNIT_ID.fullmatch(value):
+        raise PydanticCustomError(_UNIT_ID_ERROR, f"give {_UNIT_ID_RULE}")
+    return value
+
+
+UnitId = Annotated[str, BeforeValidator(_unit_id)]
+
+
+class UnitConfig(BaseModel):
+    """Which unit this is, for the surfaces that name it to the world outside (MQTT, upload)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    id: UnitId = Field(
+        default_factory=default_unit_id,
+        json_schema_extra={MACHINE_DEFAULT: True},
+        description=(
+            "This unit's name in MQTT topics and in the keys of uploaded footage, so keep it "
+            f"unique among your units: {_UNIT_ID_RULE}. null takes this machine's host name, "
+            "with any other character replaced by '-'."
+        ),
+    )
+
+
 class VigilConfig(BaseModel):
     """Every setting of the recorder daemon; each section may be left out."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
+    unit: UnitConfig = Field(
+        default_factory=UnitConfig, description="This unit's identity."
+    )
     camera: CameraConfig = Field(
         default_factory=CameraConfig, description="The camera and its frame size and rate."
     )
