@@ -193,6 +193,33 @@ def _diagram(args: argparse.Namespace) -> int:
     return 0
 
 
+def _url_option(text: str) -> str:
+    """--url's value, checked: a bad one is a usage error (exit 2), not a traceback."""
+    from controller.client import check_url
+
+    try:
+        return check_url(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"{text!r} {err}; give the API's URL, such as "
+                                         "http://127.0.0.1:8080") from None
+
+
+def _token_file_option(text: str) -> str:
+    """--token-file's value, when it names a regular file that can be read (without blocking)."""
+    from pathlib import Path
+
+    from controller.client import TOKEN_MAX_BYTES
+    from controller.config.files import read_regular_file
+
+    try:
+        read_regular_file(Path(text), max_bytes=TOKEN_MAX_BYTES)
+    except (OSError, ValueError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        raise argparse.ArgumentTypeError(f"cannot read the API token from {text}: "
+                                         f"{reason.removeprefix(f'{text}: ')}") from None
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vigil", description="Crash-safe recorder daemon for headless camera units."
@@ -228,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(merge)
 
     def with_url(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--url", metavar="URL",
+        p.add_argument("--url", metavar="URL", type=_url_option,
                        help="the daemon's API, e.g. http://127.0.0.1:8080 (default: from api.listen "
                             "in the config)")
 
@@ -240,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     reset = command("reset", "emergency reset of the running daemon: drop everything, reload "
                              "the config, start again", _reset)
     with_url(reset)
-    reset.add_argument("--token-file", metavar="FILE",
+    reset.add_argument("--token-file", metavar="FILE", type=_token_file_option,
                        help="file holding the API token (default: api.token_file in the config)")
     with_config(reset)
     return parser

@@ -6,8 +6,10 @@ the server's dependencies.
 
 from __future__ import annotations
 
+import http.client
 import json
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -15,10 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from controller.config import parse_listen
+from controller.config.files import read_regular_file
 from hw.errors import VigilError
 
 REQUEST_TIMEOUT_SECONDS = 10.0  # above the API's own 5 s wait for an action to settle
 ALERTS_SHOWN = 10
+TOKEN_MAX_BYTES = 4096
+REPLY_MAX_BYTES = 4 * 1024 * 1024  # a /status answer is a few KiB
+URL_MAX_CHARS = 2048
 
 
 class DaemonUnreachable(VigilError, ConnectionError):
@@ -52,9 +58,37 @@ def base_url(listen: str) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
+def check_url(text: str) -> str:
+    """`text`, when it is an http:// or https:// URL a daemon's API can have; else ValueError
+    saying what is wrong with it."""
+    if len(text) > URL_MAX_CHARS:
+        raise ValueError(f"is longer than {URL_MAX_CHARS} characters")
+    if not text.isascii() or any(not char.isprintable() or char.isspace() for char in text):
+        raise ValueError("may hold only printable ASCII characters, without spaces "
+                         "(write an international host name in its xn-- form)")
+    try:
+        parts = urllib.parse.urlsplit(text)
+        port = parts.port
+    except ValueError as err:
+        raise ValueError(f"is not a URL: {err}") from None
+    if parts.scheme not in ("http", "https"):
+        raise ValueError("must start with http:// or https://")
+    if not parts.hostname:
+        raise ValueError("names no host")
+    if port == 0:
+        raise ValueError("port 0 is not a port a daemon listens on")
+    if parts.query or parts.fragment:
+        raise ValueError("must not have a query (?...) or fragment (#...)")
+    return text
+
+
 def read_token(path: Path) -> str:
-    """The bearer token in `path`; OSError or ValueError say why there is none."""
-    token = path.read_text(encoding="utf-8").strip()
+    """The bearer token in `path`; OSError or ValueError say why there is none.
+
+    Only a regular file of at most TOKEN_MAX_BYTES is read: a FIFO or a device named by
+    mistake is refused at once instead of blocking or being read without end.
+    """
+    token = read_regular_file(path, max_bytes=TOKEN_MAX_BYTES).decode("utf-8").strip()
     if not token:
         raise ValueError(f"token file {path} is empty")
     return token
@@ -78,15 +112,25 @@ class DaemonClient:
         request = urllib.request.Request(self.url + path, method=method, headers=headers)
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                return Reply(response.status, _decode(response.read()))
+                return Reply(response.status, _decode(self._bounded_body(response)))
         except urllib.error.HTTPError as err:
             with err:
-                return Reply(err.code, _decode(err.read()))
+                return Reply(err.code, _decode(self._bounded_body(err)))
         except urllib.error.URLError as err:
             reason = getattr(err.reason, "strerror", None) or err.reason
             raise DaemonUnreachable(f"cannot reach the daemon at {self.url}: {reason}") from err
         except (TimeoutError, ConnectionError) as err:
             raise DaemonUnreachable(f"cannot reach the daemon at {self.url}: {err}") from err
+        except (http.client.HTTPException, ValueError) as err:
+            # An answer that is not HTTP (another service on the port), or a URL urllib refuses.
+            raise DaemonUnreachable(f"no valid HTTP answer from {self.url}: {err!r}") from err
+
+    def _bounded_body(self, response: Any) -> bytes:
+        body = bytes(response.read(REPLY_MAX_BYTES + 1))
+        if len(body) > REPLY_MAX_BYTES:
+            raise DaemonUnreachable(f"{self.url} answered more than {REPLY_MAX_BYTES} bytes; "
+                                    "is it a vigil daemon?")
+        return body
 
     def status(self) -> Reply:
         return self.request("GET", "/status")

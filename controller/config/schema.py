@@ -1,39 +1,25 @@
-"""The recorder's settings: strict models loaded from YAML, with every mistake reported by line."""
+"""The settings' strict models: every key, its type, its range and its one default."""
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
-import os
 import re
-import textwrap
+import socket
 import typing
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
-    ValidationError,
     field_validator,
     model_validator,
 )
-from pydantic.fields import FieldInfo
-from pydantic_core import ErrorDetails, PydanticCustomError
+from pydantic_core import PydanticCustomError
 
-from hw.errors import VigilError
-
-SEARCH_PATHS: tuple[Path, ...] = (
-    Path("/boot/firmware/vigil.yaml"),
-    Path("/etc/vigil/vigil.yaml"),
-)
-CONFIG_ENV_VAR = "VIGIL_CONFIG"
-DEFAULTS_SOURCE = "built-in defaults"
+from controller.config.problems import show_value
 
 CameraBackend = Literal["auto", "synthetic", "file", "v4l2", "picamera2"]
 EncoderPreset = Literal[
@@ -46,40 +32,82 @@ FaultKind = Literal["stall", "hang", "disconnect", "freeze", "corrupt", "backwar
 InputFormat = Literal["auto", "h264", "mjpeg", "yuyv422"]
 
 # Error types raised by this module's own validators; _explain() turns them into messages.
-_RULE_BROKEN = "vigil_rule_broken"
-_BOOL_AS_NUMBER = "vigil_bool_as_number"
-_EMPTY_TEXT = "vigil_empty_text"
+RULE_BROKEN = "vigil_rule_broken"
+BOOL_AS_NUMBER = "vigil_bool_as_number"
+EMPTY_TEXT = "vigil_empty_text"
+TEXT_WITH_NUL = "vigil_text_with_nul"
+TEXT_NOT_UNICODE = "vigil_text_not_unicode"
+TEXT_TOO_LONG = "vigil_text_too_long"
+# Errors that explain.py words as "VALUE is not allowed; NAME <the error's own message>".
+TEXT_ERRORS = frozenset({EMPTY_TEXT, TEXT_WITH_NUL, TEXT_NOT_UNICODE, TEXT_TOO_LONG})
+# A field whose default depends on the machine (json_schema_extra): the reference and the
+# example config show it as null, which the field reads as "this machine's default".
+MACHINE_DEFAULT = "vigil_machine_default"
+
+TEXT_MAX_CHARS = 4096
+PATH_MAX_BYTES = 4095  # Linux's PATH_MAX, 4096, counts the terminating NUL
 
 _LAVFI_EXAMPLE = "lavfi:testsrc2=size=640x480:rate=30"
-_SHOWN_VALUE_MAX_CHARS = 60
-_COMMENT_WIDTH_CHARS = 96
 
 
 def _reject_bool(value: object) -> object:
     # YAML reads yes/no/on/off/true/false as booleans; pydantic would quietly make them 1 and 0.
     if isinstance(value, bool):
-        raise PydanticCustomError(_BOOL_AS_NUMBER, "a boolean is not a number")
+        raise PydanticCustomError(BOOL_AS_NUMBER, "a boolean is not a number")
     return value
 
 
 def _reject_empty_text(value: object) -> object:
     # Path("") is the current directory: an empty path is a mistake, not a choice.
     if isinstance(value, str) and not value.strip():
-        raise PydanticCustomError(_EMPTY_TEXT, "must not be empty")
+        raise PydanticCustomError(EMPTY_TEXT, "must not be empty")
     return value
 
 
-def _broken_rule(key: str, value: object, message: str) -> PydanticCustomError:
+def _check_text(value: object) -> object:
+    """`value` when it is text that a file name, a device or a log line can carry."""
+    _reject_empty_text(value)
+    if not isinstance(value, str):
+        return value
+    if "\0" in value:
+        # The OS cuts a name at a NUL; Path() would only fail later, at the first open.
+        raise PydanticCustomError(TEXT_WITH_NUL, "must not contain a NUL byte")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        # YAML's "\udc80" escape makes a lone surrogate: no file name, log or JSON carries it.
+        char = repr(value[err.start])
+        raise PydanticCustomError(
+            TEXT_NOT_UNICODE, "must be valid Unicode text; it holds the lone surrogate {char}",
+            {"char": char},
+        ) from None
+    if len(value) > TEXT_MAX_CHARS:
+        raise PydanticCustomError(
+            TEXT_TOO_LONG, "must be at most {limit} characters long", {"limit": TEXT_MAX_CHARS}
+        )
+    return value
+
+
+def _check_path(value: object) -> object:
+    _check_text(value)
+    if isinstance(value, str) and len(value.encode("utf-8")) > PATH_MAX_BYTES:
+        raise PydanticCustomError(
+            TEXT_TOO_LONG, "must be at most {limit} bytes long, as any path", {"limit": PATH_MAX_BYTES}
+        )
+    return value
+
+
+def broken_rule(key: str, value: object, message: str) -> PydanticCustomError:
     """A cross-field error reported at `key` inside the model that raised it."""
     return PydanticCustomError(
-        _RULE_BROKEN, "{message}", {"key": key, "value": value, "message": message}
+        RULE_BROKEN, "{message}", {"key": key, "value": value, "message": message}
     )
 
 
 WholeNumber = Annotated[int, BeforeValidator(_reject_bool)]
 Number = Annotated[float, BeforeValidator(_reject_bool)]
-Text = Annotated[str, BeforeValidator(_reject_empty_text)]
-DirectoryPath = Annotated[Path, BeforeValidator(_reject_empty_text)]
+Text = Annotated[str, BeforeValidator(_check_text)]
+DirectoryPath = Annotated[Path, BeforeValidator(_check_path)]
 
 
 class BudgetConfig(BaseModel):
@@ -118,11 +146,20 @@ class FaultInjectionConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     kind: FaultKind = Field(description="Which fault.")
-    after_seconds: Number = Field(ge=0, description="When, in seconds after the daemon starts.")
+    after_seconds: Number = Field(
+        ge=0, le=604800,
+        description="When, in seconds after the daemon starts: from 0 to 604800 (a week).")
     seconds: Number = Field(default=1.0, gt=0, le=3600,
                             description="How long (stall, hang, disconnect, freeze).")
     count: WholeNumber = Field(default=1, ge=1, le=100000,
                                description="How many frames (corrupt, backward_timestamps).")
+
+
+_FRAMES_PER_READ_TIMEOUT = 2
+
+
+def _rounded(value: float) -> str:
+    return f"{value:.4g}"
 
 
 class CameraConfig(BaseModel):
@@ -164,7 +201,11 @@ class CameraConfig(BaseModel):
         default=30.0,
         gt=0,
         le=120,
-        description="Frames per second to capture and record: greater than 0, at most 120.",
+        description=(
+            "Frames per second to capture and record: greater than 0, at most 120, and at least "
+            "2 / `read_timeout_seconds` (1 with the default timeout), so that a frame always "
+            "comes well within the read timeout."
+        ),
     )
     source: Text | None = Field(
         default=None,
@@ -226,9 +267,31 @@ class CameraConfig(BaseModel):
     )
 
     @model_validator(mode="after")
+    def _frames_come_within_the_read_timeout(self) -> CameraConfig:
+        # A frame interval longer than the read timeout makes every read a camera_timeout:
+        # recovery would fault in a loop. Two frames per timeout leave room for jitter.
+        lowest_fps = _FRAMES_PER_READ_TIMEOUT / self.read_timeout_seconds
+        if self.fps >= lowest_fps:
+            return self
+        timeout = self.read_timeout_seconds
+        if "read_timeout_seconds" in self.model_fields_set and "fps" not in self.model_fields_set:
+            shortest = _FRAMES_PER_READ_TIMEOUT / self.fps
+            raise broken_rule(
+                "read_timeout_seconds", timeout,
+                f"{show_value(timeout)} is out of range; read_timeout_seconds must be at least "
+                f"2 / fps ({_rounded(shortest)}) so that frames come well within it",
+            )
+        raise broken_rule(
+            "fps", self.fps,
+            f"{show_value(self.fps)} is out of range; fps must be at least 2 / "
+            f"read_timeout_seconds ({_rounded(lowest_fps)}) so that frames come well within the "
+            "read timeout",
+        )
+
+    @model_validator(mode="after")
     def _file_backend_needs_source(self) -> CameraConfig:
         if self.backend == "file" and self.source is None:
-            raise _broken_rule(
+            raise broken_rule(
                 "source",
                 None,
                 "required when backend is 'file'; give a video file path or an FFmpeg lavfi "
@@ -323,15 +386,13 @@ class RecordingConfig(BaseModel):
     @model_validator(mode="after")
     def _fragment_fits_in_segment(self) -> RecordingConfig:
         if self.fragment_seconds > self.segment_seconds:
-            raise _broken_rule(
+            raise broken_rule(
                 "fragment_seconds",
                 self.fragment_seconds,
-                f"{_show(self.fragment_seconds)} is out of range; fragment_seconds must not be "
-                f"more than segment_seconds ({_show(self.segment_seconds)})",
+                f"{show_value(self.fragment_seconds)} is out of range; fragment_seconds must not be "
+                f"more than segment_seconds ({show_value(self.segment_seconds)})",
             )
         return self
-
-
 
 
 class RecoveryConfig(BaseModel):
@@ -360,16 +421,19 @@ class RecoveryConfig(BaseModel):
     backoff_max_seconds: Number = Field(
         default=5.0,
         gt=0,
+        le=3600,
         description=(
-            "Longest wait between recovery attempts, in seconds: at least `backoff_seconds`."
+            "Longest wait between recovery attempts, in seconds: at least `backoff_seconds`, "
+            "at most 3600."
         ),
     )
     critical_probe_seconds: Number = Field(
         default=5.0,
-        gt=0,
+        ge=0.1,
+        le=3600,
         description=(
             "After a critical failure, how often vigil checks whether the fault has cleared, "
-            "in seconds: greater than 0."
+            "in seconds: from 0.1 to 3600."
         ),
     )
 
@@ -396,11 +460,11 @@ class RecoveryConfig(BaseModel):
     @model_validator(mode="after")
     def _backoff_max_not_below_backoff(self) -> RecoveryConfig:
         if self.backoff_max_seconds < self.backoff_seconds:
-            raise _broken_rule(
+            raise broken_rule(
                 "backoff_max_seconds",
                 self.backoff_max_seconds,
-                f"{_show(self.backoff_max_seconds)} is out of range; backoff_max_seconds must "
-                f"be at least backoff_seconds ({_show(self.backoff_seconds)})",
+                f"{show_value(self.backoff_max_seconds)} is out of range; backoff_max_seconds must "
+                f"be at least backoff_seconds ({show_value(self.backoff_seconds)})",
             )
         return self
 
@@ -446,7 +510,8 @@ def parse_listen(text: str) -> tuple[str, int]:
             labels = host.rstrip(".").split(".")
             if not all(_HOSTNAME_LABEL.fullmatch(label) for label in labels):
                 raise ValueError(f"{host!r} is neither an IP address nor a host name") from None
-    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+    if not (port_text.isascii() and port_text.isdigit() and len(port_text) <= 5
+            and 1 <= int(port_text) <= 65535):
         raise ValueError(f"port {port_text!r} is not a whole number from 1 to 65535")
     return host, int(port_text)
 
@@ -482,13 +547,15 @@ class ApiConfig(BaseModel):
         try:
             parse_listen(self.listen)
         except ValueError as err:
-            raise _broken_rule("listen", self.listen, f"{_show(self.listen)} is not valid; {err}") from None
+            message = f"{show_value(self.listen)} is not valid; {err}"
+            raise broken_rule("listen", self.listen, message) from None
         return self
 
 
 PinFactoryName = Literal["lgpio", "rpigpio", "pigpio", "native", "mock"]
 _GPIO_PIN_ERROR = "vigil_gpio_pin"
 _PIN_FACTORY_ERROR = "vigil_pin_factory"
+_PIN_NAME_MAX_CHARS = 32
 _PIN_EXAMPLES = "a BCM pin number such as 17, or a pin name such as GPIO17, BOARD11 or J8:11"
 
 
@@ -496,7 +563,8 @@ def _gpio_pin(value: object) -> object:
     # gpiozero takes numbers and names alike; keeping both as text gives one type to pass on.
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return str(value)
-    if isinstance(value, str) and value.strip():
+    if isinstance(value, str) and value.strip() and len(value) <= _PIN_NAME_MAX_CHARS:
+        _check_text(value)
         return value.strip()
     raise PydanticCustomError(_GPIO_PIN_ERROR, f"give {_PIN_EXAMPLES}")
 
@@ -572,13 +640,16 @@ class GpioConfig(BaseModel):
     @model_validator(mode="after")
     def _button_and_led_on_different_pins(self) -> GpioConfig:
         if self.reset_button and self.status_led and _same_pin(self.reset_button, self.status_led):
-            raise _broken_rule(
+            raise broken_rule(
                 "status_led",
                 self.status_led,
-                f"{_show(self.status_led)} is the same pin as reset_button "
-                f"({_show(self.reset_button)}); the button and the LED need a pin each",
+                f"{show_value(self.status_led)} is the same pin as reset_button "
+                f"({show_value(self.reset_button)}); the button and the LED need a pin each",
             )
         return self
+
+
+RESERVE_MB_LIMIT = 16 * 1024 * 1024  # 16 TiB, in MiB
 
 
 class StorageConfig(BaseModel):
@@ -598,11 +669,12 @@ class StorageConfig(BaseModel):
     reserve_mb: Number = Field(
         default=1024.0,
         ge=0,
+        lt=RESERVE_MB_LIMIT,
         description=(
             "Free space to keep on the recording disk, in MiB: while there is less, the oldest "
             "footage is deleted. The larger of this and `reserve_percent` applies, capped at "
             "half the disk. Keep it above an hour of footage so hourly merges can run on a "
-            "full disk. At least 0."
+            "full disk. At least 0, less than 16777216 (16 TiB)."
         ),
     )
     reserve_percent: Number = Field(
@@ -626,11 +698,53 @@ class StorageConfig(BaseModel):
     )
 
 
+UNIT_ID_MAX_CHARS = 64
+_UNIT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_UNIT_ID_ERROR = "vigil_unit_id"
+_UNIT_ID_RULE = "1 to 64 letters, digits, '-', '_' or '.', starting with a letter or digit"
+
+
+def default_unit_id() -> str:
+    """This machine's host name as a unit id: characters an id may not hold become '-'."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname()).lstrip("._-")[:UNIT_ID_MAX_CHARS]
+    return name if _UNIT_ID.fullmatch(name) else "vigil"
+
+
+def _unit_id(value: object) -> object:
+    if value is None:
+        return default_unit_id()
+    if isinstance(value, str) and not _UNIT_ID.fullmatch(value):
+        raise PydanticCustomError(_UNIT_ID_ERROR, f"give {_UNIT_ID_RULE}")
+    return value
+
+
+UnitId = Annotated[str, BeforeValidator(_unit_id)]
+
+
+class UnitConfig(BaseModel):
+    """Which unit this is, for the surfaces that name it to the world outside (MQTT, upload)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    id: UnitId = Field(
+        default_factory=default_unit_id,
+        json_schema_extra={MACHINE_DEFAULT: True},
+        description=(
+            "This unit's name in MQTT topics and in the keys of uploaded footage, so keep it "
+            f"unique among your units: {_UNIT_ID_RULE}. null takes this machine's host name, "
+            "with any other character replaced by '-'."
+        ),
+    )
+
+
 class VigilConfig(BaseModel):
     """Every setting of the recorder daemon; each section may be left out."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
+    unit: UnitConfig = Field(
+        default_factory=UnitConfig, description="This unit's identity."
+    )
     camera: CameraConfig = Field(
         default_factory=CameraConfig, description="The camera and its frame size and rate."
     )
@@ -664,459 +778,3 @@ class VigilConfig(BaseModel):
         if isinstance(data, dict):
             return {key: {} if value is None else value for key, value in data.items()}
         return data
-
-
-@dataclass(frozen=True)
-class LoadedConfig:
-    """A validated config and where it came from."""
-
-    config: VigilConfig
-    source: str  # the file's path, or DEFAULTS_SOURCE
-
-
-@dataclass(frozen=True)
-class ConfigProblem:
-    """One thing wrong with a config file, located by line and dotted key.
-
-    `message` is the complete explanation: it shows the offending value where there is one and
-    says what is allowed. `line` is 1-based, or None when the problem has no line (a missing
-    file, a missing key at the top level). `key` is "" when the problem is the whole file.
-    """
-
-    file: str
-    line: int | None
-    key: str
-    value: object
-    message: str
-
-    def __str__(self) -> str:
-        where = self.file if self.line is None else f"{self.file}:{self.line}"
-        what = f"{self.key}: {self.message}" if self.key else self.message
-        return f"{where}: {what}"
-
-
-class ConfigError(VigilError, ValueError):
-    """The config could not be read or is invalid; `problems` lists every reason found."""
-
-    def __init__(self, problems: Sequence[ConfigProblem]) -> None:
-        self.problems: list[ConfigProblem] = list(problems)
-        super().__init__("\n".join(str(problem) for problem in self.problems))
-
-
-def load_config(
-    path: str | Path | None = None,
-    *,
-    env: Mapping[str, str] | None = None,
-    search_paths: Sequence[Path] = SEARCH_PATHS,
-) -> LoadedConfig:
-    """The config from `path`, else $VIGIL_CONFIG, else the first existing search path, else
-    the built-in defaults.
-
-    A file named by `path` or $VIGIL_CONFIG must exist: a typo there is an error, not a silent
-    fallback to defaults. Raises ConfigError for any file that cannot be read or is invalid.
-    """
-    environ = os.environ if env is None else env
-    if path is not None:
-        return _load_file(Path(path), named_by="named explicitly")
-    named = environ.get(CONFIG_ENV_VAR, "")
-    if named:
-        return _load_file(Path(named), named_by=f"named by ${CONFIG_ENV_VAR}")
-    for candidate in search_paths:
-        if _may_exist(candidate):
-            return _load_file(candidate, named_by=None)
-    return LoadedConfig(VigilConfig(), DEFAULTS_SOURCE)
-
-
-def parse_config_text(text: str, filename: str) -> VigilConfig:
-    """The validated config in YAML `text`; raises ConfigError naming `filename` and lines."""
-    try:
-        data, key_lines, problems = _read_yaml(text, filename)
-    except yaml.YAMLError as err:
-        raise ConfigError([_yaml_problem(err, text, filename)]) from err
-
-    if data is None:  # an empty file, or one holding only comments
-        data = {}
-    if not isinstance(data, dict):
-        sections = ", ".join(VigilConfig.model_fields)
-        problem = ConfigProblem(
-            filename,
-            key_lines.get(()),
-            "",
-            data,
-            f"the top level must be a mapping of sections ({sections}); found {_kind(data)}",
-        )
-        raise ConfigError([problem])
-
-    try:
-        config = VigilConfig.model_validate(data)
-    except ValidationError as err:
-        problems.extend(_problem_from_error(error, filename, key_lines) for error in err.errors())
-    else:
-        if not problems:
-            return config
-    problems.sort(key=lambda problem: problem.line or 0)
-    raise ConfigError(problems)
-
-
-def describe_defaults() -> str:
-    """The default config as YAML: every key with its default value and its meaning as a comment.
-
-    The text parses back to the defaults, so it serves as an example config file.
-    """
-    searched = ", then ".join(str(path) for path in SEARCH_PATHS)
-    lines = _comment(
-        "vigil configuration. Every key is optional; each is shown with its default value. "
-        f"vigil reads the file named by ${CONFIG_ENV_VAR}, else {searched}.",
-        indent="",
-    )
-    defaults = VigilConfig()
-    for section_name, section_field in VigilConfig.model_fields.items():
-        section = getattr(defaults, section_name)
-        lines.append("")
-        lines.extend(_comment(section_field.description or "", indent=""))
-        lines.append(f"{section_name}:")
-        for index, (name, field) in enumerate(type(section).model_fields.items()):
-            if index:
-                lines.append("")
-            lines.extend(_comment(field.description or "", indent="  "))
-            lines.append(f"  {name}: {_yaml_value(getattr(section, name))}")
-    return "\n".join(lines) + "\n"
-
-
-def reference_table() -> str:
-    """The configuration reference as a Markdown table: key, default, meaning.
-
-    The README carries this table verbatim; a test fails when they differ.
-    """
-    rows = ["| key | default | meaning |", "| --- | --- | --- |"]
-    defaults = VigilConfig()
-    for section_name in VigilConfig.model_fields:
-        section = getattr(defaults, section_name)
-        for name, field in type(section).model_fields.items():
-            value = _yaml_value(getattr(section, name))
-            description = (field.description or "").replace("|", "\\|")
-            rows.append(f"| `{section_name}.{name}` | `{value}` | {description} |")
-    return "\n".join(rows) + "\n"
-
-
-# --- reading files -------------------------------------------------------------------------
-
-
-def _may_exist(path: Path) -> bool:
-    try:
-        return path.exists()
-    except OSError:
-        # Something is there that we may not look at (permissions): let reading report it.
-        return True
-
-
-def _load_file(path: Path, *, named_by: str | None) -> LoadedConfig:
-    filename = str(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError as err:
-        reason = "config file not found" + (f" ({named_by})" if named_by else "")
-        raise ConfigError([_file_problem(filename, reason)]) from err
-    except IsADirectoryError as err:
-        raise ConfigError([_file_problem(filename, "is a directory, not a config file")]) from err
-    except PermissionError as err:
-        raise ConfigError([_file_problem(filename, "cannot be read: permission denied")]) from err
-    except OSError as err:
-        reason = f"cannot be read: {err.strerror or err}"
-        raise ConfigError([_file_problem(filename, reason)]) from err
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        line = raw[: err.start].count(b"\n") + 1
-        problem = ConfigProblem(
-            filename, line, "", None, f"is not UTF-8 text (invalid byte at offset {err.start})"
-        )
-        raise ConfigError([problem]) from err
-    return LoadedConfig(parse_config_text(text, filename), filename)
-
-
-def _file_problem(filename: str, message: str) -> ConfigProblem:
-    return ConfigProblem(filename, None, "", None, message)
-
-
-# --- YAML and line numbers -----------------------------------------------------------------
-
-KeyPath = tuple[str, ...]
-
-
-def _read_yaml(text: str, filename: str) -> tuple[object, dict[KeyPath, int], list[ConfigProblem]]:
-    """The document's data (safe_load semantics), the line of every key path, and duplicate keys.
-
-    The document is parsed once: the composed node tree gives the lines, the same tree is then
-    constructed into plain data exactly as yaml.safe_load would.
-    """
-    loader = yaml.SafeLoader(text)
-    try:
-        root = loader.get_single_node()
-        data = loader.construct_document(root) if root is not None else None
-    finally:
-        loader.dispose()
-    key_lines: dict[KeyPath, int] = {}
-    duplicates: list[ConfigProblem] = []
-    if root is not None:
-        key_lines[()] = root.start_mark.line + 1
-        _record_lines(root, (), key_lines, duplicates, filename, active=set())
-    return data, key_lines, duplicates
-
-
-def _record_lines(
-    node: yaml.Node,
-    path: KeyPath,
-    key_lines: dict[KeyPath, int],
-    duplicates: list[ConfigProblem],
-    filename: str,
-    active: set[int],
-) -> None:
-    if id(node) in active:  # an alias that refers to its own ancestor
-        return
-    active.add(id(node))
-    if isinstance(node, yaml.MappingNode):
-        first_lines: dict[str, int] = {}
-        for key_node, value_node in node.value:
-            key = str(key_node.value)
-            child = (*path, key)
-            line = key_node.start_mark.line + 1
-            if key in first_lines:
-                # safe_load silently keeps the last value; a repeated key is almost always a slip.
-                duplicates.append(
-                    ConfigProblem(
-                        filename,
-                        line,
-                        ".".join(child),
-                        None,
-                        f"duplicate key; it is already set on line {first_lines[key]}",
-                    )
-                )
-            else:
-                first_lines[key] = line
-            key_lines[child] = line
-            _record_lines(value_node, child, key_lines, duplicates, filename, active)
-    elif isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            child = (*path, str(index))
-            key_lines[child] = item.start_mark.line + 1
-            _record_lines(item, child, key_lines, duplicates, filename, active)
-    active.discard(id(node))
-
-
-def _yaml_problem(err: yaml.YAMLError, text: str, filename: str) -> ConfigProblem:
-    if isinstance(err, yaml.MarkedYAMLError) and err.problem_mark is not None:
-        mark = err.problem_mark
-        message = f"invalid YAML at line {mark.line + 1}, column {mark.column + 1}: {err.problem}"
-        if err.context and err.context_mark is not None:
-            message += f" ({err.context} on line {err.context_mark.line + 1})"
-        return ConfigProblem(filename, mark.line + 1, "", None, message)
-    if isinstance(err, yaml.reader.ReaderError):
-        line = text[: err.position].count("\n") + 1
-        code = err.character if isinstance(err.character, int) else ord(err.character)
-        character = f"#x{code:04x}"
-        message = f"invalid YAML at line {line}: unacceptable character {character}: {err.reason}"
-        return ConfigProblem(filename, line, "", None, message)
-    return ConfigProblem(filename, None, "", None, f"invalid YAML: {err}")
-
-
-def _line_for(path: KeyPath, key_lines: Mapping[KeyPath, int]) -> int | None:
-    """The line of `path`, else of its nearest ancestor written in the file (not the root)."""
-    for length in range(len(path), 0, -1):
-        line = key_lines.get(path[:length])
-        if line is not None:
-            return line
-    return None
-
-
-# --- explaining validation errors ----------------------------------------------------------
-
-_TYPE_ERRORS: dict[str, str] = {
-    "int_type": "a whole number",
-    "int_parsing": "a whole number",
-    "int_from_float": "a whole number",
-    "float_type": "a number",
-    "float_parsing": "a number",
-    _BOOL_AS_NUMBER: "a number",
-    "finite_number": "a finite number",
-    "bool_type": "true or false",
-    "bool_parsing": "true or false",
-    "string_type": "text",
-    "path_type": "a path",
-    "list_type": "a list",
-}
-_MAPPING_ERRORS = frozenset({"model_type", "model_attributes_type", "dict_type"})
-_RANGE_ERRORS = frozenset(
-    {"greater_than", "greater_than_equal", "less_than", "less_than_equal", "multiple_of"}
-)
-
-
-def _problem_from_error(
-    error: ErrorDetails, filename: str, key_lines: Mapping[KeyPath, int]
-) -> ConfigProblem:
-    path: KeyPath = tuple(str(part) for part in error["loc"])
-    value: object = error.get("input")
-    if error["type"] == _RULE_BROKEN:
-        context = error.get("ctx") or {}
-        path = (*path, context["key"])
-        value = context["value"]
-        message = str(context["message"])
-    else:
-        message = _explain(error["type"], path, value, error["msg"])
-    return ConfigProblem(filename, _line_for(path, key_lines), ".".join(path), value, message)
-
-
-def _explain(kind: str, path: KeyPath, value: object, pydantic_message: str) -> str:
-    owner, name, field = _locate(path)
-    shown = _show(value)
-    if kind in {"extra_forbidden", "invalid_key"}:
-        return "unknown key; " + _allowed_keys(owner, path[:-1], typo=path[-1] if path else "")
-    if kind in _MAPPING_ERRORS and field is not None:
-        section = field.annotation
-        if isinstance(section, type) and issubclass(section, BaseModel):
-            return f"{shown} is not a mapping; " + _allowed_keys(section, path, typo="")
-    if kind == "literal_error" and field is not None:
-        allowed = ", ".join(str(choice) for choice in typing.get_args(field.annotation))
-        return f"{shown} is not allowed; allowed values: {allowed}"
-    requirement = _requirement(name, field)
-    if kind in _TYPE_ERRORS:
-        expected = _TYPE_ERRORS[kind]
-        if kind == _BOOL_AS_NUMBER and field is not None and field.annotation is int:
-            expected = "a whole number"
-        if value is None:
-            return "no value given; " + (requirement or f"{name} must be {expected}")
-        if kind == "string_type":
-            return f"{shown} is not text; put it in quotes to use it as text"
-        return f"{shown} is not {expected}" + (f"; {requirement}" if requirement else "")
-    if kind in _RANGE_ERRORS:
-        verdict = "is not supported" if kind == "multiple_of" else "is out of range"
-        return f"{shown} {verdict}" + (f"; {requirement}" if requirement else "")
-    if kind == _EMPTY_TEXT:
-        return f"{shown} is not allowed; {name} must not be empty"
-    return f"{shown} is not valid: {pydantic_message}"
-
-
-def _inner_model(annotation: object) -> tuple[type[BaseModel] | None, type[BaseModel] | None]:
-    """(the model a field holds, or the model its list items are), looking through Optional."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation, None
-    args = typing.get_args(annotation)
-    if typing.get_origin(annotation) in (list, tuple):
-        item = args[0] if args else None
-        if isinstance(item, type) and issubclass(item, BaseModel):
-            return None, item
-        return None, None
-    for arg in args:
-        if isinstance(arg, type) and issubclass(arg, BaseModel):
-            return arg, None
-    return None, None
-
-
-def _locate(path: KeyPath) -> tuple[type[BaseModel], str, FieldInfo | None]:
-    """The model that owns the field at `path`, the field's name and its definition.
-
-    Sequence indexes below a field resolve to that field, or into the list's item model;
-    an unknown key resolves to no field.
-    """
-    owner: type[BaseModel] = VigilConfig
-    model: type[BaseModel] | None = VigilConfig
-    item_model: type[BaseModel] | None = None
-    name, field = "", None
-    for part in path:
-        if isinstance(part, int) or str(part).isdigit():
-            if item_model is not None:
-                model, item_model = item_model, None
-            continue
-        if model is None:
-            break
-        owner = model
-        field = model.model_fields.get(part)
-        if field is None:
-            return owner, part, None
-        name = part
-        model, item_model = _inner_model(field.annotation)
-    return owner, name, field
-
-
-def _allowed_keys(model: type[BaseModel], section: KeyPath, *, typo: str) -> str:
-    keys = list(model.model_fields)
-    where = f"in {'.'.join(section)}" if section else "at the top level"
-    text = f"allowed keys {where}: {', '.join(keys)}"
-    close = difflib.get_close_matches(typo, keys, n=1) if typo else []
-    return text + (f"; did you mean '{close[0]}'?" if close else "")
-
-
-def _requirement(name: str, field: FieldInfo | None) -> str | None:
-    """What a numeric field accepts, e.g. "width must be an even number from 64 to 4096"."""
-    if field is None or field.annotation not in (int, float):
-        return None
-    bounds: dict[str, Any] = {}
-    for constraint in field.metadata:
-        for attribute in ("gt", "ge", "lt", "le", "multiple_of"):
-            if hasattr(constraint, attribute):
-                bounds[attribute] = getattr(constraint, attribute)
-    if bounds.get("multiple_of") == 2:
-        kind = "an even number"
-    else:
-        kind = "a whole number" if field.annotation is int else "a number"
-    low = bounds.get("ge", bounds.get("gt"))
-    high = bounds.get("le", bounds.get("lt"))
-    if "ge" in bounds and "le" in bounds:
-        span = f"from {_show(low)} to {_show(high)}"
-    else:
-        parts = []
-        if low is not None:
-            parts.append(("at least " if "ge" in bounds else "greater than ") + _show(low))
-        if high is not None:
-            parts.append(("at most " if "le" in bounds else "less than ") + _show(high))
-        span = " and ".join(parts)
-    return f"{name} must be {kind}" + (f" {span}" if span else "")
-
-
-def _show(value: object) -> str:
-    """`value` as a message shows it: YAML spelling for booleans and null, repr otherwise."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "null"
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    text = repr(value)
-    if len(text) > _SHOWN_VALUE_MAX_CHARS:
-        text = text[: _SHOWN_VALUE_MAX_CHARS - 3] + "..."
-    return text
-
-
-def _kind(value: object) -> str:
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, str):
-        return "text"
-    if isinstance(value, bool):
-        return "true or false"
-    if isinstance(value, int | float):
-        return "a number"
-    return f"a {type(value).__name__}"
-
-
-# --- writing the example config ------------------------------------------------------------
-
-
-def _comment(description: str, indent: str) -> list[str]:
-    width = _COMMENT_WIDTH_CHARS - len(indent) - 2
-    return [f"{indent}# {line}" for line in textwrap.wrap(description, width=width)]
-
-
-def _yaml_value(value: object) -> str:
-    if isinstance(value, BaseModel):
-        value = value.model_dump(mode="json", exclude_none=True)
-    elif isinstance(value, Path):
-        value = str(value)
-    elif isinstance(value, list):
-        value = [str(item) if isinstance(item, Path) else item for item in value]
-    dumped = yaml.safe_dump(value, default_flow_style=True, width=10_000)
-    return dumped.removesuffix("...\n").strip()
-
-
-if __name__ == "__main__":
-    print(reference_table(), end="")
