@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from loguru import logger
 
 STATE_CAP = {"recording": 100, "idle": 60, "recovering": 40, "reset": 40, "critical": 10}
 FPS_WEIGHT = 30.0
@@ -135,6 +136,11 @@ class HealthSampler:
         self._memory_total = psutil.virtual_memory().total
         self.achieved_fps: float | None = None
         self.inputs: HealthInputs | None = None
+        # Reads of /proc that failed (EMFILE when clients exhaust the descriptors, ...): the
+        # score goes on with the last value read, and the failure is logged once each way.
+        self.read_failures = 0
+        self._memory_fraction = 0.0
+        self._read_failing = False
 
     def sample(self, controller: Any) -> Health:
         now = time.monotonic()
@@ -165,10 +171,27 @@ class HealthSampler:
             drop_fraction=(bad - b0) / fresh if fresh > 0 else 0.0,
             errors_per_minute=(errors - e0) * 60.0 / span if span >= 1.0 else 0.0,
             disk_free_fraction=_free_fraction(unit.root_status.path if unit.root_status else None),
-            memory_fraction=self._process.memory_info().rss / self._memory_total,
+            memory_fraction=self._read_memory_fraction(),
             temperature_c=read_temperature_c(),
         )
         return score(self.inputs)
+
+    def _read_memory_fraction(self) -> float:
+        """This process's share of the machine's memory; the last one read if /proc fails."""
+        try:
+            fraction: float = self._process.memory_info().rss / self._memory_total
+        except (OSError, psutil.Error) as err:
+            self.read_failures += 1
+            if not self._read_failing:
+                self._read_failing = True
+                logger.warning("health: cannot read this process's memory use ({}); the score "
+                               "uses the last value until it can", err)
+            return self._memory_fraction
+        if self._read_failing:
+            self._read_failing = False
+            logger.info("health: memory use readable again after {} failed read(s)", self.read_failures)
+        self._memory_fraction = fraction
+        return fraction
 
 
 def _free_fraction(root: Path | None) -> float | None:
