@@ -150,14 +150,23 @@ def load_action_gate(token_file: Path | None) -> ActionGate:
 
 def _read_token(path: Path) -> ActionGate:
     try:
-        with open(path, "rb") as file:
-            mode = os.fstat(file.fileno()).st_mode
-            raw = file.read(4096)
+        # Without blocking: a FIFO named as the token file must not hang the start-up.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
     except FileNotFoundError:
         return ActionGate(None, f"actions are disabled: token file {path} does not exist")
     except OSError as err:
         return ActionGate(None, f"actions are disabled: token file {path} cannot be read "
                                 f"({err.strerror or err})")
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            return ActionGate(None, f"actions are disabled: token file {path} is not a regular file")
+        raw = os.read(fd, 4096)
+    except OSError as err:
+        return ActionGate(None, f"actions are disabled: token file {path} cannot be read "
+                                f"({err.strerror or err})")
+    finally:
+        os.close(fd)
     token = raw.decode("utf-8", errors="replace").strip()
     if not token:
         return ActionGate(None, f"actions are disabled: token file {path} is empty")
