@@ -597,6 +597,9 @@ MAX_CONNECTIONS = 64
 ACCEPT_BACKLOG = 16
 REQUEST_SECONDS = 10.0  # from connecting (or the previous response) to a whole request received
 SEND_STALL_SECONDS = 30.0  # a client that reads none of its response for this long is dropped
+# At the cap, a connection idle this long may be dropped for a new one; younger ones are not
+# (a burst of real clients is still sending its requests), the new one gets 503 instead.
+DROP_IDLE_AFTER_SECONDS = 1.0
 KEEP_ALIVE_SECONDS = 5
 MAX_HEAD_BYTES = 16 * 1024  # a request head larger than this is answered 400 by h11
 HANDLER_THREADS = 8  # request handlers run on at most this many worker threads
@@ -614,6 +617,7 @@ class ServerLimits:
     backlog: int = ACCEPT_BACKLOG
     request_seconds: float = REQUEST_SECONDS
     send_stall_seconds: float = SEND_STALL_SECONDS
+    drop_idle_after_seconds: float = DROP_IDLE_AFTER_SECONDS
     keep_alive_seconds: int = KEEP_ALIVE_SECONDS
     max_head_bytes: int = MAX_HEAD_BYTES
     handler_threads: int = HANDLER_THREADS
@@ -655,11 +659,12 @@ class ConnectionBook:
     """What the API's connections did, shared by every connection of one server.
 
     Touched only on the server's event loop thread. `waiting` holds the connections that
-    have no request in progress, oldest first: the first to go when the cap is reached.
+    have no request in progress, oldest first, with the (monotonic) time each began to wait:
+    the first to go when the cap is reached.
     """
 
     limits: ServerLimits
-    waiting: dict[H11Protocol, None] = field(default_factory=dict)
+    waiting: dict[H11Protocol, float] = field(default_factory=dict)
     accepted: int = 0
     refused: int = 0  # over the cap with nothing to drop: answered 503 and closed
     dropped_idle: int = 0  # waiting connections closed to make room for a new one
@@ -684,20 +689,24 @@ def _guarded_protocol(book: ConnectionBook) -> type[H11Protocol]:
             book.accepted += 1
             open_now = sum(1 for c in self.connections
                            if isinstance(c, H11Protocol) and not c.transport.is_closing())
-            room = open_now < limits.max_connections or self._drop_oldest_waiting()
-            super().connection_made(transport)
-            if not room:
+            if open_now >= limits.max_connections and not self._drop_oldest_waiting():
+                # Refused before uvicorn counts it: connection_lost needs only the transport.
+                self.transport = transport
                 book.refused += 1
                 transport.write(_raw_response(_TOO_MANY, f"too many connections (at most "
                                                          f"{limits.max_connections}); try again"))
                 transport.close()
                 return
+            super().connection_made(transport)
             self._await_request()
 
         @staticmethod
         def _drop_oldest_waiting() -> bool:
+            old_enough = time.monotonic() - limits.drop_idle_after_seconds
             while book.waiting:
-                oldest = next(iter(book.waiting))
+                oldest, since = next(iter(book.waiting.items()))
+                if since > old_enough:
+                    return False  # every waiting connection is younger
                 del book.waiting[oldest]
                 if not oldest.transport.is_closing():
                     book.dropped_idle += 1
@@ -710,7 +719,7 @@ def _guarded_protocol(book: ConnectionBook) -> type[H11Protocol]:
             self._cancel(self._request_timer)
             self._request_timer = self.loop.call_later(limits.request_seconds, self._request_overdue)
             book.waiting.pop(self, None)
-            book.waiting[self] = None
+            book.waiting[self] = time.monotonic()
 
         def _note_progress(self) -> None:
             state = self.conn.their_state
@@ -893,9 +902,10 @@ class ApiServer:
             lifespan="off", log_config=None, access_log=False,
             timeout_graceful_shutdown=int(SERVER_STOP_GRACE_SECONDS),
             backlog=limits.backlog, timeout_keep_alive=limits.keep_alive_seconds,
-            # uvicorn's own check answers 503 once this many requests run; the connection cap
-            # above is tighter, this is the backstop.
-            limit_concurrency=limits.max_connections + limits.backlog,
+            # uvicorn's own check (503 once this many connections or requests are open) as a
+            # backstop: the cap above admits at most max_connections, plus as many again while
+            # dropped idle ones are closing.
+            limit_concurrency=2 * limits.max_connections + 1,
             h11_max_incomplete_event_size=limits.max_head_bytes,
         )
         server = _Server(config, limits, self.loop_errors)
