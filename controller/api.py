@@ -587,11 +587,12 @@ def latest_frame(controller: Controller) -> Frame | None:
 # a client that connects and sends nothing, or half a request head, holds its connection and
 # its descriptor forever, and `limit_concurrency` only answers 503 once a whole request has
 # arrived. So the API puts its own bounds around uvicorn's H11Protocol: a hard cap on open
-# connections (the oldest connection still waiting for a request is dropped first, so an
-# operator gets through a flood of idle ones), a deadline for each whole request, a deadline
-# for a client that stops reading its response, and a small accept backlog (asyncio accepts up
-# to `backlog` connections per wake-up, uvicorn/server.py passes it to create_server). Together
-# they keep the API's descriptors far below RLIMIT_NOFILE, so recording never meets EMFILE.
+# connections (at the cap the oldest connection idle for over a second is dropped, so an
+# operator gets through a flood of idle ones; else the newcomer gets 503), a deadline for
+# each whole request, a deadline for a client that stops reading its response, and a small
+# accept backlog (asyncio accepts up to `backlog` connections per wake-up; uvicorn/server.py
+# passes it to create_server). Together they keep the API's descriptors far below
+# RLIMIT_NOFILE, so recording never meets EMFILE.
 
 MAX_CONNECTIONS = 64
 ACCEPT_BACKLOG = 16
@@ -670,6 +671,17 @@ class ConnectionBook:
     dropped_idle: int = 0  # waiting connections closed to make room for a new one
     timed_out: int = 0  # no whole request within request_seconds: 408 and closed
     send_stalled: int = 0  # read none of the response for send_stall_seconds: closed
+    at_cap: bool = False  # logged once when the cap is reached, once when it is left
+
+    def note_cap(self, reached: bool, open_now: int) -> None:
+        if reached and not self.at_cap:
+            logger.warning("HTTP API at its cap of {} connections: dropping idle ones, refusing "
+                           "others with 503 (recording is unaffected)", self.limits.max_connections)
+        elif not reached and self.at_cap:
+            logger.info("HTTP API below its connection cap again ({} open; {} refused, {} idle "
+                        "dropped, {} timed out so far)", open_now, self.refused, self.dropped_idle,
+                        self.timed_out)
+        self.at_cap = reached
 
     def counts(self) -> dict[str, int]:
         return {"accepted": self.accepted, "refused": self.refused,
@@ -689,6 +701,8 @@ def _guarded_protocol(book: ConnectionBook) -> type[H11Protocol]:
             book.accepted += 1
             open_now = sum(1 for c in self.connections
                            if isinstance(c, H11Protocol) and not c.transport.is_closing())
+            if open_now >= limits.max_connections:
+                book.note_cap(True, open_now)
             if open_now >= limits.max_connections and not self._drop_oldest_waiting():
                 # Refused before uvicorn counts it: connection_lost needs only the transport.
                 self.transport = transport
@@ -772,6 +786,11 @@ def _guarded_protocol(book: ConnectionBook) -> type[H11Protocol]:
             self._request_timer = self._stall_timer = None
             book.waiting.pop(self, None)
             super().connection_lost(exc)
+            if book.at_cap:
+                open_now = sum(1 for c in self.connections
+                               if isinstance(c, H11Protocol) and not c.transport.is_closing())
+                if open_now < limits.max_connections // 2:
+                    book.note_cap(False, open_now)
 
         @staticmethod
         def _cancel(timer: asyncio.TimerHandle | None) -> None:
