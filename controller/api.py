@@ -8,21 +8,26 @@ waits, bounded, for its own outcome event (the new state, or the guard that refu
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import hmac
 import os
+import resource
 import socket
 import stat
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
+import anyio.to_thread
+import h11
 import uvicorn
 from fastapi import Body, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.encoders import jsonable_encoder
@@ -31,6 +36,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from loguru import logger
 from pydantic import BaseModel, Field
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from controller.commands import CommandDesk
 from controller.config import ApiConfig, parse_listen
@@ -145,14 +151,23 @@ def load_action_gate(token_file: Path | None) -> ActionGate:
 
 def _read_token(path: Path) -> ActionGate:
     try:
-        with open(path, "rb") as file:
-            mode = os.fstat(file.fileno()).st_mode
-            raw = file.read(4096)
+        # Without blocking: a FIFO named as the token file must not hang the start-up.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
     except FileNotFoundError:
         return ActionGate(None, f"actions are disabled: token file {path} does not exist")
     except OSError as err:
         return ActionGate(None, f"actions are disabled: token file {path} cannot be read "
                                 f"({err.strerror or err})")
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            return ActionGate(None, f"actions are disabled: token file {path} is not a regular file")
+        raw = os.read(fd, 4096)
+    except OSError as err:
+        return ActionGate(None, f"actions are disabled: token file {path} cannot be read "
+                                f"({err.strerror or err})")
+    finally:
+        os.close(fd)
     token = raw.decode("utf-8", errors="replace").strip()
     if not token:
         return ActionGate(None, f"actions are disabled: token file {path} is empty")
@@ -490,9 +505,267 @@ class SnapshotCache:
 
 
 # --- the server --------------------------------------------------------------------------------
+#
+# uvicorn (uvicorn/protocols/http/h11_impl.py) arms no timer until a first response is sent:
+# a client that connects and sends nothing, or half a request head, holds its connection and
+# its descriptor forever, and `limit_concurrency` only answers 503 once a whole request has
+# arrived. So the API puts its own bounds around uvicorn's H11Protocol: a hard cap on open
+# connections (at the cap the oldest connection idle for over a second is dropped, so an
+# operator gets through a flood of idle ones; else the newcomer gets 503), a deadline for
+# each whole request, a deadline for a client that stops reading its response, and a small
+# accept backlog (asyncio accepts up to `backlog` connections per wake-up; uvicorn/server.py
+# passes it to create_server). Together they keep the API's descriptors far below
+# RLIMIT_NOFILE, so recording never meets EMFILE.
+
+MAX_CONNECTIONS = 64
+ACCEPT_BACKLOG = 16
+REQUEST_SECONDS = 10.0  # from connecting (or the previous response) to a whole request received
+SEND_STALL_SECONDS = 30.0  # a client that reads none of its response for this long is dropped
+# At the cap, a connection idle this long may be dropped for a new one; younger ones are not
+# (a burst of real clients is still sending its requests), the new one gets 503 instead.
+DROP_IDLE_AFTER_SECONDS = 1.0
+KEEP_ALIVE_SECONDS = 5
+MAX_HEAD_BYTES = 16 * 1024  # a request head larger than this is answered 400 by h11
+HANDLER_THREADS = 8  # request handlers run on at most this many worker threads
+# Descriptors the rest of the daemon may need beside the API's: its own files, the camera,
+# the segment writer, merges, /proc reads. The API keeps to what is left of the limit.
+RESERVED_DESCRIPTORS = 128
+ACCEPT_BURSTS = 3  # accepted sockets of up to this many bursts can be open before they are seen
 
 
-def _bind(host: str, port: int) -> socket.socket:
+@dataclass(frozen=True)
+class ServerLimits:
+    """How much of the process the API's clients can hold, and for how long."""
+
+    max_connections: int = MAX_CONNECTIONS
+    backlog: int = ACCEPT_BACKLOG
+    request_seconds: float = REQUEST_SECONDS
+    send_stall_seconds: float = SEND_STALL_SECONDS
+    drop_idle_after_seconds: float = DROP_IDLE_AFTER_SECONDS
+    keep_alive_seconds: int = KEEP_ALIVE_SECONDS
+    max_head_bytes: int = MAX_HEAD_BYTES
+    handler_threads: int = HANDLER_THREADS
+
+    @property
+    def max_descriptors(self) -> int:
+        """The most descriptors the API's clients can hold at once."""
+        return self.max_connections + ACCEPT_BURSTS * self.backlog
+
+    @classmethod
+    def for_descriptor_limit(cls, limit: int | None = None, **overrides: Any) -> ServerLimits:
+        """Limits that leave RESERVED_DESCRIPTORS (or half of `limit`) for everything else.
+
+        `limit` defaults to this process's soft RLIMIT_NOFILE.
+        """
+        if limit is None:
+            limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+            if limit == resource.RLIM_INFINITY:
+                limit = 1 << 20
+        spare = max(0, limit - max(RESERVED_DESCRIPTORS, limit // 2))
+        backlog = max(1, min(ACCEPT_BACKLOG, spare // (4 * ACCEPT_BURSTS)))
+        connections = max(1, min(MAX_CONNECTIONS, spare - ACCEPT_BURSTS * backlog))
+        return cls(**{"max_connections": connections, "backlog": backlog, **overrides})
+
+
+_TIMED_OUT = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
+              b"connection: close\r\ncontent-length: %d\r\n\r\n%s")
+_TOO_MANY = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n"
+             b"retry-after: 1\r\nconnection: close\r\ncontent-length: %d\r\n\r\n%s")
+
+
+def _raw_response(template: bytes, text: str) -> bytes:
+    body = text.encode() + b"\n"
+    return template % (len(body), body)
+
+
+@dataclass
+class ConnectionBook:
+    """What the API's connections did, shared by every connection of one server.
+
+    Touched only on the server's event loop thread. `waiting` holds the connections that
+    have no request in progress, oldest first, with the (monotonic) time each began to wait:
+    the first to go when the cap is reached.
+    """
+
+    limits: ServerLimits
+    waiting: dict[H11Protocol, float] = field(default_factory=dict)
+    accepted: int = 0
+    refused: int = 0  # over the cap with nothing to drop: answered 503 and closed
+    dropped_idle: int = 0  # waiting connections closed to make room for a new one
+    timed_out: int = 0  # no whole request within request_seconds: 408 and closed
+    send_stalled: int = 0  # read none of the response for send_stall_seconds: closed
+    at_cap: bool = False  # logged once when the cap is reached, once when it is left
+
+    def note_cap(self, reached: bool, open_now: int) -> None:
+        if reached and not self.at_cap:
+            logger.warning("HTTP API at its cap of {} connections: dropping idle ones, refusing "
+                           "others with 503 (recording is unaffected)", self.limits.max_connections)
+        elif not reached and self.at_cap:
+            logger.info("HTTP API below its connection cap again ({} open; {} refused, {} idle "
+                        "dropped, {} timed out so far)", open_now, self.refused, self.dropped_idle,
+                        self.timed_out)
+        self.at_cap = reached
+
+    def counts(self) -> dict[str, int]:
+        return {"accepted": self.accepted, "refused": self.refused,
+                "dropped_idle": self.dropped_idle, "timed_out": self.timed_out,
+                "send_stalled": self.send_stalled}
+
+
+def _guarded_protocol(book: ConnectionBook) -> type[H11Protocol]:
+    """uvicorn's H11Protocol with the cap and the deadlines of `book.limits`."""
+    limits = book.limits
+
+    class GuardedH11Protocol(H11Protocol):
+        _request_timer: asyncio.TimerHandle | None = None
+        _stall_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            book.accepted += 1
+            open_now = sum(1 for c in self.connections
+                           if isinstance(c, H11Protocol) and not c.transport.is_closing())
+            if open_now >= limits.max_connections:
+                book.note_cap(True, open_now)
+            if open_now >= limits.max_connections and not self._drop_oldest_waiting():
+                # Refused before uvicorn counts it: connection_lost needs only the transport.
+                self.transport = transport
+                book.refused += 1
+                transport.write(_raw_response(_TOO_MANY, f"too many connections (at most "
+                                                         f"{limits.max_connections}); try again"))
+                transport.close()
+                return
+            super().connection_made(transport)
+            self._await_request()
+
+        @staticmethod
+        def _drop_oldest_waiting() -> bool:
+            old_enough = time.monotonic() - limits.drop_idle_after_seconds
+            while book.waiting:
+                oldest, since = next(iter(book.waiting.items()))
+                if since > old_enough:
+                    return False  # every waiting connection is younger
+                del book.waiting[oldest]
+                if not oldest.transport.is_closing():
+                    book.dropped_idle += 1
+                    oldest.transport.close()
+                    return True
+            return False
+
+        def _await_request(self) -> None:
+            """From now the client has limits.request_seconds to send a whole request."""
+            self._cancel(self._request_timer)
+            self._request_timer = self.loop.call_later(limits.request_seconds, self._request_overdue)
+            book.waiting.pop(self, None)
+            book.waiting[self] = time.monotonic()
+
+        def _note_progress(self) -> None:
+            state = self.conn.their_state
+            if state is not h11.IDLE:
+                book.waiting.pop(self, None)  # a request is in progress: not idle
+            if state not in (h11.IDLE, h11.SEND_BODY):
+                self._cancel(self._request_timer)  # the whole request is in
+                self._request_timer = None
+
+        def _request_overdue(self) -> None:
+            self._request_timer = None
+            if self.transport.is_closing() or self.conn.their_state not in (h11.IDLE, h11.SEND_BODY):
+                return
+            book.timed_out += 1
+            book.waiting.pop(self, None)
+            if self.conn.their_state is h11.IDLE:
+                self.transport.write(_raw_response(
+                    _TIMED_OUT, f"no whole request within {limits.request_seconds:g} s"))
+            self.transport.close()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            self._note_progress()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._await_request()
+                self._note_progress()  # a pipelined request may have been taken up already
+
+        def pause_writing(self) -> None:
+            super().pause_writing()
+            self._cancel(self._stall_timer)
+            self._stall_timer = self.loop.call_later(limits.send_stall_seconds, self._send_stalled)
+
+        def resume_writing(self) -> None:
+            super().resume_writing()
+            self._cancel(self._stall_timer)
+            self._stall_timer = None
+
+        def _send_stalled(self) -> None:
+            self._stall_timer = None
+            if not self.transport.is_closing():
+                book.send_stalled += 1
+                self.transport.abort()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._cancel(self._request_timer)
+            self._cancel(self._stall_timer)
+            self._request_timer = self._stall_timer = None
+            book.waiting.pop(self, None)
+            super().connection_lost(exc)
+            if book.at_cap:
+                open_now = sum(1 for c in self.connections
+                               if isinstance(c, H11Protocol) and not c.transport.is_closing())
+                if open_now < limits.max_connections // 2:
+                    book.note_cap(False, open_now)
+
+        @staticmethod
+        def _cancel(timer: asyncio.TimerHandle | None) -> None:
+            if timer is not None:
+                timer.cancel()
+
+    return GuardedH11Protocol
+
+
+class _LoopErrors:
+    """asyncio's error reports for the API's loop, each kind logged once a minute, not per event.
+
+    asyncio reports an accept() that fails for lack of descriptors (EMFILE, ENFILE) and
+    retries a second later; under pressure that is a traceback every few milliseconds.
+    """
+
+    INTERVAL_SECONDS = 60.0
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+        self._logged: dict[str, float] = {}
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        error = context.get("exception")
+        kind = str(context.get("message", "error"))
+        if isinstance(error, OSError) and error.errno is not None:
+            kind += f": {errno.errorcode.get(error.errno, error.errno)}"
+        self.counts[kind] += 1
+        now = time.monotonic()
+        if now - self._logged.get(kind, -self.INTERVAL_SECONDS) >= self.INTERVAL_SECONDS:
+            self._logged[kind] = now
+            logger.warning("HTTP API: {} ({}; {} time(s) so far); the API goes on", kind,
+                           error if error is not None else "no detail", self.counts[kind])
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's Server, with the worker threads bounded and loop errors summarised."""
+
+    def __init__(self, config: uvicorn.Config, limits: ServerLimits, errors: _LoopErrors) -> None:
+        super().__init__(config)
+        self._limits = limits
+        self._errors = errors
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        asyncio.get_running_loop().set_exception_handler(self._errors)
+        # Starlette runs sync handlers on anyio's worker threads (40 by default); each thread
+        # keeps a stack and a malloc arena, so fewer threads bound the API's memory.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = self._limits.handler_threads
+        await super().startup(sockets)
+
+
+def _bind(host: str, port: int, backlog: int = ACCEPT_BACKLOG) -> socket.socket:
     """A listening TCP socket on host:port; ApiUnavailable says why not."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
@@ -503,7 +776,7 @@ def _bind(host: str, port: int) -> socket.socket:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
-        sock.listen(128)
+        sock.listen(backlog)
     except OSError as err:
         sock.close()
         where = f"{host}:{port}"
@@ -521,12 +794,19 @@ def _bind(host: str, port: int) -> socket.socket:
 
 
 class ApiServer:
-    """Serves an ASGI app with uvicorn on the thread `vigil-api`; start and stop are bounded."""
+    """Serves an ASGI app with uvicorn on the thread `vigil-api`; start and stop are bounded.
 
-    def __init__(self, app: FastAPI, host: str, port: int) -> None:
+    `limits` bound what clients can hold (connections, time, threads); by default they are
+    fitted to this process's descriptor limit.
+    """
+
+    def __init__(self, app: FastAPI, host: str, port: int, *, limits: ServerLimits | None = None) -> None:
         self.app = app
         self.host = host
         self.requested_port = port
+        self.limits = limits if limits is not None else ServerLimits.for_descriptor_limit()
+        self.connections = ConnectionBook(self.limits)
+        self.loop_errors = _LoopErrors()
         self._socket: socket.socket | None = None
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -557,12 +837,20 @@ class ApiServer:
         """
         if self._thread is not None:
             raise RuntimeError("an ApiServer starts once; make a new one")
-        self._socket = _bind(self.host, self.requested_port)
+        limits = self.limits
+        self._socket = _bind(self.host, self.requested_port, limits.backlog)
         config = uvicorn.Config(
-            self.app, http="h11", ws="none", lifespan="off", log_config=None, access_log=False,
+            self.app, http=_guarded_protocol(self.connections), loop="asyncio", ws="none",
+            lifespan="off", log_config=None, access_log=False,
             timeout_graceful_shutdown=int(SERVER_STOP_GRACE_SECONDS),
+            backlog=limits.backlog, timeout_keep_alive=limits.keep_alive_seconds,
+            # uvicorn's own check (503 once this many connections or requests are open) as a
+            # backstop: the cap above admits at most max_connections, plus as many again while
+            # dropped idle ones are closing.
+            limit_concurrency=2 * limits.max_connections + 1,
+            h11_max_incomplete_event_size=limits.max_head_bytes,
         )
-        server = uvicorn.Server(config)
+        server = _Server(config, limits, self.loop_errors)
         self._server = server
         sockets = [self._socket]
 
@@ -580,7 +868,8 @@ class ApiServer:
                 self.stop()
                 raise ApiUnavailable(f"uvicorn did not start on {self.url}: {self._failure!r}")
             time.sleep(0.01)  # polling uvicorn's started flag, under a deadline
-        logger.info("HTTP API listening on {}", self.url)
+        logger.info("HTTP API listening on {} (at most {} connections, {:g} s for a request)",
+                    self.url, limits.max_connections, limits.request_seconds)
 
     def stop(self, timeout: float = SERVER_STOP_SECONDS) -> bool:
         """Stop serving; False when the thread had to be abandoned after `timeout`."""

@@ -75,6 +75,8 @@ class DiskMonitor:
         self._last_used: int | None = None
         self._path: Path | None = None
         self.latest: DiskStatus | None = None
+        self.sample_failures = 0  # statvfs failures, logged once each way
+        self._failing = False
 
     def set_reserve(self, reserve_bytes: Callable[[int], int]) -> None:
         """Measure against a new reserve from the next sample on."""
@@ -93,8 +95,14 @@ class DiskMonitor:
         try:
             total, used, free = shutil.disk_usage(path)
         except OSError as err:
-            logger.debug("disk sample failed path={} error={}", path, err)
+            self.sample_failures += 1
+            if not self._failing:
+                self._failing = True
+                logger.warning("disk sample failed path={} error={}; keeping the last sample", path, err)
             return None
+        if self._failing:
+            self._failing = False
+            logger.info("disk sample works again path={} after {} failure(s)", path, self.sample_failures)
         now = self._clock()
         if path != self._path:
             self._path = path

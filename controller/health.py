@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import psutil
+from loguru import logger
 
 if TYPE_CHECKING:
     from hw.pipeline import PipelineStats
@@ -138,6 +139,11 @@ class HealthSampler:
         self._memory_total = psutil.virtual_memory().total
         self.achieved_fps: float | None = None
         self.inputs: HealthInputs | None = None
+        # Reads of /proc that failed (EMFILE when clients exhaust the descriptors, ...): the
+        # score goes on with the last value read, and the failure is logged once each way.
+        self.read_failures = 0
+        self._memory_fraction = 0.0
+        self._read_failing = False
 
     def sample(self, *, state: str, configured_fps: float, stats: PipelineStats | None,
                errors: int, root: Path | None) -> Health:
@@ -165,16 +171,27 @@ class HealthSampler:
             drop_fraction=(bad - b0) / fresh if fresh > 0 else 0.0,
             errors_per_minute=(errors - e0) * 60.0 / span if span >= 1.0 else 0.0,
             disk_free_fraction=_free_fraction(root),
-            memory_fraction=self._memory_fraction(),
+            memory_fraction=self._read_memory_fraction(),
             temperature_c=read_temperature_c(),
         )
         return score(self.inputs)
 
-    def _memory_fraction(self) -> float:
+    def _read_memory_fraction(self) -> float:
+        """This process's share of the machine's memory; the last one read if /proc fails."""
         try:
-            return float(self._process.memory_info().rss) / self._memory_total
-        except (OSError, psutil.Error):
-            return 0.0  # /proc unreadable (out of descriptors): no memory penalty this time
+            fraction: float = self._process.memory_info().rss / self._memory_total
+        except (OSError, psutil.Error) as err:
+            self.read_failures += 1
+            if not self._read_failing:
+                self._read_failing = True
+                logger.warning("health: cannot read this process's memory use ({}); the score "
+                               "uses the last value until it can", err)
+            return self._memory_fraction
+        if self._read_failing:
+            self._read_failing = False
+            logger.info("health: memory use readable again after {} failed read(s)", self.read_failures)
+        self._memory_fraction = fraction
+        return fraction
 
 
 def _free_fraction(root: Path | None) -> float | None:

@@ -2,7 +2,9 @@
 
 Only closed footage files of vigil's own layout inside the recording root are ever served
 (hw.footage): a path through a symbolic link, `..`, absolute paths, NUL bytes, foreign names
-and `.partial` files are refused the same way as a missing file.
+and `.partial` files are refused the same way as a missing file. A file is opened without
+blocking and served only when fstat says it is a regular file: a directory, FIFO or device
+named like footage is a 404, at once, with no descriptor left behind.
 """
 
 from __future__ import annotations
@@ -11,10 +13,10 @@ import errno
 import os
 import re
 import stat
+import threading
 from collections.abc import Iterator
 from email.utils import formatdate
 from pathlib import Path
-from typing import Any
 
 from fastapi import HTTPException
 from fastapi.responses import Response, StreamingResponse
@@ -37,7 +39,9 @@ DEFAULT_PER_PAGE = 24
 MAX_PER_PAGE = 200
 MAX_PAGE = 1_000_000
 
-_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+_RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)", re.ASCII)
+# A byte position needs at most 19 digits (off_t is 63 bits); more is no position on any file.
+MAX_POSITION_DIGITS = 19
 
 
 class Problem(BaseModel):
@@ -119,14 +123,26 @@ def resolve_recording(root: Path, relative: str) -> Path | None:
 
 
 class _RangeNotSatisfiable(Exception):
-    """The range starts past the end of the file (HTTP 416)."""
+    """The range starts past the end of the file, or names no possible position (HTTP 416)."""
+
+
+def _position(text: str) -> int:
+    """A byte position of the Range header; _RangeNotSatisfiable past any possible file.
+
+    Bounded before int(): a position of thousands of digits is refused without converting it.
+    """
+    digits = text.lstrip("0") or "0"
+    if len(digits) > MAX_POSITION_DIGITS or int(digits) >= 2**63:
+        raise _RangeNotSatisfiable
+    return int(digits)
 
 
 def _parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     """(first, last) byte of the one range asked for; None to send the whole file.
 
     Malformed and multi-range headers are ignored, as RFC 9110 allows; a range starting past
-    the end raises _RangeNotSatisfiable.
+    the end, or with a position no file can have (more than 63 bits), raises
+    _RangeNotSatisfiable.
     """
     if header is None:
         return None
@@ -137,12 +153,12 @@ def _parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     if not first_text and not last_text:
         return None
     if not first_text:  # a suffix: the last N bytes
-        length = int(last_text)
+        length = _position(last_text)
         if length == 0 or size == 0:
             raise _RangeNotSatisfiable
         return max(0, size - length), size - 1
-    first = int(first_text)
-    last = int(last_text) if last_text else size - 1
+    first = _position(first_text)
+    last = _position(last_text) if last_text else size - 1
     if last_text and last < first:
         return None  # invalid: ignored, the whole file goes out
     if first >= size:
@@ -150,52 +166,109 @@ def _parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     return first, min(last, size - 1)
 
 
+# Errors that mean "no such recording" to a client, not worth a log line.
+_QUIET_OPEN_ERRORS = frozenset({errno.ENOENT, errno.ELOOP, errno.EACCES, errno.EISDIR, errno.ENOTDIR,
+                                errno.ENXIO, errno.ENAMETOOLONG, errno.EPERM})
+_OUT_OF_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})
+
+
+def open_regular(path: Path) -> tuple[int, os.stat_result]:
+    """A read-only descriptor of the regular file at `path`, and its stat.
+
+    Opened without blocking (a FIFO or a device named like footage would block a plain open
+    until someone writes to it) and without following a final symlink, then checked with
+    fstat to be a regular file; anything else is closed again at once. Raises
+    HTTPException: 404 for anything that is not a readable regular file, 503 when the
+    process is out of descriptors.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except OSError as err:
+        if err.errno in _OUT_OF_DESCRIPTORS:
+            logger.warning("cannot open recording path={} error={}", path, err)
+            raise HTTPException(503, detail="the recorder is out of file descriptors; try again",
+                                headers={"Retry-After": "1"}) from err
+        if err.errno not in _QUIET_OPEN_ERRORS:
+            logger.warning("cannot open recording path={} error={}", path, err)
+        raise HTTPException(404, detail="no such recording") from err
+    try:
+        info = os.fstat(fd)
+    except OSError as err:
+        os.close(fd)
+        raise HTTPException(404, detail="no such recording") from err
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise HTTPException(404, detail="no such recording (not a regular file)")
+    return fd, info
+
+
 def serve_file(path: Path, range_header: str | None, if_range: str | None) -> Response:
     """The file at `path` (already checked), whole or one byte range.
 
     The file is opened before answering, so a merge that removes it meanwhile cannot turn a
-    checked request into an error halfway through.
+    checked request into an error halfway through. The descriptor is closed when the body
+    is sent, when the client goes away, or at once when there is nothing to send.
     """
+    fd, info = open_regular(path)
+    file = _OpenFile(fd)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError as err:
-        if err.errno not in (errno.ENOENT, errno.ELOOP, errno.EACCES, errno.EISDIR):
-            logger.warning("cannot open recording path={} error={}", path, err)
-        raise HTTPException(404, detail="no such recording") from err
-    file = os.fdopen(fd, "rb")
-    info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode):
+        size = info.st_size
+        etag = f'"{info.st_ino:x}-{info.st_mtime_ns:x}-{size:x}"'
+        headers = {"Accept-Ranges": "bytes", "ETag": etag,
+                   "Last-Modified": formatdate(info.st_mtime, usegmt=True)}
+        try:
+            wanted = _parse_range(range_header, size) if if_range in (None, etag) else None
+        except _RangeNotSatisfiable:
+            file.close()
+            return Response(status_code=416, headers={**headers, "Content-Range": f"bytes */{size}"})
+        first, last = wanted if wanted is not None else (0, size - 1)
+        length = last - first + 1
+        headers["Content-Length"] = str(length)
+        status_code = 200
+        if wanted is not None:
+            status_code = 206
+            headers["Content-Range"] = f"bytes {first}-{last}/{size}"
+        return StreamingResponse(_chunks(file, first, length), status_code=status_code,
+                                 media_type="video/mp4", headers=headers,
+                                 background=BackgroundTask(file.close))
+    except BaseException:
         file.close()
-        raise HTTPException(404, detail="no such recording")
-    size = info.st_size
-    etag = f'"{info.st_ino:x}-{info.st_mtime_ns:x}-{size:x}"'
-    headers = {"Accept-Ranges": "bytes", "ETag": etag,
-               "Last-Modified": formatdate(info.st_mtime, usegmt=True)}
-    try:
-        wanted = _parse_range(range_header, size) if if_range in (None, etag) else None
-    except _RangeNotSatisfiable:
-        file.close()
-        return Response(status_code=416, headers={**headers, "Content-Range": f"bytes */{size}"})
-    first, last = wanted if wanted is not None else (0, size - 1)
-    length = last - first + 1
-    headers["Content-Length"] = str(length)
-    status_code = 200
-    if wanted is not None:
-        status_code = 206
-        headers["Content-Range"] = f"bytes {first}-{last}/{size}"
-    return StreamingResponse(_chunks(file, first, length), status_code=status_code,
-                             media_type="video/mp4", headers=headers,
-                             background=BackgroundTask(file.close))
+        raise
 
 
-def _chunks(file: Any, first: int, length: int) -> Iterator[bytes]:
+class _OpenFile:
+    """A descriptor closed exactly once, whichever of the body and the response ends first.
+
+    The body's reads run on a worker thread and the response's end on another; a close that
+    arrives during a read waits for it, so a read never meets a descriptor number that has
+    been closed (and perhaps reused for another file).
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def pread(self, size: int, offset: int) -> bytes:
+        with self._lock:
+            if self._closed:
+                return b""
+            return os.pread(self._fd, size, offset)
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                os.close(self._fd)
+
+
+def _chunks(file: _OpenFile, first: int, length: int) -> Iterator[bytes]:
     try:
-        fd = file.fileno()
         offset, left = first, length
         while left > 0:
-            chunk = os.pread(fd, min(RANGE_CHUNK_BYTES, left), offset)
+            chunk = file.pread(min(RANGE_CHUNK_BYTES, left), offset)
             if not chunk:
-                break  # the file shrank; the client sees a short body
+                break  # the file shrank (or the response ended); the client sees a short body
             offset += len(chunk)
             left -= len(chunk)
             yield chunk

@@ -31,18 +31,47 @@ CAMERA_OPEN_TIMEOUT_SECONDS = 10.0
 PIPELINE_STOP_TIMEOUT_SECONDS = 5.0
 
 
+class _FdListing:
+    """Failures to list /proc/self/fd, counted and logged once each way (not per transition)."""
+
+    def __init__(self) -> None:
+        self.failures = 0
+        self._failing = False
+
+    def failed(self, err: OSError) -> None:
+        self.failures += 1
+        if not self._failing:
+            self._failing = True
+            logger.warning("cannot list /proc/self/fd ({}); the cleanup check cannot see open "
+                           "segment files until it can", err)
+
+    def worked(self) -> None:
+        if self._failing:
+            self._failing = False
+            logger.info("/proc/self/fd readable again after {} failed listing(s)", self.failures)
+
+
+FD_LISTING = _FdListing()
+
+
 def open_partial_files() -> list[Path]:
-    """Segment files this process holds open, read from /proc/self/fd."""
+    """Segment files this process holds open, read from /proc/self/fd.
+
+    Listing needs a descriptor of its own: when the process has none to spare (EMFILE) the
+    answer is empty, counted and logged in FD_LISTING, and the machine goes on.
+    """
     found: list[Path] = []
     try:
         fds = os.listdir("/proc/self/fd")
-    except OSError:
+    except OSError as err:
+        FD_LISTING.failed(err)
         return found
+    FD_LISTING.worked()
     for fd in fds:
         try:
             target = os.readlink(f"/proc/self/fd/{fd}")
         except OSError:
-            continue
+            continue  # closed since the listing
         if target.endswith(PARTIAL_SUFFIX) or target.endswith(PARTIAL_SUFFIX + " (deleted)"):
             found.append(Path(target))
     return found
