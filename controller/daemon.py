@@ -21,6 +21,7 @@ from hw.gpio import GpioSpec, open_panel
 from states.recovering import RecoveryPolicy
 
 API_START_TIMEOUT_SECONDS = 10.0
+EXIT_BACKEND_UNAVAILABLE = 78  # EX_CONFIG, as for a bad config: systemd does not restart it
 
 
 def settings_from_config(config: VigilConfig, *,
@@ -111,6 +112,14 @@ def run(config_path: str | None) -> int:
     setup_logging(loaded.config.logging.level)
     logger.info("vigil starting config={}", loaded.source)
     controller = build_controller(loaded, config_path)
+    if controller.unit.hardware.unavailable:
+        # The configured camera library cannot load (not installed, or broken such as a
+        # shadowed numpy): a restart cannot fix that, so say it once and exit EX_CONFIG,
+        # which the unit's RestartPreventExitStatus= does not restart.
+        logger.error("camera.backend {} cannot be used: {}; exiting with status {} (fix the "
+                     "installation or set camera.backend: auto)", controller.unit.hardware.backend,
+                     controller.unit.hardware.unavailable, EXIT_BACKEND_UNAVAILABLE)
+        return EXIT_BACKEND_UNAVAILABLE
     notifier = ServiceNotifier(controller)  # a no-op unless systemd set $NOTIFY_SOCKET
     panel = open_panel(GpioSpec(**loaded.config.gpio.model_dump()), post=controller.post,
                        state=lambda: controller.state)

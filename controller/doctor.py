@@ -99,6 +99,10 @@ def _list_cameras(report: DoctorReport, makers: Mapping[str, CameraMaker]) -> No
             continue
         result = probe(detail=True)
         report.lines.append(f"  {backend}: {result.summary}")
+        if result.failure:
+            # Installed but broken is worth a verdict of its own: with `auto` the recorder
+            # falls back to another camera, which an operator would not otherwise notice.
+            report.verdicts.append(Verdict(backend, result.failure))
         for camera in result.cameras:
             report.lines.append(f"    {camera.describe()}")
         for other in result.skipped:

@@ -10,7 +10,7 @@ from loguru import logger
 
 from hw.camera import Camera, CameraMode
 from hw.encoder import H264Encoder
-from hw.errors import CameraUnavailable
+from hw.errors import BackendUnavailable, CameraUnavailable
 from hw.filecam import FileCamera
 from hw.picam import PicameraMaker
 from hw.pipeline import ErrorSink, RecordingPipeline
@@ -110,8 +110,11 @@ def detect_backend(makers: Mapping[str, CameraMaker]) -> tuple[str, str]:
     for backend in PROBE_ORDER:
         result = probe_backend(makers, backend)
         reason = "no backend for it in this build" if result is None else result.summary
-        logger.info("camera probe backend={} found={} {}", backend,
-                    bool(result and result.is_found), reason)
+        if result is not None and result.failure:
+            logger.warning("camera backend {} is {}; trying the next backend", backend, result.failure)
+        else:
+            logger.info("camera probe backend={} found={} {}", backend,
+                        bool(result and result.is_found), reason)
         if result is not None and result.is_found:
             return backend, f"{backend}: {reason}"
         reasons.append(f"{backend}: {reason}")
@@ -132,6 +135,9 @@ class Hardware:
     makers: Mapping[str, CameraMaker] = field(default_factory=lambda: dict(DEFAULT_MAKERS))
     backend: str = ""
     backend_reason: str = ""
+    # Why the configured backend's library cannot load here ("" when it can): `vigil run`
+    # exits with EX_CONFIG on it rather than crash-looping under systemd.
+    unavailable: str = ""
 
     def __post_init__(self) -> None:
         if self.camera.fragment_seconds != self.recording.fragment_seconds:
@@ -142,12 +148,16 @@ class Hardware:
                         self.backend, self.backend_reason)
         else:
             self.backend, self.backend_reason = self.camera.backend, "configured"
+            load_failure = getattr(self.makers.get(self.backend), "load_failure", None)
+            self.unavailable = load_failure() if load_failure is not None else ""
 
     def rebuilt(self) -> Hardware:
         """A fresh factory for the same specs: backend detection runs again."""
         return Hardware(self.camera, self.recording, faults=self.faults, makers=self.makers)
 
     def make_camera(self) -> Camera:
+        if self.unavailable:
+            raise BackendUnavailable(self.unavailable)
         maker = self.makers.get(self.backend)
         if maker is None:
             raise CameraUnavailable(
