@@ -12,6 +12,7 @@ from loguru import logger
 
 from controller.config import ApiConfig, ConfigError, LoadedConfig, VigilConfig, load_config
 from controller.controller import Controller, Settings
+from controller.credentials import api_with_credential_token
 from controller.housekeeping import storage_settings_from_config
 from controller.ledger import DEFAULT_BUDGETS, Budget, ErrorLedger
 from controller.logs import setup_logging
@@ -123,7 +124,7 @@ def run(config_path: str | None) -> int:
     notifier = ServiceNotifier(controller)  # a no-op unless systemd set $NOTIFY_SOCKET
     panel = open_panel(GpioSpec(**loaded.config.gpio.model_dump()), post=controller.post,
                        state=lambda: controller.state)
-    api = BackgroundApi(loaded.config.api, controller)
+    api = BackgroundApi(api_with_credential_token(loaded.config.api), controller)
 
     def on_signal(signum: int, frame: object) -> None:
         logger.info("received {}: closing the open segment", signal.Signals(signum).name)
