@@ -131,7 +131,7 @@ def test_the_installed_vigil_records_the_synthetic_camera_and_doctor_runs(instal
     assert numbers[0] == 0 and gaps(numbers) == [] and len(numbers) >= 60, numbers[:5]
 
 
-def test_the_canary_catches_a_shadowed_numpy(installed: Path, tmp_path: Path, debian_python: str) -> None:
+def test_the_canary_catches_a_shadowed_numpy(tmp_path: Path, debian_python: str) -> None:
     # What install.sh prevents, done on purpose in a copy of its venv: the lock's numpy 2 over
     # the system's. The canary must then fail, or the check above would prove nothing.
     lock = next(line for line in (REPO / "constraints.txt").read_text().splitlines()
