@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import av
 import numpy as np
@@ -134,7 +134,8 @@ class H264Encoder:
         self.codec = codec
         self.gop = keyframe_interval(mode.fps, fragment_seconds)
         try:
-            ctx = av.CodecContext.create(codec, "w")
+            # Both codecs are video encoders; the stubs type only literal names that precisely.
+            ctx = cast(av.VideoCodecContext, av.CodecContext.create(codec, "w"))
         except av.FFmpegError as err:
             raise EncoderError(f"{codec} is not available: {err}") from err
         ctx.width = mode.width
