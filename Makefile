@@ -7,12 +7,13 @@ ARGS ?=
 
 .PHONY: run test bench lint venv clean docs
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 		{ echo "vigil needs Python >= 3.11 (found $$($(PYTHON) --version))"; exit 1; }
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet -e '.[dev]'
+	# The versions in constraints.txt (tools/lock.sh regenerates it), not the newest of the day.
+	$(VENV)/bin/pip install --quiet --constraint constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 venv: $(STAMP)

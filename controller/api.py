@@ -209,6 +209,9 @@ def create_app(controller: Controller, *, token_file: Path | None,
         version=version,
         description="Recorder daemon API: health, status, metrics and recordings are open and "
                     "read-only; actions need the bearer token from api.token_file.",
+        # Swagger UI and ReDoc load their scripts from a CDN, and a unit has no internet:
+        # both are off. /openapi.json stays (the schemathesis fuzz test reads it).
+        docs_url=None,
         redoc_url=None,
     )
     app.state.tokens = tokens

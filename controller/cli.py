@@ -41,8 +41,25 @@ def _run(args: argparse.Namespace) -> int:
         return EX_CONFIG
 
 
+# `vigil status` follows the LSB convention for init-script status actions: 0 running (and
+# recording), 3 not running, 4 unknown; 1 (LSB: "dead, pid file exists") is used for
+# "running but not recording". 78 (EX_CONFIG) when the config cannot be read.
 EXIT_NOT_RECORDING = 1
-EXIT_UNREACHABLE = 2
+EXIT_NOT_RUNNING = 3
+EXIT_STATUS_UNKNOWN = 4
+EXIT_UNREACHABLE = 2  # reset: the daemon could not be reached
+
+
+def _is_not_running(err: BaseException) -> bool:
+    """True when nothing listens at the address (refused, no such socket): the daemon is down."""
+    cause: BaseException | None = err
+    while cause is not None:
+        reason = getattr(cause, "reason", None)
+        if isinstance(cause, ConnectionRefusedError | FileNotFoundError) or \
+                isinstance(reason, ConnectionRefusedError | FileNotFoundError):
+            return True
+        cause = cause.__cause__
+    return False
 
 
 def _api_settings(args: argparse.Namespace) -> tuple[str, ApiConfig | None] | int:
@@ -72,12 +89,15 @@ def _status(args: argparse.Namespace) -> int:
     try:
         reply = DaemonClient(url).status()
     except DaemonUnreachable as err:
-        print(f"vigil status: {err} (is `vigil run` running, with api.enabled: true?)",
-              file=sys.stderr)
-        return EXIT_UNREACHABLE
+        if _is_not_running(err):
+            print(f"vigil status: {err} (is `vigil run` running, with api.enabled: true?)",
+                  file=sys.stderr)
+            return EXIT_NOT_RUNNING
+        print(f"vigil status: {err} (something is there but did not answer)", file=sys.stderr)
+        return EXIT_STATUS_UNKNOWN
     if reply.status != 200 or not isinstance(reply.body, dict):
         print(f"vigil status: {url}/status answered {reply.status}: {reply.detail}", file=sys.stderr)
-        return EXIT_UNREACHABLE
+        return EXIT_STATUS_UNKNOWN
     if args.json:
         print(json.dumps(reply.body, indent=2, sort_keys=True))
     else:
@@ -220,10 +240,30 @@ def _token_file_option(text: str) -> str:
     return text
 
 
+class _VersionAction(argparse.Action):
+    """`--version`: the installed distribution's version, looked up only when asked."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS,
+                 default: str = argparse.SUPPRESS, help: str | None = None) -> None:
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        from importlib import metadata
+
+        try:
+            version = metadata.version("vigil")
+        except metadata.PackageNotFoundError:
+            version = "unknown (not installed)"
+        print(f"vigil {version}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vigil", description="Crash-safe recorder daemon for headless camera units."
     )
+    parser.add_argument("--version", action=_VersionAction, help="print vigil's version and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, help_text: str, handler: object) -> argparse.ArgumentParser:
@@ -260,7 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "in the config)")
 
     status = command("status", "show the running daemon's status; exit 0 when it is recording, "
-                               "1 when not, 2 when it cannot be reached", _status)
+                               "1 when running but not recording, 3 when not running, 4 when "
+                               "its state cannot be known (LSB status codes)", _status)
     with_url(status)
     with_config(status)
     status.add_argument("--json", action="store_true", help="print the raw JSON")

@@ -12,6 +12,7 @@ from loguru import logger
 
 from controller.config import ApiConfig, ConfigError, LoadedConfig, VigilConfig, load_config
 from controller.controller import Controller, Parts
+from controller.credentials import api_with_credential_token
 from controller.events import ConfigReloaded
 from controller.housekeeping import StorageSettings
 from controller.ledger import DEFAULT_BUDGETS, Budget, ErrorLedger
@@ -23,6 +24,7 @@ from hw.gpio import GpioSpec, OperatorPanel, open_panel
 from states.recovering import RecoveryPolicy
 
 API_START_TIMEOUT_SECONDS = 10.0
+EXIT_BACKEND_UNAVAILABLE = 78  # EX_CONFIG, as for a bad config: systemd does not restart it
 
 
 def hardware_from_config(config: VigilConfig, *, makers: Mapping[str, CameraMaker] | None = None) -> Hardware:
@@ -156,7 +158,7 @@ class Surfaces:
         self.notifier = ServiceNotifier(controller)  # a no-op unless systemd set $NOTIFY_SOCKET
         self.gpio_spec = gpio_from_config(config)
         self.panel: OperatorPanel | None = self._open_panel(self.gpio_spec)
-        self.api = BackgroundApi(config.api, controller)
+        self.api = BackgroundApi(api_with_credential_token(config.api), controller)
         self._reloads = controller.bus.subscribe("reload-surfaces", self._on_reload, kinds=(ConfigReloaded,))
 
     def _open_panel(self, spec: GpioSpec) -> OperatorPanel | None:
@@ -174,7 +176,7 @@ class Surfaces:
                 self.panel.close()
             self.panel = self._open_panel(spec)
             self.gpio_spec = spec
-        self.api.reload(config.api)
+        self.api.reload(api_with_credential_token(config.api))
 
     def start(self) -> None:
         self.notifier.start()
@@ -194,6 +196,14 @@ def run(config_path: str | None) -> int:
     setup_logging(loaded.config.logging.level)
     logger.info("vigil starting config={}", loaded.source)
     controller = build_controller(loaded, config_path)
+    if controller.unit.hardware.unavailable:
+        # The configured camera library cannot load (not installed, or broken such as a
+        # shadowed numpy): a restart cannot fix that, so say it once and exit EX_CONFIG,
+        # which the unit's RestartPreventExitStatus= does not restart.
+        logger.error("camera.backend {} cannot be used: {}; exiting with status {} (fix the "
+                     "installation or set camera.backend: auto)", controller.unit.hardware.backend,
+                     controller.unit.hardware.unavailable, EXIT_BACKEND_UNAVAILABLE)
+        return EXIT_BACKEND_UNAVAILABLE
     surfaces = Surfaces(loaded.config, controller)
 
     def on_signal(signum: int, frame: object) -> None:

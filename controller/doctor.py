@@ -76,14 +76,20 @@ def examine(
     source: str = "",
     makers: Mapping[str, CameraMaker] | None = None,
     load_pin_factory: PinFactoryLoader = make_pin_factory,
+    encoder_probe: Callable[[], str] | None = None,
 ) -> DoctorReport:
-    """Look at the cameras, the configured camera, storage and GPIO; nothing is left running."""
+    """Look at the cameras, the configured camera, storage and GPIO; nothing is left running.
+
+    `encoder_probe` replaces the hardware H.264 encoder's probe (tests).
+    """
     makers = dict(DEFAULT_MAKERS) if makers is None else makers
     report = DoctorReport()
     if source:
         report.lines.append(f"config: {source}")
     _list_cameras(report, makers)
     hardware = hardware_from_config(config, makers=makers)
+    if encoder_probe is not None:
+        hardware.encoder_probe = encoder_probe
     _check_camera(report, config, hardware)
     _check_storage(report, hardware)
     _check_gpio(report, config, load_pin_factory)
@@ -99,6 +105,10 @@ def _list_cameras(report: DoctorReport, makers: Mapping[str, CameraMaker]) -> No
             continue
         result = probe(detail=True)
         report.lines.append(f"  {backend}: {result.summary}")
+        if result.failure:
+            # Installed but broken is worth a verdict of its own: with `auto` the recorder
+            # falls back to another camera, which an operator would not otherwise notice.
+            report.verdicts.append(Verdict(backend, result.failure))
         for camera in result.cameras:
             report.lines.append(f"    {camera.describe()}")
         for other in result.skipped:
@@ -120,7 +130,7 @@ def _check_camera(report: DoctorReport, config: VigilConfig, hardware: Hardware)
         got = camera.mode
         if (got.width, got.height) != (cam.width, cam.height) or abs(got.fps - cam.fps) > 0.01:
             raise CameraError(f"it delivers {got.width}x{got.height}@{got.fps:g}, configured {asked}")
-        encoder = _encoder_line(camera, config)
+        encoder = _encoder_line(camera, config, hardware)
         report.lines.append(f"  encoder: {encoder}")
         kind = "H.264 packet" if isinstance(item, EncodedPacket) else "frame"
         detail = f"{hardware.backend} delivered a {kind} at {asked}"
@@ -164,13 +174,18 @@ def _camera_problem(backend: str, err: BaseException) -> str:
     return text
 
 
-def _encoder_line(camera: Camera, config: VigilConfig) -> str:
+def _encoder_line(camera: Camera, config: VigilConfig, hardware: Hardware) -> str:
     described = str(getattr(camera, "encoder_description", "") or "")
     if camera.mode.output == "packets":
         return described or "pass-through: the camera's own H.264"
     rec = config.recording
-    x264 = f"libx264 preset {rec.encoder_preset}, crf {rec.crf}"
-    return f"{x264} ({described})" if described else x264
+    # Opened for real, as the recorder would: a hardware encoder that answers its probe but
+    # will not open falls back to libx264 here too, and the line says why.
+    hardware.make_encoder(camera.mode)
+    choice = hardware.encoder_choice
+    text = (choice.describe() if choice.is_hardware
+            else f"libx264 preset {rec.encoder_preset}, crf {rec.crf}; software: {choice.reason}")
+    return f"{text} ({described})" if described else text
 
 
 def _check_storage(report: DoctorReport, hardware: Hardware) -> None:

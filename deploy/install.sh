@@ -17,10 +17,15 @@
 #
 # What it sets up: the groups video and gpio (when missing) and the system user vigil in
 # them; /opt/vigil/venv (python3 -m venv --system-site-packages, so Raspberry Pi OS's
-# python3-picamera2 and python3-lgpio are visible) with vigil installed into it; the example
-# config at /boot/firmware/vigil.yaml (or /etc/vigil/vigil.yaml where there is no
-# /boot/firmware) when no config exists yet; the recording roots the config names, owned by
-# vigil; /etc/systemd/system/vigil.service with ReadWritePaths= set to those roots.
+# python3-picamera2 and python3-lgpio are visible) with vigil installed into it at the
+# versions in constraints.txt, except numpy: where the system has one (python3-numpy, which
+# picamera2's apt packages are compiled against) the venv keeps using it, never a second
+# numpy of its own; the example config at /boot/firmware/vigil.yaml (or /etc/vigil/vigil.yaml
+# where there is no /boot/firmware) when no config exists yet; a random API token in
+# /etc/vigil/api-token (root only; the unit hands it to vigil with LoadCredential=) when
+# there is none; the recording roots the config names, owned by vigil;
+# /etc/systemd/system/vigil.service with ReadWritePaths= set to those roots, and a drop-in
+# that bounds systemd-time-wait-sync's wait to 60 s.
 set -eu
 
 SERVICE_USER=vigil
@@ -28,6 +33,9 @@ SERVICE_GROUPS="video gpio"
 PREFIX=/opt/vigil
 STATE_DIR=/var/lib/vigil
 UNIT_PATH=/etc/systemd/system/vigil.service
+TIME_WAIT_DROPIN=/etc/systemd/system/systemd-time-wait-sync.service.d/vigil.conf
+TOKEN_PATH=/etc/vigil/api-token
+NUMPY_MINIMUM=1.24  # pyproject.toml's lower bound for numpy
 CONFIG_PATHS="/boot/firmware/vigil.yaml /etc/vigil/vigil.yaml"
 EX_USAGE=64
 EX_CONFIG=78
@@ -113,7 +121,7 @@ ensure_accounts() {
 
 # --- the venv -----------------------------------------------------------------------------
 
-package_parts="pyproject.toml README.md controller states hw"
+package_parts="pyproject.toml README.md constraints.txt controller states hw"
 
 source_digest() {  # a digest of every file that goes into the package
     # shellcheck disable=SC2086  # package_parts is a list of names
@@ -141,16 +149,66 @@ ensure_venv() {
     stage=$(mktemp -d)
     # shellcheck disable=SC2086  # package_parts is a list of names
     (cd "$source_dir" && tar --exclude=__pycache__ -cf - $package_parts) | tar -C "$stage" -xf -
-    if ! "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade "$stage"; then
+    pin_system_numpy "$stage/constraints.txt"
+    if ! "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade \
+            --constraint "$stage/constraints.txt" "$stage"; then
         rm -rf "$stage"
         die 1 "pip could not install vigil into $PREFIX/venv"
     fi
     rm -rf "$stage"
+    check_numpy_is_the_systems
     printf '%s\n' "$digest" > "$stamp"
     changed=1
 }
 
-# --- config, recording roots, unit --------------------------------------------------------
+system_numpy() {  # the version of the numpy the base interpreter has (python3-numpy), or ""
+    "$python" -I -c 'import numpy; print(numpy.__version__)' 2>/dev/null || true
+}
+
+pin_system_numpy() {  # pin_system_numpy CONSTRAINTS: make pip keep the system's numpy
+    sys_numpy=$(system_numpy)
+    [ -n "$sys_numpy" ] || return 0  # no system numpy: the lock's numpy goes into the venv
+    if ! "$python" -I -c "import sys, numpy
+v = tuple(int(p) for p in numpy.__version__.split('.')[:2])
+sys.exit(v < tuple(int(p) for p in '$NUMPY_MINIMUM'.split('.')))"; then
+        die 1 "the system's numpy $sys_numpy is older than vigil's minimum $NUMPY_MINIMUM; a" \
+            "newer numpy in the venv would break picamera2's apt packages: upgrade python3-numpy"
+    fi
+    say "keeping the system's numpy $sys_numpy (picamera2's apt packages are built against it)"
+    sed "s/^numpy==.*/numpy==$sys_numpy/" "$1" > "$1.tmp" && mv "$1.tmp" "$1"
+    # A numpy an earlier install put into the venv would shadow the system's: remove it.
+    if "$venv/bin/python" -I -c "import sys, numpy; sys.exit(not numpy.__file__.startswith(sys.prefix))" \
+            2>/dev/null; then
+        say "removing the venv's own numpy, which shadowed the system's"
+        "$venv/bin/python" -m pip uninstall --quiet --yes numpy
+    fi
+}
+
+check_numpy_is_the_systems() {
+    [ -n "$(system_numpy)" ] || return 0
+    if "$venv/bin/python" -I -c "import sys, numpy; sys.exit(not numpy.__file__.startswith(sys.prefix))"; then
+        die 1 "pip put a numpy of its own into $PREFIX/venv over the system's; picamera2 would fail" \
+            "to import (numpy.dtype size changed)"
+    fi
+}
+
+# --- config, token, recording roots, unit ---------------------------------------------------
+
+ensure_token() {
+    [ -e "$root$TOKEN_PATH" ] && return
+    say "creating the API token $TOKEN_PATH (readable by root only; systemd passes it to vigil)"
+    install -d -m 0755 "$(dirname "$root$TOKEN_PATH")"
+    (umask 077 && "$python" -I -c 'import secrets; print(secrets.token_hex(32))' > "$root$TOKEN_PATH.tmp")
+    mv "$root$TOKEN_PATH.tmp" "$root$TOKEN_PATH"
+}
+
+ensure_time_wait_dropin() {
+    if [ ! -f "$root$TIME_WAIT_DROPIN" ] || ! cmp -s "$source_dir/deploy/time-wait-sync.conf" "$root$TIME_WAIT_DROPIN"; then
+        say "installing $TIME_WAIT_DROPIN (the wait for clock sync gives up after 60 s)"
+        install -D -m 0644 "$source_dir/deploy/time-wait-sync.conf" "$root$TIME_WAIT_DROPIN"
+        changed=1
+    fi
+}
 
 find_config() {
     for path in $CONFIG_PATHS; do
@@ -235,7 +293,9 @@ do_install() {
     ensure_accounts
     ensure_venv
     ensure_config
+    ensure_token
     ensure_roots_and_unit
+    ensure_time_wait_dropin
     if [ "$use_systemctl" -eq 1 ]; then
         systemctl daemon-reload
         if ! systemctl is-enabled --quiet vigil.service; then
@@ -256,6 +316,11 @@ do_uninstall() {
         rm -f "$root$UNIT_PATH"
         [ "$use_systemctl" -eq 0 ] || systemctl daemon-reload
     fi
+    if [ -f "$root$TIME_WAIT_DROPIN" ]; then
+        say "removing $TIME_WAIT_DROPIN"
+        rm -f "$root$TIME_WAIT_DROPIN"
+        rmdir "$(dirname "$root$TIME_WAIT_DROPIN")" 2>/dev/null || true
+    fi
     if [ -d "$root$PREFIX" ]; then
         say "removing $PREFIX"
         rm -rf "$root$PREFIX"
@@ -267,7 +332,8 @@ do_uninstall() {
     if has_group "$SERVICE_USER"; then
         account groupdel "$SERVICE_USER"
     fi
-    say "done; kept the recordings under $STATE_DIR (and any other recording roots) and the config"
+    say "done; kept the recordings under $STATE_DIR (and any other recording roots), the config" \
+        "and $TOKEN_PATH"
 }
 
 if [ "$action" = install ]; then

@@ -1,13 +1,22 @@
-"""H.264 encoding of raw frames with libx264 through PyAV, shaped like a hardware encoder.
+"""H.264 encoding of raw frames through PyAV: the Pi 4's hardware encoder where it answers, else libx264.
 
 The encoder emits Annex-B packets with SPS/PPS repeated on every keyframe and no
 reordering (zerolatency), which is what picamera2's H264Encoder hands over too: the
 segment writer then treats both sources the same way.
+
+On a Pi 4 (and 3, Zero 2 W) the VideoCore's H.264 block is a V4L2 memory-to-memory device,
+/dev/video11 ("bcm2835-codec-encode"), which FFmpeg drives as `h264_v4l2m2m` (in PyAV's
+aarch64 wheels). `choose_encoder` picks it when that node answers VIDIOC_QUERYCAP as an M2M
+encoder and FFmpeg has the codec; otherwise libx264, with the reason. A Pi 5 has no such
+block: libx264 there.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
 from fractions import Fraction
+from typing import TYPE_CHECKING, cast
 
 import av
 import numpy as np
@@ -15,10 +24,74 @@ import numpy as np
 from hw.camera import CameraMode, EncodedPacket, Frame
 from hw.errors import EncoderError
 
+if TYPE_CHECKING:
+    from hw.v4l2 import DeviceIO
+
 MICROSECONDS = Fraction(1, 1_000_000)
 PRESETS = (
     "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
 )
+LIBX264 = "libx264"
+V4L2_M2M = "h264_v4l2m2m"
+CODECS = (LIBX264, V4L2_M2M)
+PI_ENCODER_DEVICE = "/dev/video11"  # bcm2835-codec's encoder node on Raspberry Pi OS
+V4L2_CAP_VIDEO_M2M_MPLANE = 0x00004000
+V4L2_CAP_VIDEO_M2M = 0x00008000
+# The hardware encoder takes a bit rate, not a quality: 0.1 bit per pixel is about 2.8 Mbit/s
+# at 720p30 and 6.2 Mbit/s at 1080p30, near what libx264 ultrafast crf 23 gives for camera scenes.
+M2M_BITS_PER_PIXEL = 0.1
+
+
+def probe_m2m_encoder(device: str = PI_ENCODER_DEVICE, *, io: DeviceIO | None = None) -> str:
+    """"" when `device` answers VIDIOC_QUERYCAP as a V4L2 M2M H.264 encoder, else why not."""
+    from hw.errors import CameraError
+    from hw.v4l2 import LINUX_IO, V4L2Device
+
+    node = V4L2Device(device, io=io if io is not None else LINUX_IO)
+    try:
+        node.open()
+        caps = node.capabilities()
+    except CameraError as err:
+        if isinstance(err.__cause__, FileNotFoundError):
+            return (f"{device} does not exist (a Pi 5 or no Pi, or the bcm2835-codec driver is "
+                    "not loaded)")
+        return f"{device}: {err}"
+    finally:
+        node.close()
+    if not caps.capabilities & (V4L2_CAP_VIDEO_M2M | V4L2_CAP_VIDEO_M2M_MPLANE):
+        return f"{device} ({caps.card}) is not a memory-to-memory codec"
+    if "encode" not in caps.card.lower():
+        return f"{device} ({caps.card}) is a memory-to-memory codec but not an encoder"
+    return ""
+
+
+@dataclass(frozen=True, slots=True)
+class EncoderChoice:
+    """The encoder raw frames go through, and why that one."""
+
+    codec: str  # LIBX264 or V4L2_M2M
+    reason: str
+
+    @property
+    def is_hardware(self) -> bool:
+        return self.codec == V4L2_M2M
+
+    def describe(self) -> str:
+        if self.is_hardware:
+            return f"{V4L2_M2M}, the hardware H.264 encoder ({self.reason})"
+        return f"{LIBX264}, software ({self.reason})"
+
+
+def choose_encoder(probe: Callable[[], str] = probe_m2m_encoder,
+                   codecs: Collection[str] | None = None) -> EncoderChoice:
+    """h264_v4l2m2m when FFmpeg has it and the board's encoder answers; libx264 otherwise."""
+    available = av.codecs_available if codecs is None else codecs
+    if V4L2_M2M not in available:
+        return EncoderChoice(LIBX264, f"this FFmpeg build has no {V4L2_M2M}")
+    why_not = probe()
+    if why_not:
+        return EncoderChoice(LIBX264, f"no hardware encoder: {why_not}")
+    return EncoderChoice(V4L2_M2M, f"{PI_ENCODER_DEVICE} answers as an M2M encoder")
 
 
 def keyframe_interval(fps: float, fragment_seconds: float) -> int:
@@ -51,31 +124,45 @@ class H264Encoder:
         preset: str = "ultrafast",
         crf: int = 23,
         threads: int = 0,
+        codec: str = LIBX264,
     ) -> None:
         if preset not in PRESETS:
             raise ValueError(f"unknown libx264 preset {preset!r}; allowed: {', '.join(PRESETS)}")
+        if codec not in CODECS:
+            raise ValueError(f"unknown H.264 encoder {codec!r}; allowed: {', '.join(CODECS)}")
         self.mode = mode
+        self.codec = codec
         self.gop = keyframe_interval(mode.fps, fragment_seconds)
-        ctx = av.CodecContext.create("libx264", "w")
+        try:
+            # Both codecs are video encoders; the stubs type only literal names that precisely.
+            ctx = cast(av.VideoCodecContext, av.CodecContext.create(codec, "w"))
+        except av.FFmpegError as err:
+            raise EncoderError(f"{codec} is not available: {err}") from err
         ctx.width = mode.width
         ctx.height = mode.height
         ctx.pix_fmt = "yuv420p"
         ctx.time_base = MICROSECONDS
         ctx.framerate = Fraction(mode.fps).limit_denominator(1001)
         ctx.gop_size = self.gop
-        ctx.thread_count = threads
-        ctx.options = {
-            "preset": preset,
-            "tune": "zerolatency",
-            "crf": str(crf),
-            "x264-params": (
-                f"keyint={self.gop}:min-keyint={self.gop}:scenecut=0:repeat-headers=1"
-            ),
-        }
+        if codec == LIBX264:
+            ctx.thread_count = threads
+            ctx.options = {
+                "preset": preset,
+                "tune": "zerolatency",
+                "crf": str(crf),
+                "x264-params": (
+                    f"keyint={self.gop}:min-keyint={self.gop}:scenecut=0:repeat-headers=1"
+                ),
+            }
+        else:
+            # The VideoCore encoder has no B-frames; FFmpeg's v4l2m2m wrapper sets the GOP
+            # from gop_size and the driver repeats SPS/PPS before each IDR frame.
+            ctx.bit_rate = round(mode.width * mode.height * mode.fps * M2M_BITS_PER_PIXEL)
+            ctx.max_b_frames = 0
         try:
             ctx.open()
-        except av.FFmpegError as err:
-            raise EncoderError(f"libx264 refused {mode}: {err}") from err
+        except (av.FFmpegError, OSError) as err:
+            raise EncoderError(f"{codec} refused {mode}: {err}") from err
         self._ctx = ctx
         self._origin: float | None = None
         self._last_pts = -1
@@ -84,7 +171,7 @@ class H264Encoder:
 
     def __repr__(self) -> str:
         m = self.mode
-        return f"<H264Encoder {m.width}x{m.height}@{m.fps:g} gop={self.gop}>"
+        return f"<H264Encoder {self.codec} {m.width}x{m.height}@{m.fps:g} gop={self.gop}>"
 
     def encode(self, frame: Frame) -> list[EncodedPacket]:
         """Packets ready after this frame (with zerolatency: this frame's own packet)."""
@@ -103,14 +190,14 @@ class H264Encoder:
         try:
             return self._packets(self._ctx.encode(video_frame))
         except av.FFmpegError as err:
-            raise EncoderError(f"libx264 failed on frame {frame.sequence}: {err}") from err
+            raise EncoderError(f"{self.codec} failed on frame {frame.sequence}: {err}") from err
 
     def flush(self) -> list[EncodedPacket]:
         """Packets still held by the encoder; it cannot take frames afterwards."""
         try:
             return self._packets(self._ctx.encode(None))
         except av.FFmpegError as err:
-            raise EncoderError(f"libx264 failed to flush: {err}") from err
+            raise EncoderError(f"{self.codec} failed to flush: {err}") from err
 
     def _packets(self, packets: list[av.Packet]) -> list[EncodedPacket]:  # type: ignore[type-arg]
         out = []

@@ -31,6 +31,14 @@ class CameraUnavailable(CameraError):
     category = "camera_lost"
 
 
+class BackendUnavailable(CameraUnavailable):
+    """A camera backend whose library is missing or fails to load or start on this machine.
+
+    Restarting vigil cannot fix it (a broken install, a shadowed numpy): the daemon exits
+    with EX_CONFIG when the configured backend is one, and `auto` skips it.
+    """
+
+
 class EncoderError(VigilError, RuntimeError):
     """The encoder rejected a frame or failed."""
 

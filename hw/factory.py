@@ -9,8 +9,8 @@ from pathlib import Path
 from loguru import logger
 
 from hw.camera import Camera, CameraMode
-from hw.encoder import H264Encoder
-from hw.errors import CameraUnavailable
+from hw.encoder import LIBX264, EncoderChoice, H264Encoder, choose_encoder, probe_m2m_encoder
+from hw.errors import BackendUnavailable, CameraUnavailable, EncoderError
 from hw.filecam import FileCamera
 from hw.picam import PicameraMaker
 from hw.pipeline import ErrorSink, RecordingPipeline
@@ -110,8 +110,11 @@ def detect_backend(makers: Mapping[str, CameraMaker]) -> tuple[str, str]:
     for backend in PROBE_ORDER:
         result = probe_backend(makers, backend)
         reason = "no backend for it in this build" if result is None else result.summary
-        logger.info("camera probe backend={} found={} {}", backend,
-                    bool(result and result.is_found), reason)
+        if result is not None and result.failure:
+            logger.warning("camera backend {} is {}; trying the next backend", backend, result.failure)
+        else:
+            logger.info("camera probe backend={} found={} {}", backend,
+                        bool(result and result.is_found), reason)
         if result is not None and result.is_found:
             return backend, f"{backend}: {reason}"
         reasons.append(f"{backend}: {reason}")
@@ -130,8 +133,14 @@ class Hardware:
     recording: RecordingSpec
     faults: FaultPlan = field(default_factory=FaultPlan)
     makers: Mapping[str, CameraMaker] = field(default_factory=lambda: dict(DEFAULT_MAKERS))
+    # Answers "" when the board's hardware H.264 encoder is there (tests inject their own).
+    encoder_probe: Callable[[], str] = probe_m2m_encoder
     backend: str = ""
     backend_reason: str = ""
+    # Why the configured backend's library cannot load here ("" when it can): `vigil run`
+    # exits with EX_CONFIG on it rather than crash-looping under systemd.
+    unavailable: str = ""
+    _encoder_choice: EncoderChoice | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.camera.fragment_seconds != self.recording.fragment_seconds:
@@ -142,12 +151,43 @@ class Hardware:
                         self.backend, self.backend_reason)
         else:
             self.backend, self.backend_reason = self.camera.backend, "configured"
+            load_failure = getattr(self.makers.get(self.backend), "load_failure", None)
+            self.unavailable = load_failure() if load_failure is not None else ""
 
     def rebuilt(self) -> Hardware:
         """A fresh factory for the same specs: backend detection runs again."""
-        return Hardware(self.camera, self.recording, faults=self.faults, makers=self.makers)
+        return Hardware(self.camera, self.recording, faults=self.faults, makers=self.makers,
+                        encoder_probe=self.encoder_probe)
+
+    @property
+    def encoder_choice(self) -> EncoderChoice:
+        """The encoder raw frames would go through; probed once, then kept (with any fallback)."""
+        if self._encoder_choice is None:
+            self._encoder_choice = choose_encoder(self.encoder_probe)
+            # Absent hardware is the normal case off a Pi: info, not a warning.
+            logger.info("H.264 encoder for raw frames: {}", self._encoder_choice.describe())
+        return self._encoder_choice
+
+    def make_encoder(self, mode: CameraMode) -> H264Encoder:
+        """The encoder for raw frames of `mode`: the hardware one when chosen and it opens."""
+        rec = self.recording
+        choice = self.encoder_choice
+        try:
+            return H264Encoder(mode, fragment_seconds=rec.fragment_seconds, preset=rec.encoder_preset,
+                               crf=rec.crf, codec=choice.codec)
+        except EncoderError as err:
+            if not choice.is_hardware:
+                raise
+            # The device answered but FFmpeg could not open it (busy, a mode it cannot do):
+            # record with libx264 rather than not at all, and stay there.
+            self._encoder_choice = EncoderChoice(LIBX264, f"{choice.codec} failed to open: {err}")
+            logger.warning("H.264 encoder falls back to {}", self._encoder_choice.describe())
+            return H264Encoder(mode, fragment_seconds=rec.fragment_seconds, preset=rec.encoder_preset,
+                               crf=rec.crf)
 
     def make_camera(self) -> Camera:
+        if self.unavailable:
+            raise BackendUnavailable(self.unavailable)
         maker = self.makers.get(self.backend)
         if maker is None:
             raise CameraUnavailable(
@@ -166,10 +206,7 @@ class Hardware:
         writer = SegmentWriter(root, width=mode.width, height=mode.height, fps=mode.fps,
                                segment_seconds=rec.segment_seconds, when_error=when_error,
                                when_segment_closed=when_segment_closed)
-        encoder = None
-        if mode.output == "frames":
-            encoder = H264Encoder(mode, fragment_seconds=rec.fragment_seconds,
-                                  preset=rec.encoder_preset, crf=rec.crf)
+        encoder = self.make_encoder(mode) if mode.output == "frames" else None
         validator = FrameValidator(mode, frozen_seconds=self.camera.frozen_seconds)
         return RecordingPipeline(camera, writer, encoder=encoder, validator=validator,
                                  when_error=when_error, queue_frames=queue_frames_for(mode, rec.queue_frames),

@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -43,7 +44,7 @@ from loguru import logger
 
 from hw.camera import CameraMode, EncodedPacket, Frame
 from hw.encoder import keyframe_interval
-from hw.errors import CameraLost, CameraTimeout, CameraUnavailable
+from hw.errors import BackendUnavailable, CameraLost, CameraTimeout, CameraUnavailable
 from hw.probe import BackendProbe, FoundCamera
 from hw.validate import FrameValidator
 
@@ -161,11 +162,36 @@ def _platform_name(pc2: ModuleType) -> str:
     return str(getattr(platform, "name", platform or "unknown platform"))
 
 
-def import_picamera2(module: str = PICAMERA2_MODULE) -> ModuleType:
+def _is_absent(err: BaseException, module: str) -> bool:
+    """True when `err` says `module` itself is not installed (not a dependency failing inside it)."""
+    return isinstance(err, ModuleNotFoundError) and err.name == module.split(".", 1)[0]
+
+
+def load_failure_text(err: BaseException) -> str:
+    """The library's own message, with the one fix vigil knows for it."""
+    text = f"{type(err).__name__}: {err}"
+    if "numpy" in str(err):
+        text += ("; Raspberry Pi OS builds picamera2's helpers (simplejpeg and others) against "
+                 "its own numpy, and a different numpy in vigil's venv shadows it: reinstall with "
+                 "deploy/install.sh, which keeps the system's numpy")
+    return text
+
+
+def import_picamera2(module: str = PICAMERA2_MODULE, submodule: str = "") -> ModuleType:
+    """picamera2 (or one of its submodules), or BackendUnavailable with the library's message.
+
+    Anything the import raises counts, not only ImportError: a numpy that does not match the
+    one picamera2's apt packages were built against raises ValueError ("numpy.dtype size
+    changed", raspberrypi/picamera2 #1088, #1211), and libcamera's bindings raise what they like.
+    """
+    name = f"{module}.{submodule}" if submodule else module
     try:
-        return importlib.import_module(module)
-    except ImportError as err:
-        raise CameraUnavailable(f"picamera2 is not importable ({err}); {INSTALL_HINT}") from err
+        return importlib.import_module(name)
+    except Exception as err:
+        if _is_absent(err, module):
+            raise BackendUnavailable(f"picamera2 is not importable ({err}); {INSTALL_HINT}") from err
+        raise BackendUnavailable(f"picamera2 is unavailable, because importing {name} raised "
+                                 f"{load_failure_text(err)}") from err
 
 
 class PicameraCamera:
@@ -235,8 +261,8 @@ class PicameraCamera:
         if self._picam2 is not None:
             return
         pc2 = import_picamera2(self.module)
-        encoders = importlib.import_module(f"{self.module}.encoders")
-        outputs = importlib.import_module(f"{self.module}.outputs")
+        encoders = import_picamera2(self.module, "encoders")
+        outputs = import_picamera2(self.module, "outputs")
         try:
             picam2 = pc2.Picamera2(self.camera_num)
         except IndexError as err:
@@ -247,6 +273,10 @@ class PicameraCamera:
         except RuntimeError as err:
             raise CameraUnavailable(f"the Pi camera did not open: {err} (is another program "
                                     "using it?)") from err
+        except Exception as err:
+            # libcamera failing to start (OSError from a device node, a ValueError from its
+            # bindings): the library's message is the diagnosis.
+            raise CameraUnavailable(f"the Pi camera did not open: {load_failure_text(err)}") from err
         self._pc2, self._picam2 = pc2, picam2
         try:
             self._configure_and_start(pc2, picam2, encoders, outputs)
@@ -484,16 +514,33 @@ class PicameraMaker:
                               frozen_seconds=spec.frozen_seconds,
                               capture_timeout=spec.read_timeout_seconds, module=self.module)
 
-    def probe(self, *, detail: bool = False) -> BackendProbe:
-        """The cameras picamera2 lists; with `detail`, each is opened to read its sensor modes."""
+    def load_failure(self) -> str:
+        """Why picamera2 cannot be used on this machine at all, or "" when it imports."""
         try:
-            pc2 = importlib.import_module(self.module)
-        except ImportError as err:
-            return BackendProbe("picamera2", (), f"picamera2 is not installed ({err})")
+            import_picamera2(self.module)
+        except BackendUnavailable as err:
+            return str(err)
+        return ""
+
+    def probe(self, *, detail: bool = False) -> BackendProbe:
+        """The cameras picamera2 lists; with `detail`, each is opened to read its sensor modes.
+
+        Whatever importing picamera2 or asking libcamera for its cameras raises makes the
+        backend unavailable with that message (`failure`); nothing propagates.
+        """
+        try:
+            importlib.import_module(self.module)
+        except Exception as err:
+            if _is_absent(err, self.module):
+                return BackendProbe("picamera2", (), f"picamera2 is not installed ({err})")
+            reason = f"unavailable, because importing {self.module} raised {load_failure_text(err)}"
+            return BackendProbe("picamera2", (), f"picamera2 is {reason}", failure=reason)
+        pc2 = sys.modules[self.module]
         try:
             listed = pc2.Picamera2.global_camera_info()
         except Exception as err:
-            return BackendProbe("picamera2", (), f"picamera2 could not list cameras: {err!r}")
+            reason = f"unavailable, because libcamera could not list cameras: {load_failure_text(err)}"
+            return BackendProbe("picamera2", (), f"picamera2 is {reason}", failure=reason)
         if not listed:
             return BackendProbe("picamera2", (), "picamera2 is installed but lists no camera")
         encoder = ""
@@ -516,9 +563,13 @@ def _sensor_modes_of(pc2: ModuleType, index: int) -> tuple[str, ...]:
         picam2 = pc2.Picamera2(index)
     except (IndexError, RuntimeError) as err:
         return (f"modes unknown: it did not open ({err}; is vigil recording from it?)",)
+    except Exception as err:
+        return (f"modes unknown: it did not open ({load_failure_text(err)})",)
     try:
         modes = [SensorMode.from_picamera2(m) for m in picam2.sensor_modes]
         return (f"sensor modes {', '.join(str(m) for m in modes)}",)
+    except Exception as err:
+        return (f"modes unknown: picamera2 could not read them ({load_failure_text(err)})",)
     finally:
         with contextlib.suppress(Exception):
             picam2.close()

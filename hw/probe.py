@@ -34,12 +34,17 @@ class NotACamera:
 
 @dataclass(frozen=True, slots=True)
 class BackendProbe:
-    """What probing one backend found; `summary` is the line auto-detection logs."""
+    """What probing one backend found; `summary` is the line auto-detection logs.
+
+    `failure` is set when the backend's library is installed but cannot load or start (the
+    library's own message): not the same as "no camera", and `vigil doctor` reports it.
+    """
 
     backend: str
     cameras: tuple[FoundCamera, ...]
     summary: str
     skipped: tuple[NotACamera, ...] = ()
+    failure: str = ""
 
     @property
     def is_found(self) -> bool:

@@ -8,8 +8,14 @@ declare -A package_of=(
   [mkfs.ext4]=e2fsprogs [mount]=mount [losetup]=mount [systemd-analyze]=systemd
   [ffmpeg]=ffmpeg
 )
+# Packages wanted as such (no command to look for): Debian's own Python with venv, numpy and
+# h5py, for the check that vigil installs beside a system numpy the way it does on Raspberry
+# Pi OS (tests/e2e/test_debian_python.py). h5py is the canary: Debian compiles it against
+# python3-numpy's C API, as Raspberry Pi OS compiles simplejpeg for picamera2.
+packages=()
 case "${1:-test}" in
-  test) tools=(mkfs.ext4 mount losetup systemd-analyze) ;;
+  test) tools=(mkfs.ext4 mount losetup systemd-analyze)
+        packages=(python3 python3-venv python3-numpy python3-h5py) ;;
   bench) tools=(ffmpeg) ;;
   *) echo "usage: $0 test|bench" >&2; exit 2 ;;
 esac
@@ -18,6 +24,10 @@ missing=()
 for tool in "${tools[@]}"; do
   command -v "$tool" >/dev/null 2>&1 || PATH="$PATH:/usr/sbin:/sbin" command -v "$tool" >/dev/null 2>&1 \
     || missing+=("${package_of[$tool]}")
+done
+for package in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \
+    || missing+=("$package")
 done
 [ ${#missing[@]} -eq 0 ] && exit 0
 

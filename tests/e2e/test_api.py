@@ -561,14 +561,14 @@ def test_vigil_status_exits_1_when_not_recording(recording: Live, capsys: pytest
     assert capsys.readouterr().out.startswith("state ")
 
 
-def test_vigil_status_exits_2_when_the_daemon_cannot_be_reached(capsys: pytest.CaptureFixture[str]) -> None:
+def test_vigil_status_exits_3_when_the_daemon_is_not_running(capsys: pytest.CaptureFixture[str]) -> None:
     with socket.socket() as free:
         free.bind(("127.0.0.1", 0))
         port = free.getsockname()[1]
 
     code = cli.main(["status", "--url", f"http://127.0.0.1:{port}"])
 
-    assert code == 2
+    assert code == 3  # LSB: program is not running
     err = capsys.readouterr().err
     assert f"cannot reach the daemon at http://127.0.0.1:{port}" in err
 

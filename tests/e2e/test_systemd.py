@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import re
 import shutil
 import signal
 import stat
@@ -31,7 +32,8 @@ from tests.helpers import gaps, recorded_numbers, segments
 UNIT = REPO / "deploy" / "vigil.service"
 INSTALL = REPO / "deploy" / "install.sh"
 EXAMPLE = REPO / "deploy" / "vigil.example.yaml"
-PACKAGE_PARTS = ("pyproject.toml", "README.md", "controller", "states", "hw", "deploy")
+PACKAGE_PARTS = ("pyproject.toml", "README.md", "constraints.txt", "controller", "states", "hw", "deploy")
+EXPOSURE_LIMIT = 2.5  # systemd-analyze security's scale: 0 sealed .. 10 unprotected
 
 
 def directives(text: str) -> list[str]:
@@ -100,13 +102,43 @@ def test_unit_file_matches_what_the_daemon_promises() -> None:
         "SupplementaryGroups": ["video gpio"], "ProtectSystem": ["strict"],
         "ReadWritePaths": ["-/var/lib/vigil/recordings"], "ProtectHome": ["yes"],
         "PrivateTmp": ["yes"], "NoNewPrivileges": ["yes"], "TimeoutStopSec": ["15"],
-        "RestrictAddressFamilies": ["AF_UNIX AF_INET AF_INET6"], "DevicePolicy": ["closed"],
+        "RestrictAddressFamilies": ["AF_UNIX AF_INET AF_INET6 AF_NETLINK"], "DevicePolicy": ["closed"],
+        "CapabilityBoundingSet": [""], "UMask": ["0027"], "ProtectProc": ["invisible"],
+        "SystemCallFilter": ["@system-service", "~@privileged"],
+        "LoadCredential": ["api-token:/etc/vigil/api-token"],
+        # Clock sync is waited for but not required: a unit without network still starts.
+        "Wants": ["systemd-time-wait-sync.service"], "Requires": [],
+        "After": ["time-sync.target local-fs.target"],
     }
     for key, value in expected.items():
         assert setting(text, key) == value, key
     assert setting(text, "PrivateDevices") == []  # it would hide the cameras
     allowed = {entry.split()[0] for entry in setting(text, "DeviceAllow")}
     assert {"char-video4linux", "char-media", "char-dma_heap", "char-gpiochip"} <= allowed
+
+
+def exposure(unit: Path) -> tuple[float, str]:
+    tool = shutil.which("systemd-analyze")
+    if tool is None:
+        pytest.fail("systemd-analyze is not installed: `apt-get install -y systemd` provides it "
+                    "(make test installs it)")
+    done = subprocess.run([tool, "security", "--offline=yes", "--no-pager", str(unit)],
+                          capture_output=True, text=True, timeout=60)
+    output = done.stdout + done.stderr
+    match = re.search(r"Overall exposure level for \S+: (\d+\.\d)", output)
+    assert match, output
+    return float(match.group(1)), output
+
+
+def test_unit_exposure_is_within_the_limit(tmp_path: Path) -> None:
+    level, output = exposure(UNIT)
+    assert level <= EXPOSURE_LIMIT, output
+    # The measure has teeth: without the capability and system call lines the same unit is over.
+    loose = tmp_path / "vigil.service"
+    loose.write_text("\n".join(line for line in UNIT.read_text().splitlines()
+                               if not line.startswith(("CapabilityBoundingSet=", "SystemCallFilter=",
+                                                       "ProtectProc=", "PrivateMounts="))) + "\n")
+    assert exposure(loose)[0] > EXPOSURE_LIMIT
 
 
 def test_example_config_is_current_and_valid() -> None:
@@ -204,6 +236,11 @@ def test_install_is_idempotent_keeps_config_and_uninstall_keeps_recordings(
     assert recordings.is_dir() and recordings.stat().st_uid == int(user[2])
     unit = root / "etc" / "systemd" / "system" / "vigil.service"
     assert unit.read_text() == UNIT.read_text()  # the example's root is the unit's default
+    token = root / "etc" / "vigil" / "api-token"
+    assert stat.S_IMODE(token.stat().st_mode) == 0o600 and token.stat().st_uid == 0
+    assert len(token.read_text().strip()) == 64
+    dropin = root / "etc" / "systemd" / "system" / "systemd-time-wait-sync.service.d" / "vigil.conf"
+    assert setting(dropin.read_text(), "TimeoutStartSec") == ["60"]
     vigil = root / "opt" / "vigil" / "venv" / "bin" / "vigil"
     checked = subprocess.run([str(vigil), "check-config", str(config)], capture_output=True, text=True,
                              timeout=60)
@@ -244,6 +281,7 @@ def test_install_is_idempotent_keeps_config_and_uninstall_keeps_recordings(
     footage.write_bytes(b"footage")
     install(source_snapshot, root, "--uninstall")
     assert not unit.exists()
+    assert not dropin.exists()
     assert not (root / "opt" / "vigil").exists()
     assert passwd_entry(root, "vigil") is None
     assert "vigil" not in members(root, "video")
