@@ -6,10 +6,10 @@ set -euo pipefail
 
 declare -A package_of=(
   [mkfs.ext4]=e2fsprogs [mount]=mount [losetup]=mount [systemd-analyze]=systemd
-  [ffmpeg]=ffmpeg
+  [ffmpeg]=ffmpeg [fusermount3]=fuse3
 )
 case "${1:-test}" in
-  test) tools=(mkfs.ext4 mount losetup systemd-analyze) ;;
+  test) tools=(mkfs.ext4 mount losetup systemd-analyze fusermount3) ;;
   bench) tools=(ffmpeg) ;;
   *) echo "usage: $0 test|bench" >&2; exit 2 ;;
 esac

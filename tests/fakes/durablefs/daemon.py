@@ -287,6 +287,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image", help="start from a tree saved by a cut")
     parser.add_argument("--debug", action="store_true", help="libfuse's request trace on stderr")
     args = parser.parse_args(argv)
+    if mfusepy.fuse_version_major != 3:
+        parser.error(f"durablefs needs libfuse 3 (Debian package fuse3); mfusepy loaded "
+                     f"{mfusepy._libfuse_path}, version {mfusepy.fuse_version_major}")
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="durablefs %(levelname)s %(message)s")
 
