@@ -5,10 +5,14 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from tests.fakes.durablefs import DurableMount, is_mounted
 
@@ -233,3 +237,82 @@ def test_a_daemon_that_dies_leaves_no_stale_mount(tmp_path: Path) -> None:
         mount.close()
     assert not is_mounted(mount.mountpoint)
     assert os.listdir(mount.mountpoint) == []
+
+
+# -- the live view behaves like a kernel filesystem --------------------------------------------
+
+NAMES = ("a", "b", "d", "d/a", "e")  # few names, so that calls meet each other often
+_op = st.sampled_from(NAMES)
+OPERATIONS = st.one_of(
+    st.tuples(st.just("create"), _op, st.binary(max_size=64)),
+    st.tuples(st.just("append"), _op, st.binary(min_size=1, max_size=64)),
+    st.tuples(st.just("truncate"), _op, st.integers(0, 80)),
+    st.tuples(st.just("rename"), _op, _op),
+    st.tuples(st.just("link"), _op, _op),
+    st.tuples(st.just("unlink"), _op),
+    st.tuples(st.just("mkdir"), _op),
+    st.tuples(st.just("rmdir"), _op),
+    st.tuples(st.just("fsync"), _op),
+)
+
+
+def apply(base: Path, operation: tuple[Any, ...]) -> tuple[str, object]:
+    """Run one operation under `base`; ("ok", result) or ("error", errno)."""
+    kind, path, *args = operation
+    target = base / path
+    try:
+        if kind == "create":
+            with open(target, "xb", buffering=0) as f:
+                f.write(args[0])
+        elif kind == "append":
+            with open(target, "ab", buffering=0) as f:
+                f.write(args[0])
+        elif kind == "truncate":
+            os.truncate(target, args[0])
+        elif kind == "rename":
+            os.rename(target, base / args[0])
+        elif kind == "link":
+            os.link(target, base / args[0])
+        elif kind == "unlink":
+            os.unlink(target)
+        elif kind == "mkdir":
+            os.mkdir(target)
+        elif kind == "rmdir":
+            os.rmdir(target)
+        else:
+            fd = os.open(target, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    except OSError as err:
+        return ("error", errno.errorcode.get(err.errno or 0, err.errno))
+    return ("ok", None)
+
+
+def shape(base: Path) -> dict[str, tuple[object, ...]]:
+    """Names, kinds, contents and link counts under `base`."""
+    out: dict[str, tuple[object, ...]] = {}
+    for path in sorted(base.rglob("*")):
+        st_result = path.lstat()
+        key = str(path.relative_to(base))
+        if path.is_dir():
+            out[key] = ("dir", sorted(os.listdir(path)))
+        else:
+            out[key] = ("file", path.read_bytes(), st_result.st_nlink, st_result.st_size)
+    return out
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(operations=st.lists(OPERATIONS, min_size=5, max_size=40))
+@example(operations=[("mkdir", "d"), ("mkdir", "e"), ("create", "d/a", b"x"), ("rename", "e", "d"),
+                     ("create", "a", b""), ("link", "a", "b"), ("unlink", "a"), ("rename", "d", "a")])
+def test_the_live_view_answers_every_call_as_a_kernel_filesystem_does(
+    disk: DurableMount, tmp_path: Path, operations: list[tuple[Any, ...]]
+) -> None:
+    # Each example gets fresh folders on the mount and on the real disk beside it.
+    mine = Path(tempfile.mkdtemp(dir=disk.mountpoint))
+    real = Path(tempfile.mkdtemp(dir=tmp_path))
+    for operation in operations:
+        assert apply(mine, operation) == apply(real, operation), operation
+    assert shape(mine) == shape(real)

@@ -9,10 +9,16 @@ The control socket takes one JSON object per line and answers one per line:
   filesystem call fails with EIO (the disk is gone); the durable state is saved under DIR.
 - {"op": "stats"}: the counters (writes, file and directory syncs) and whether it was cut.
 
-Built on mfusepy (ctypes bindings for libfuse 3's high-level API), following the layout of
-its in-memory example (mfusepy's examples/memory.py): one Operations subclass, path-based
-calls, file handles for open files. Single-threaded (`nothreads`) so that every call sees
-one consistent tree; a lock also keeps the control thread's cut atomic with respect to them.
+Built on mfusepy (ctypes bindings for libfuse 3's high-level API), written from its own
+module (mfusepy.py: the `Operations` methods and signatures, and how `FUSE` wraps them,
+including its notes on readdir): one Operations subclass, path-based calls, file handles for
+open files. Single-threaded (`nothreads`) so that every call sees one consistent tree; a
+lock also keeps the control thread's cut atomic with respect to them.
+
+libfuse's high-level API shapes three choices here: an open file that is unlinked is
+renamed by libfuse to `.fuse_hidden...` until its last close (taken as the unlink it is);
+each hard link gets a kernel inode of its own (so the kernel caches no attributes); and
+libfuse 3 folds ftruncate into truncate (the file handle is passed on by `_FUSE`).
 """
 
 from __future__ import annotations
@@ -299,7 +305,10 @@ def main(argv: list[str] | None = None) -> int:
     threading.Thread(target=control.serve_forever, name="durablefs-control", daemon=True).start()
     try:
         _FUSE(operations, args.mountpoint, foreground=True, nothreads=True, debug=args.debug,
-              fsname="durablefs", subtype="durablefs", use_ino=True)
+              fsname="durablefs", subtype="durablefs", use_ino=True,
+              # No kernel caching of names or attributes: libfuse's high-level API gives each
+              # hard link a kernel inode of its own, whose cached link count would go stale.
+              attr_timeout=0, entry_timeout=0, negative_timeout=0)
     finally:
         control.shutdown()
         control.server_close()
