@@ -1,5 +1,11 @@
 """A power-cut model of the segment writer: what survives is only what was fsynced.
 
+The evidence for "a power cut loses at most the open fragment" is the real `vigil run` on
+durablefs, a FUSE filesystem with these same semantics (tests/e2e/test_power_cut_fs.py). This
+model stays beside it for what a handful of random cuts of a live process cannot give: every
+cut point of one recording, exhaustively, including a split at midnight that creates new date
+and hour folders, in a second of CPU time.
+
 The storage model, as a journalling filesystem gives it after a cut:
 - a file's content survives as of its last fsync; bytes written after it may survive as a
   prefix of what was written (a partly written-back page), never anything else;
