@@ -36,6 +36,7 @@ BURST_REQUESTS = 600
 SAMPLE_SECONDS = 0.1
 RETRY_503 = 200
 REQUEST_TIMEOUT_SECONDS = 30.0
+ATTEMPT_TIMEOUT_SECONDS = 10.0
 READY_TIMEOUT_SECONDS = 60.0
 FAULT_EVERY_SECONDS = 6.0
 FAULTS = [
@@ -131,20 +132,24 @@ class Sampler:
         return [rss for t, rss in self.samples if start <= t <= end]
 
 
+async def _exchange(port: int, head: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(head)
+        await writer.drain()
+        return await reader.read()
+    finally:
+        writer.close()
+
+
 async def _one(port: int, path: str, outcomes: Counter[str]) -> None:
     head = (f"GET {path} HTTP/1.1\r\nHost: vigil\r\nConnection: close\r\n"
             + ("Range: bytes=0-65535\r\n" if path.startswith("/recordings/") else "") + "\r\n").encode()
     for _ in range(RETRY_503):
         try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            try:
-                writer.write(head)
-                await writer.drain()
-                answer = await reader.read()
-            finally:
-                writer.close()
-        except OSError:
-            outcomes["connection reset, retried"] += 1
+            answer = await asyncio.wait_for(_exchange(port, head), ATTEMPT_TIMEOUT_SECONDS)
+        except (OSError, TimeoutError):
+            outcomes["connection reset or timed out, retried"] += 1
             await asyncio.sleep(0.05)
             continue
         if not answer:  # an idle connection dropped at the cap before our request got in
@@ -165,7 +170,7 @@ async def _burst(port: int, paths: list[str]) -> Counter[str]:
     outcomes: Counter[str] = Counter()
     await asyncio.wait_for(asyncio.gather(*(_one(port, paths[i % len(paths)], outcomes)
                                             for i in range(BURST_REQUESTS))),
-                           REQUEST_TIMEOUT_SECONDS * 4)
+                           REQUEST_TIMEOUT_SECONDS * 10)
     return outcomes
 
 

@@ -522,6 +522,10 @@ class SnapshotCache:
 
 MAX_CONNECTIONS = 64
 ACCEPT_BACKLOG = 16
+# The kernel's queue of connections not yet accepted costs the process no descriptor; a short
+# one makes a burst of clients that overflow it hang in the handshake for seconds. asyncio
+# listens with `backlog` (which also bounds one accept burst), so the queue is widened after.
+LISTEN_QUEUE = 128
 REQUEST_SECONDS = 10.0  # from connecting (or the previous response) to a whole request received
 SEND_STALL_SECONDS = 30.0  # a client that reads none of its response for this long is dropped
 # At the cap, a connection idle this long may be dropped for a new one; younger ones are not
@@ -871,6 +875,7 @@ class ApiServer:
                 self.stop()
                 raise ApiUnavailable(f"uvicorn did not start on {self.url}: {self._failure!r}")
             time.sleep(0.01)  # polling uvicorn's started flag, under a deadline
+        self._socket.listen(max(LISTEN_QUEUE, limits.backlog))
         logger.info("HTTP API listening on {} (at most {} connections, {:g} s for a request)",
                     self.url, limits.max_connections, limits.request_seconds)
 

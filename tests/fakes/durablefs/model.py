@@ -275,7 +275,8 @@ class DurableTree:
     def write(self, node: Node, data: bytes, offset: int) -> int:
         if not node.is_file:
             raise fs_error(errno.EINVAL)
-        if offset + len(data) > CAPACITY_BYTES - self.bytes_used():
+        growth = max(0, offset + len(data) - len(node.data))
+        if growth > CAPACITY_BYTES - self.bytes_used():
             raise fs_error(errno.ENOSPC)
         if offset > len(node.data):
             node.data.extend(bytes(offset - len(node.data)))
