@@ -50,11 +50,11 @@ def main(config_path: str) -> int:
         for fd in held:
             os.close(fd)
         print("released", flush=True)
-        captured = controller.status()["totals"]["frames_captured"]
+        captured = controller.snapshot.totals.frames_captured
         deadline = time.monotonic() + WAIT_SECONDS
         while time.monotonic() < deadline:
-            status = controller.status()
-            if status["state"] == "recording" and status["totals"]["frames_captured"] > captured + 30:
+            snap = controller.snapshot
+            if snap.state == "recording" and snap.totals.frames_captured > captured + 30:
                 print("recording again", flush=True)
                 break
             time.sleep(0.05)

@@ -436,6 +436,9 @@ def test_directory_and_fifo_named_like_footage_are_404_without_leaking(daemon: D
 ServerFactory = Callable[..., tuple[ApiServer, Path]]
 
 
+BIG = "2026-01-01/00/20260101T000000Z.mp4"  # a segment name: only vigil's own names are served
+
+
 @pytest.fixture
 def file_server(tmp_path: Path) -> Iterator[ServerFactory]:
     """An in-process API with short deadlines, serving a root with one large (sparse) file."""
@@ -444,7 +447,8 @@ def file_server(tmp_path: Path) -> Iterator[ServerFactory]:
     def start(**limits: Any) -> tuple[ApiServer, Path]:
         root = tmp_path / "recordings"
         root.mkdir(exist_ok=True)
-        with open(root / "big.mp4", "wb") as big:
+        (root / BIG).parent.mkdir(parents=True, exist_ok=True)
+        with open(root / BIG, "wb") as big:
             big.truncate(64 * 1024 * 1024)  # 64 MiB to send, nothing on the disk
         camera = CameraSpec(backend="synthetic", width=160, height=120, fps=15)
         controller = Controller(Hardware(camera, RecordingSpec(root=root)), autostart=False)
@@ -472,7 +476,7 @@ def test_a_client_that_stops_reading_is_dropped_and_the_file_closed(file_server:
     sock.settimeout(SOCKET_TIMEOUT_SECONDS)
     try:
         sock.connect(("127.0.0.1", server.port))
-        sock.sendall(b"GET /recordings/big.mp4 HTTP/1.1\r\nHost: vigil\r\n\r\n")
+        sock.sendall(b"GET /recordings/" + BIG.encode() + b" HTTP/1.1\r\nHost: vigil\r\n\r\n")
         wait_until(lambda: server.connections.send_stalled >= 1, "the stalled reader to be dropped")
     finally:
         sock.close()
@@ -484,7 +488,7 @@ def test_clients_that_leave_mid_file_leave_no_descriptor(file_server: ServerFact
     before = _own_fds()
     for _ in range(20):
         with socket.create_connection(("127.0.0.1", server.port), timeout=SOCKET_TIMEOUT_SECONDS) as sock:
-            sock.sendall(b"GET /recordings/big.mp4 HTTP/1.1\r\nHost: vigil\r\nRange: bytes=5-\r\n\r\n")
+            sock.sendall(b"GET /recordings/" + BIG.encode() + b" HTTP/1.1\r\nHost: vigil\r\nRange: bytes=5-\r\n\r\n")
             assert sock.recv(4096).startswith(b"HTTP/1.1 206")
     wait_until(lambda: _own_fds() <= before, f"descriptors back to {before}")
 
