@@ -488,7 +488,8 @@ def test_clients_that_leave_mid_file_leave_no_descriptor(file_server: ServerFact
     before = _own_fds()
     for _ in range(20):
         with socket.create_connection(("127.0.0.1", server.port), timeout=SOCKET_TIMEOUT_SECONDS) as sock:
-            sock.sendall(b"GET /recordings/" + BIG.encode() + b" HTTP/1.1\r\nHost: vigil\r\nRange: bytes=5-\r\n\r\n")
+            sock.sendall(b"GET /recordings/" + BIG.encode()
+                         + b" HTTP/1.1\r\nHost: vigil\r\nRange: bytes=5-\r\n\r\n")
             assert sock.recv(4096).startswith(b"HTTP/1.1 206")
     wait_until(lambda: _own_fds() <= before, f"descriptors back to {before}")
 
