@@ -225,18 +225,21 @@ def _url_option(text: str) -> str:
 
 
 def _token_file_option(text: str) -> str:
-    """--token-file's value, when it names a regular file that can be read (without blocking)."""
+    """--token-file's value, unless it names a FIFO, device, socket, directory or huge file:
+    those are usage errors (exit 2). A missing or unreadable file is reported, exit 1, when the
+    token is read."""
     from pathlib import Path
 
     from controller.client import TOKEN_MAX_BYTES
-    from controller.config.files import read_regular_file
+    from controller.config.files import FileRefused, read_regular_file
 
     try:
         read_regular_file(Path(text), max_bytes=TOKEN_MAX_BYTES)
-    except (OSError, ValueError) as err:
-        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
-        raise argparse.ArgumentTypeError(f"cannot read the API token from {text}: "
-                                         f"{reason.removeprefix(f'{text}: ')}") from None
+    except (FileRefused, IsADirectoryError) as err:
+        reason = err.reason if isinstance(err, FileRefused) else "is a directory"
+        raise argparse.ArgumentTypeError(f"cannot read the API token from {text}: {reason}") from None
+    except OSError:
+        pass
     return text
 
 

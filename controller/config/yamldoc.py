@@ -160,7 +160,10 @@ def read_yaml(text: str, filename: str) -> YamlDocument:
     """The document in `text`, read once: composed within bounds, then constructed into plain
     data as yaml.safe_load would. Raises ConfigError naming `filename`, the line and the key
     for invalid YAML, a value beyond a bound, or a value its tag cannot make."""
-    loader = _BoundedLoader(text)
+    try:
+        loader = _BoundedLoader(text)  # the reader refuses unprintable characters at once
+    except yaml.YAMLError as err:
+        raise ConfigError([yaml_problem(err, text, filename)]) from err
     try:
         try:
             root = loader.get_single_node()

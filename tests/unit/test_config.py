@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import math
+import os
+import re
+import socket
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from controller.config import (
@@ -14,10 +18,13 @@ from controller.config import (
     ConfigError,
     ConfigProblem,
     VigilConfig,
+    default_unit_id,
     describe_defaults,
     load_config,
     parse_config_text,
 )
+from controller.config.loading import MAX_CONFIG_BYTES
+from controller.config.yamldoc import MAX_NESTING_DEPTH, MAX_VALUES
 from hw.errors import VigilError
 
 CAMERA_KEYS = (
@@ -766,3 +773,358 @@ def test_storage_zero_means_keep_forever_and_no_reserve() -> None:
     )
     storage = config.storage
     assert (storage.retention_days, storage.reserve_mb, storage.reserve_percent) == (0, 0, 0)
+
+
+# --- unit ----------------------------------------------------------------------------------------
+
+
+def test_unit_id_defaults_to_the_host_name_and_null_means_the_default() -> None:
+    expected = default_unit_id()
+    assert re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", expected)
+    if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", socket.gethostname()):
+        assert expected == socket.gethostname()
+
+    assert VigilConfig().unit.id == expected
+    assert parse_config_text("unit:\n  id: null\n", "vigil.yaml").unit.id == expected
+    assert parse_config_text("unit:\n  id: cam-7.garage_2\n", "vigil.yaml").unit.id == "cam-7.garage_2"
+
+
+def test_the_example_config_writes_the_unit_id_as_null_not_this_machines_name() -> None:
+    assert "\nunit:\n" in describe_defaults()
+    assert "\n  id: null\n" in describe_defaults()
+
+
+@pytest.mark.parametrize("written", ["'cam/7'", "'cam 7'", "-cam", "'.hidden'", "'a+b'", "'#'", "x" * 65,
+                                     "'caf\u00e9'", "7", "''"])
+def test_unit_id_that_cannot_name_a_topic_or_key_is_refused(tmp_path: Path, written: str) -> None:
+    problem = only_problem(tmp_path, f"unit:\n  id: {written}\n")
+
+    assert (problem.line, problem.key) == (2, "unit.id")
+
+
+# --- hostile input: every class gets file:line:key and ConfigError, never anything else ---------
+#
+# Each test runs under pytest-timeout: before the bounds, an alias chain or a FIFO made the
+# loader run for minutes or block forever, and the timeout turns that into a failure.
+
+HOSTILE = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+# (section, key) of settings that take one scalar and have no rule involving another key, so a
+# bad value there is reported at exactly that key.
+SCALAR_KEYS = [
+    ("unit", "id"), ("camera", "backend"), ("camera", "width"), ("camera", "height"),
+    ("camera", "device"), ("camera", "pace"), ("recording", "root"), ("recording", "crf"),
+    ("recording", "queue_frames"), ("recording", "encoder_preset"), ("storage", "retention_days"),
+    ("storage", "reserve_mb"), ("storage", "reserve_percent"), ("storage", "check_seconds"),
+    ("recovery", "max_attempts"), ("recovery", "max_abandoned_calls"), ("logging", "level"),
+    ("api", "listen"), ("api", "token_file"), ("gpio", "reset_hold_seconds"), ("gpio", "status_led"),
+]
+# (section, key, lowest, highest) of numeric settings with no rule involving another key.
+NUMBER_KEYS = [
+    ("camera", "width", 64, 4096), ("camera", "height", 48, 4096), ("recording", "crf", 0, 51),
+    ("recording", "queue_frames", 1, 1000), ("storage", "retention_days", 0, 36500),
+    ("storage", "reserve_mb", 0, 16 * 1024 * 1024), ("storage", "reserve_percent", 0, 90),
+    ("storage", "check_seconds", 1, 86400), ("recovery", "max_attempts", 1, 100),
+    ("recovery", "critical_probe_seconds", 0.1, 3600), ("gpio", "reset_hold_seconds", 0.1, 60),
+    ("camera", "frozen_seconds", 0, 3600),
+]
+
+
+def outcome(text: str) -> VigilConfig | ConfigError:
+    """The config `text` gives, or its ConfigError; any other exception fails the test."""
+    try:
+        return parse_config_text(text, "vigil.yaml")
+    except ConfigError as err:
+        for problem in err.problems:
+            assert problem.file == "vigil.yaml"
+            assert problem.message
+            assert str(problem).startswith("vigil.yaml")
+        return err
+
+
+def refused_at(text: str, line: int, key: str) -> ConfigProblem:
+    """The one problem `text` has, which must be at `line` and `key`."""
+    result = outcome(text)
+    assert isinstance(result, ConfigError), f"accepted: {text!r}"
+    [problem] = result.problems
+    assert (problem.line, problem.key) == (line, key), str(result)
+    assert str(problem).startswith(f"vigil.yaml:{line}: {key}: ")
+    return problem
+
+
+def yaml_quoted(text: str) -> str:
+    """`text` as a YAML double-quoted scalar, every character that is not plain ASCII escaped
+    (YAML's \\u escape even carries lone surrogates and NUL)."""
+    out = []
+    for char in text:
+        if char.isascii() and char.isprintable() and char not in '"\\':
+            out.append(char)
+        elif ord(char) <= 0xFFFF:
+            out.append(f"\\u{ord(char):04x}")
+        else:
+            out.append(f"\\U{ord(char):08x}")
+    return '"' + "".join(out) + '"'
+
+
+TAGS = st.one_of(
+    st.sampled_from(["!!int", "!!float", "!!bool", "!!null", "!!str", "!!timestamp", "!!binary",
+                     "!!set", "!!omap", "!!pairs", "!!map", "!!seq", "!!merge", "!!value",
+                     "!!python/object:os.system", "!!python/name:os.system", "!"]),
+    st.from_regex(r"![a-z]{1,8}", fullmatch=True),
+    st.from_regex(r"!![a-z/:.]{1,20}", fullmatch=True),
+    st.from_regex(r"!<tag:[a-z]{1,8}>", fullmatch=True),
+)
+SCALARS = st.one_of(
+    st.from_regex(r"[A-Za-z0-9_.:-]{1,12}", fullmatch=True),
+    st.sampled_from(["2024-02-30", "2024-13-45 25:61:61", "0x", "1_000", "yes", "~", "1e-300", ".nan",
+                     "AA==", "%%%", "'quoted'", "[1, 2]", "{a: 1}", "''"]),
+)
+
+
+@HOSTILE
+@given(key=st.sampled_from(SCALAR_KEYS), tag=TAGS, value=SCALARS)
+@pytest.mark.timeout(60)
+def test_any_tag_on_any_value_is_valid_or_refused_at_its_key(key: tuple[str, str], tag: str,
+                                                              value: str) -> None:
+    section, name = key
+    result = outcome(f"{section}:\n  {name}: {tag} {value}\n")
+
+    if isinstance(result, ConfigError):
+        [problem] = result.problems
+        if problem.message.startswith("invalid YAML at line 2, column"):  # e.g. `!foo %%%`
+            assert (problem.line, problem.key) == (2, "")
+        else:
+            assert (problem.line, problem.key) == (2, f"{section}.{name}"), str(result)
+
+
+@HOSTILE
+@given(depth=st.integers(min_value=1, max_value=3 * MAX_NESTING_DEPTH),
+       kinds=st.lists(st.sampled_from(["[", "{k: "]), min_size=1, max_size=8))
+@pytest.mark.timeout(60)
+def test_nesting_of_any_depth_is_refused_at_its_key_without_a_recursion_error(depth: int,
+                                                                            kinds: list[str]) -> None:
+    openers = [kinds[level % len(kinds)] for level in range(depth)]
+    closers = ["]" if opener == "[" else "}" for opener in reversed(openers)]
+    text = "camera:\n  device: " + "".join(openers) + "x" + "".join(closers) + "\n"
+
+    problem = refused_at(text, 2, outcome_key(text))
+    assert problem.key.startswith("camera.device")
+    if depth + 2 > MAX_NESTING_DEPTH:
+        assert f"nesting is deeper than {MAX_NESTING_DEPTH} levels" in problem.message
+
+
+def outcome_key(text: str) -> str:
+    result = outcome(text)
+    assert isinstance(result, ConfigError)
+    return result.problems[0].key
+
+
+@HOSTILE
+@given(levels=st.integers(min_value=1, max_value=12), fanout=st.integers(min_value=1, max_value=12),
+       where=st.sampled_from(["top", "list"]))
+@pytest.mark.timeout(60)
+def test_alias_chains_are_refused_once_they_expand_beyond_the_bound(levels: int, fanout: int,
+                                                                  where: str) -> None:
+    anchors = ["a0: &a0 [" + ", ".join(["x"] * fanout) + "]"]
+    for level in range(1, levels + 1):
+        anchors.append(f"a{level}: &a{level} [" + ", ".join([f"*a{level - 1}"] * fanout) + "]")
+    if where == "top":
+        text = "\n".join(anchors) + "\n"
+    else:
+        text = "recording:\n  fallback_roots:\n" + "".join(f"    - {line}\n" for line in anchors)
+    expanded = sum(fanout ** level for level in range(levels + 2))  # a node per value, roughly
+
+    result = outcome(text)
+
+    assert isinstance(result, ConfigError)  # unknown keys or lists where paths belong, at least
+    if expanded > 2 * MAX_VALUES:
+        [problem] = result.problems
+        assert "values once its aliases are expanded" in problem.message
+        assert problem.line is not None and problem.line <= len(anchors) + 2
+
+
+def test_an_alias_to_its_own_ancestor_is_refused(tmp_path: Path) -> None:
+    problem = only_problem(tmp_path, "camera:\n  inject_faults: &loop [*loop]\n")
+
+    assert (problem.line, problem.key) == (2, "camera.inject_faults.0")
+    assert "refers to a value that contains it" in problem.message
+
+
+@HOSTILE
+@given(key=st.sampled_from(SCALAR_KEYS[1:]),
+       sign=st.sampled_from(["", "-", "+"]),
+       prefix=st.sampled_from(["", "0x", "0o", "0b", "0"]),
+       # a short random pattern repeated to a length spread evenly up to 6000 characters
+       digits=st.builds(lambda pattern, length: (pattern * length)[:length],
+                        st.text(alphabet="0123456789_", min_size=1, max_size=8),
+                        st.integers(min_value=1, max_value=6000)),
+       quoted=st.booleans())
+@pytest.mark.timeout(60)
+def test_numbers_of_any_length_are_valid_or_refused_at_their_key(key: tuple[str, str], sign: str,
+                                                                 prefix: str, digits: str,
+                                                                 quoted: bool) -> None:
+    section, name = key
+    number = sign + prefix + digits
+    written = f"'{number}'" if quoted else number
+
+    result = outcome(f"{section}:\n  {name}: {written}\n")
+
+    if isinstance(result, ConfigError):
+        [problem] = result.problems
+        assert (problem.line, problem.key) == (2, f"{section}.{name}"), str(result)
+
+
+def yaml_float(value: float) -> str:
+    if math.isnan(value):
+        return ".nan"
+    if math.isinf(value):
+        return ".inf" if value > 0 else "-.inf"
+    return repr(value)
+
+
+@HOSTILE
+@given(key=st.sampled_from(NUMBER_KEYS),
+       value=st.one_of(st.floats(), st.floats(min_value=-1e-300, max_value=1e-300),
+                       st.floats(min_value=1e300), st.integers(min_value=-(10**30), max_value=10**30)))
+@pytest.mark.timeout(60)
+def test_a_number_is_accepted_only_when_finite_and_within_its_documented_range(
+        key: tuple[str, str, float, float], value: float) -> None:
+    section, name, lowest, highest = key
+    written = yaml_float(value) if isinstance(value, float) else str(value)
+
+    result = outcome(f"{section}:\n  {name}: {written}\n")
+
+    if isinstance(result, ConfigError):
+        [problem] = result.problems
+        assert (problem.line, problem.key) == (2, f"{section}.{name}"), str(result)
+    else:
+        accepted = getattr(getattr(result, section), name)
+        assert math.isfinite(accepted) and lowest <= accepted <= highest, (written, accepted)
+
+
+@HOSTILE
+@given(fps=st.one_of(st.floats(min_value=1e-300, max_value=120), st.sampled_from([1e-300, 0.5, 0.999])),
+       timeout=st.one_of(st.none(), st.floats(min_value=1e-300, max_value=60)))
+@pytest.mark.timeout(60)
+def test_fps_is_accepted_only_when_frames_come_well_within_the_read_timeout(
+        fps: float, timeout: float | None) -> None:
+    text = f"camera:\n  fps: {fps!r}\n" + (f"  read_timeout_seconds: {timeout!r}\n" if timeout else "")
+    read_timeout = timeout or 2.0
+
+    result = outcome(text)
+
+    if isinstance(result, ConfigError):
+        assert fps * read_timeout < 2
+        [problem] = result.problems
+        assert (problem.line, problem.key) == (2, "camera.fps"), str(result)
+        assert "fps must be at least 2 / read_timeout_seconds" in problem.message
+    else:
+        assert result.camera.fps * result.camera.read_timeout_seconds >= 2
+
+
+def test_a_read_timeout_too_short_for_the_default_fps_is_reported_at_the_timeout(tmp_path: Path) -> None:
+    problem = only_problem(tmp_path, "camera:\n  read_timeout_seconds: 1e-300\n")
+
+    assert (problem.line, problem.key) == (2, "camera.read_timeout_seconds")
+    assert "read_timeout_seconds must be at least 2 / fps (0.06667)" in problem.message
+
+
+PATH_KEYS = [("recording", "root", "recording.root"), ("api", "token_file", "api.token_file"),
+             ("camera", "device", "camera.device"), ("camera", "source", "camera.source"),
+             ("recording", "fallback_roots", "recording.fallback_roots.0")]
+PATH_TEXT = st.lists(
+    st.one_of(st.characters(codec="utf-8"), st.sampled_from(["\0", "\udc80", "\ud800", "\udfff", "/"])),
+    min_size=1, max_size=40,
+).map("".join)
+
+
+@HOSTILE
+@given(key=st.sampled_from(PATH_KEYS), text=PATH_TEXT)
+@pytest.mark.timeout(60)
+def test_a_path_is_accepted_only_without_nul_and_as_valid_unicode(key: tuple[str, str, str],
+                                                                 text: str) -> None:
+    section, name, dotted = key
+    value = yaml_quoted(text)
+    written = f"[{value}]" if name == "fallback_roots" else value
+
+    result = outcome(f"{section}:\n  {name}: {written}\n")
+
+    if isinstance(result, ConfigError):
+        [problem] = result.problems
+        assert (problem.line, problem.key) == (2, dotted), str(result)
+        str(result).encode("utf-8")  # the message itself can be printed and logged
+    else:
+        accepted = getattr(getattr(result, section), name)
+        accepted = str(accepted[0] if name == "fallback_roots" else accepted)
+        assert "\0" not in accepted
+        accepted.encode("utf-8")
+
+
+@settings(HOSTILE, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(raw=st.one_of(st.binary(max_size=3000),
+                     st.lists(st.sampled_from([b"camera:", b"\n", b"  ", b"- ", b"&a ", b"*a", b"[", b"{",
+                                               b"]", b"}", b": ", b"!!int ", b"\xff", b"\x00", b"\t",
+                                               b"width", b"9" * 50, b"'", b'"', b"---", b"#"]),
+                              max_size=200).map(b"".join)))
+@pytest.mark.timeout(60)
+def test_random_bytes_as_the_config_file_are_valid_or_a_config_error(tmp_path: Path, raw: bytes) -> None:
+    path = tmp_path / "random.yaml"  # the same file for every example, rewritten each time
+    path.write_bytes(raw)
+
+    try:
+        load_config(path, env={})
+    except ConfigError as err:
+        assert all(problem.file == str(path) for problem in err.problems)
+        assert str(err).startswith(str(path))
+
+
+def test_a_file_larger_than_the_bound_is_refused_unread(tmp_path: Path) -> None:
+    path = tmp_path / "vigil.yaml"
+    path.write_bytes(b"# padding\n" * (MAX_CONFIG_BYTES // 10 + 1))
+
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, env={})
+
+    assert str(caught.value) == (
+        f"{path}: is larger than {MAX_CONFIG_BYTES} bytes; a vigil config is a few KiB"
+    )
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("device", ["/dev/zero", "/dev/urandom", "/dev/null"])
+def test_a_device_as_the_config_file_is_refused_without_reading_it(device: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(device, env={})
+
+    assert str(caught.value) == (
+        f"{device}: is a character device, not a regular file; vigil reads its config only from a "
+        "regular file"
+    )
+
+
+@pytest.mark.timeout(30)
+def test_a_fifo_as_the_config_file_is_refused_without_blocking(tmp_path: Path) -> None:
+    fifo = tmp_path / "vigil.yaml"
+    os.mkfifo(fifo)
+
+    with pytest.raises(ConfigError) as caught:
+        load_config(env={}, search_paths=[fifo])
+
+    assert str(caught.value) == (
+        f"{fifo}: is a named pipe (FIFO), not a regular file; vigil reads its config only from a "
+        "regular file"
+    )
+
+
+def test_a_socket_as_the_config_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "vigil.yaml"
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(str(path))
+        with pytest.raises(ConfigError, match="is a socket, not a regular file"):
+            load_config(path, env={})
+
+
+def test_an_unknown_numeric_key_lists_the_keys_of_its_own_section(tmp_path: Path) -> None:
+    problem = only_problem(tmp_path, "camera:\n  1: 2\n")
+
+    assert str(problem) == f"vigil.yaml:2: camera.1: unknown key; allowed keys in camera: {CAMERA_KEYS}"
