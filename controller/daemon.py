@@ -15,6 +15,7 @@ from controller.controller import Controller, Settings
 from controller.housekeeping import storage_settings_from_config
 from controller.ledger import DEFAULT_BUDGETS, Budget, ErrorLedger
 from controller.logs import setup_logging
+from controller.memory import pin_mmap_threshold
 from controller.sdnotify import ServiceNotifier
 from hw.factory import CameraMaker, CameraSpec, Hardware, RecordingSpec
 from hw.gpio import GpioSpec, open_panel
@@ -110,6 +111,7 @@ def run(config_path: str | None) -> int:
     loaded = load_config(config_path)
     setup_logging(loaded.config.logging.level)
     logger.info("vigil starting config={}", loaded.source)
+    pin_mmap_threshold()  # frame buffers go back to the system when freed (controller/memory.py)
     controller = build_controller(loaded, config_path)
     notifier = ServiceNotifier(controller)  # a no-op unless systemd set $NOTIFY_SOCKET
     panel = open_panel(GpioSpec(**loaded.config.gpio.model_dump()), post=controller.post,
