@@ -17,6 +17,7 @@ from controller.events import ConfigReloaded
 from controller.housekeeping import StorageSettings
 from controller.ledger import DEFAULT_BUDGETS, Budget, ErrorLedger
 from controller.logs import setup_logging
+from controller.memory import pin_mmap_threshold
 from controller.retention import RetentionPolicy
 from controller.sdnotify import ServiceNotifier
 from hw.factory import CameraMaker, CameraSpec, Hardware, RecordingSpec
@@ -195,6 +196,7 @@ def run(config_path: str | None) -> int:
     loaded = load_config(config_path)
     setup_logging(loaded.config.logging.level)
     logger.info("vigil starting config={}", loaded.source)
+    pin_mmap_threshold()  # frame buffers go back to the system when freed (controller/memory.py)
     controller = build_controller(loaded, config_path)
     if controller.unit.hardware.unavailable:
         # The configured camera library cannot load (not installed, or broken such as a
