@@ -25,7 +25,7 @@ from loguru import logger
 
 from bench.common import Figure, machine_line, table
 from bench.rig import NO_FFMPEG
-from controller.merge import VerifyMode, concat_segments, merge_hour
+from controller.storage.merge import VerifyMode, concat_segments, merge_hour
 from hw.camera import CameraMode
 from hw.encoder import H264Encoder
 from hw.footage import hour_folder_for

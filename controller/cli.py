@@ -150,8 +150,8 @@ def _merge(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from controller.config import ConfigError, VigilConfig, load_config
-    from controller.merge import HourStillOpen, MergeError, NothingToMerge, force_merge
-    from controller.retention import RetentionPolicy
+    from controller.storage.merge import HourStillOpen, MergeError, NothingToMerge, force_merge
+    from controller.storage.retention import RetentionPolicy
     from hw.footage import parse_hour
 
     hour = None

@@ -11,15 +11,15 @@ from typing import Any
 from loguru import logger
 
 from controller.config import ApiConfig, ConfigError, LoadedConfig, VigilConfig, load_config
-from controller.controller import Controller, Parts
-from controller.credentials import api_with_credential_token
-from controller.events import ConfigReloaded
-from controller.housekeeping import StorageSettings
-from controller.ledger import DEFAULT_BUDGETS, Budget, ErrorLedger
+from controller.core.controller import Controller, Parts
+from controller.core.events import ConfigReloaded
+from controller.core.ledger import DEFAULT_BUDGETS, Budget, ErrorLedger
 from controller.logs import setup_logging
 from controller.memory import pin_mmap_threshold
-from controller.retention import RetentionPolicy
-from controller.sdnotify import ServiceNotifier
+from controller.storage.housekeeping import StorageSettings
+from controller.storage.retention import RetentionPolicy
+from controller.surfaces.credentials import api_with_credential_token
+from controller.surfaces.sdnotify import ServiceNotifier
 from hw.factory import CameraMaker, CameraSpec, Hardware, RecordingSpec
 from hw.gpio import GpioSpec, OperatorPanel, open_panel
 from states.recovering import RecoveryPolicy
@@ -124,7 +124,7 @@ class BackgroundApi:
         self._thread = threading.Thread(target=self._start, name="vigil-api-start", daemon=True)
 
     def _start(self) -> None:
-        from controller.api import start_api
+        from controller.surfaces.api import start_api
 
         self._server = start_api(self._config, self._controller)  # None: disabled or port taken
         if self._server is not None and self._config.token_file != self._server.app.state.tokens.token_file:

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from loguru import logger
 
-from controller.controller import Controller
+from controller.core.controller import Controller
 from hw.camera import CameraMode
 from hw.errors import CameraUnavailable
 from hw.factory import CameraSpec, Hardware, RecordingSpec

@@ -17,7 +17,7 @@ import av
 import pytest
 from loguru import logger
 
-from controller.controller import Controller
+from controller.core.controller import Controller
 from hw import v4l2
 from hw.camera import CameraMode, EncodedPacket, Frame
 from hw.errors import CameraUnavailable

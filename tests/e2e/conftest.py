@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from controller.controller import Controller
-from controller.housekeeping import StorageSettings
-from controller.ledger import DEFAULT_BUDGETS, ErrorLedger
-from controller.retention import RetentionPolicy
+from controller.core.controller import Controller
+from controller.core.ledger import DEFAULT_BUDGETS, ErrorLedger
+from controller.storage.housekeeping import StorageSettings
+from controller.storage.retention import RetentionPolicy
 from hw.factory import CameraSpec, Hardware, RecordingSpec
 from states.recovering import RecoveryPolicy
 

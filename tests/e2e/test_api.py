@@ -24,9 +24,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from controller import cli
-from controller.api import ApiServer, create_app, start_api
 from controller.config import ApiConfig
-from controller.controller import Controller
+from controller.core.controller import Controller
+from controller.surfaces.api import ApiServer, create_app, start_api
 from hw import framecode
 from hw.factory import CameraSpec, Hardware, RecordingSpec
 

@@ -17,8 +17,8 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from controller.api import ApiServer, create_app
-from controller.controller import Controller
+from controller.core.controller import Controller
+from controller.surfaces.api import ApiServer, create_app
 from hw.factory import CameraSpec, Hardware, RecordingSpec
 
 TOKEN = "fuzz-token"

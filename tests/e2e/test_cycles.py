@@ -22,10 +22,10 @@ from pathlib import Path
 
 import psutil
 
-from controller.controller import Controller
-from controller.housekeeping import StorageSettings
-from controller.merge import segment_order
-from controller.retention import RetentionPolicy
+from controller.core.controller import Controller
+from controller.storage.housekeeping import StorageSettings
+from controller.storage.merge import segment_order
+from controller.storage.retention import RetentionPolicy
 from hw.factory import CameraSpec, Hardware, RecordingSpec
 from hw.footage import PARTIAL_SUFFIX
 from states.recovering import RecoveryPolicy

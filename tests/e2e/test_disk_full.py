@@ -7,9 +7,9 @@ import os
 import time
 from pathlib import Path
 
-from controller.controller import Controller
-from controller.housekeeping import StorageSettings
-from controller.retention import RetentionPolicy
+from controller.core.controller import Controller
+from controller.storage.housekeeping import StorageSettings
+from controller.storage.retention import RetentionPolicy
 from tests.e2e.test_faults import RESUME_SECONDS, missing, record_for, resumed_after, visited
 from tests.helpers import gaps, recorded_numbers, segments
 from tests.tmpfs import mounted_tmpfs

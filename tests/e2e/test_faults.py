@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.controller import Controller
+from controller.core.controller import Controller
 from hw.synthetic import SyntheticCamera
 from tests.helpers import gaps, recorded_numbers, segments
 

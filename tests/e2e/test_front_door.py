@@ -18,10 +18,10 @@ from pathlib import Path
 from loguru import logger
 
 from controller.config import load_config
+from controller.core.events import SegmentClosed, StateChanged
 from controller.daemon import Surfaces, build_controller
-from controller.events import SegmentClosed, StateChanged
-from controller.recordings import list_recordings
-from controller.retention import RetentionPolicy, enforce_retention
+from controller.storage.retention import RetentionPolicy, enforce_retention
+from controller.surfaces.recordings import list_recordings
 from hw.footage import hour_folder_for, list_footage
 from hw.synthetic import FrameCounter
 from tests.e2e.conftest import RunningController

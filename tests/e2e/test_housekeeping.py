@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from controller.controller import Controller
-from controller.housekeeping import THREAD_NAME, StorageHousekeeper, StorageSettings
-from controller.merge import HourStillOpen
-from controller.retention import RetentionPolicy
+from controller.core.controller import Controller
+from controller.storage.housekeeping import THREAD_NAME, StorageHousekeeper, StorageSettings
+from controller.storage.merge import HourStillOpen
+from controller.storage.retention import RetentionPolicy
 from hw.camera import CameraMode
 from hw.encoder import H264Encoder
 from hw.factory import CameraSpec, Hardware, RecordingSpec

@@ -30,8 +30,8 @@ from typing import Any
 
 import pytest
 
-from controller.api import ApiServer, ServerLimits, create_app
-from controller.controller import Controller
+from controller.core.controller import Controller
+from controller.surfaces.api import ApiServer, ServerLimits, create_app
 from hw.factory import CameraSpec, Hardware, RecordingSpec
 from tests.helpers import gaps, recorded_numbers, segments
 

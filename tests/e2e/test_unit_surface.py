@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from controller.config import ApiConfig
-from controller.credentials import api_with_credential_token
+from controller.surfaces.credentials import api_with_credential_token
 from tests.conftest import REPO
 
 TOKEN = "credential-token-0123456789"

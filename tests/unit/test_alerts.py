@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from controller.alerts import Alert, AlertLog, transition_kind
+from controller.core.alerts import Alert, AlertLog, transition_kind
 
 
 def test_the_ring_keeps_the_newest_alerts_and_counts_them_all() -> None:

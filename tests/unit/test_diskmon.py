@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from loguru import logger
 
-from controller.diskmon import DiskMonitor, DiskStatus
+from controller.storage.diskmon import DiskMonitor, DiskStatus
 from tests.tmpfs import mounted_tmpfs
 
 MIB = 1024 * 1024

@@ -18,7 +18,7 @@ from gpiozero import Device
 from gpiozero.pins.mock import MockFactory, MockPin
 from loguru import logger
 
-from controller.controller import Controller
+from controller.core.controller import Controller
 from hw.factory import CameraSpec, Hardware, RecordingSpec
 from hw.gpio import LED_PATTERNS, SOS, GpioSpec, OperatorPanel, StatusLight, open_panel
 from tests.helpers import gaps, recorded_numbers

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.housekeeping import (
+from controller.storage.housekeeping import (
     IOPRIO_CLASS_IDLE,
     IOPRIO_CLASS_SHIFT,
     IOPRIO_SET_SYSCALL,
@@ -18,8 +18,8 @@ from controller.housekeeping import (
     StorageSettings,
     lower_thread_priority,
 )
-from controller.merge import MergeAborted, MergeDeferred, merge_hour
-from controller.retention import RetentionPolicy
+from controller.storage.merge import MergeAborted, MergeDeferred, merge_hour
+from controller.storage.retention import RetentionPolicy
 from hw.footage import MERGE_TEMP_SUFFIX, hour_folder_for
 from hw.synthetic import FrameCounter
 from tests.helpers import frame_numbers

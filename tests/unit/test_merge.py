@@ -14,7 +14,7 @@ from pathlib import Path
 import av
 import pytest
 
-from controller.merge import (
+from controller.storage.merge import (
     SOURCES_TAG,
     HourStillOpen,
     MergeError,
@@ -239,7 +239,7 @@ KILLED_MERGE = """
 import os, signal, sys
 from pathlib import Path
 from hw.footage import hour_folder_for
-from controller.merge import merge_hour
+from controller.storage.merge import merge_hour
 root, start, step = Path(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
 def hook(at):
     if at == step:

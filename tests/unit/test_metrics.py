@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from controller.controller import Controller
-from controller.diskmon import DiskStatus
-from controller.events import SubscriberStats
-from controller.health import Health
-from controller.metrics import render_metrics
-from controller.snapshot import RunCounters, StatusSnapshot
+from controller.core.controller import Controller
+from controller.core.events import SubscriberStats
+from controller.core.health import Health
+from controller.core.snapshot import RunCounters, StatusSnapshot
+from controller.storage.diskmon import DiskStatus
+from controller.surfaces.metrics import render_metrics
 from hw.factory import CameraSpec, Hardware, RecordingSpec
 from states.machine import STATE_NAMES
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from loguru import logger
 
-from controller.retention import RetentionPolicy, enforce_retention
+from controller.storage.retention import RetentionPolicy, enforce_retention
 from hw.footage import list_footage
 from tests.tmpfs import mounted_tmpfs
 

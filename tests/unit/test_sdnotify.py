@@ -17,16 +17,16 @@ from pathlib import Path
 
 import pytest
 
-from controller.controller import Controller
-from controller.health import Health
-from controller.sdnotify import (
+from controller.core.controller import Controller
+from controller.core.health import Health
+from controller.core.snapshot import Refusal
+from controller.surfaces.sdnotify import (
     NotifySocket,
     ServiceNotifier,
     describe,
     notify_address,
     watchdog_timeout_seconds,
 )
-from controller.snapshot import Refusal
 from hw.factory import CameraSpec, Hardware, RecordingSpec
 from tests.fakes.notify_socket import ServiceManagerSocket, pings
 

@@ -28,9 +28,9 @@ from typing import Literal
 
 from loguru import logger
 
-from controller.diskmon import DiskMonitor, DiskStatus
-from controller.events import FootageDeleted, HourMerged
-from controller.merge import (
+from controller.core.events import FootageDeleted, HourMerged
+from controller.storage.diskmon import DiskMonitor, DiskStatus
+from controller.storage.merge import (
     MergeAborted,
     MergeBusy,
     MergeDeferred,
@@ -45,7 +45,7 @@ from controller.merge import (
     housekeeping_lock,
     merge_hour,
 )
-from controller.retention import RetentionPolicy, RetentionReport, enforce_retention
+from controller.storage.retention import RetentionPolicy, RetentionReport, enforce_retention
 from hw.footage import HourFolder, hour_key, parse_hour
 from hw.storage import MIN_FREE_BYTES
 

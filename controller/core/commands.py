@@ -10,11 +10,11 @@ import threading
 from concurrent.futures import Future
 from typing import TYPE_CHECKING
 
-from controller.events import CommandDone
+from controller.core.events import CommandDone
 
 if TYPE_CHECKING:
-    from controller.controller import Controller
-    from controller.events import Subscription
+    from controller.core.controller import Controller
+    from controller.core.events import Subscription
 
 
 class CommandDesk:

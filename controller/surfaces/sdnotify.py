@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING
 from loguru import logger
 
 if TYPE_CHECKING:
-    from controller.controller import Controller
-    from controller.snapshot import StatusSnapshot
+    from controller.core.controller import Controller
+    from controller.core.snapshot import StatusSnapshot
 
 NOTIFY_SOCKET_VAR = "NOTIFY_SOCKET"
 WATCHDOG_USEC_VAR = "WATCHDOG_USEC"

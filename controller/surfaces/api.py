@@ -38,11 +38,12 @@ from loguru import logger
 from pydantic import BaseModel, Field
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from controller.commands import CommandDesk
 from controller.config import ApiConfig, parse_listen
-from controller.controller import Controller
-from controller.metrics import CONTENT_TYPE, render_metrics
-from controller.recordings import (
+from controller.core.commands import CommandDesk
+from controller.core.controller import Controller
+from controller.core.snapshot import StatusSnapshot
+from controller.surfaces.metrics import CONTENT_TYPE, render_metrics
+from controller.surfaces.recordings import (
     DEFAULT_PER_PAGE,
     MAX_PAGE,
     MAX_PER_PAGE,
@@ -52,7 +53,6 @@ from controller.recordings import (
     resolve_recording,
     serve_file,
 )
-from controller.snapshot import StatusSnapshot
 from hw.camera import Frame
 from hw.errors import EncoderError, VigilError
 from hw.snapshot import encode_jpeg

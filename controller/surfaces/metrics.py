@@ -13,12 +13,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from controller.alerts import ALERT_KINDS
-from controller.ledger import DEFAULT_BUDGETS
+from controller.core.alerts import ALERT_KINDS
+from controller.core.ledger import DEFAULT_BUDGETS
 from states.machine import STATE_NAMES
 
 if TYPE_CHECKING:
-    from controller.snapshot import StatusSnapshot
+    from controller.core.snapshot import StatusSnapshot
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 MERGE_OUTCOMES = ("merged", "failed", "aborted", "deferred")

@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from controller.alerts import Alert
-    from controller.diskmon import DiskStatus
-    from controller.events import SubscriberStats
-    from controller.health import Health
+    from controller.core.alerts import Alert
+    from controller.core.events import SubscriberStats
+    from controller.core.health import Health
+    from controller.storage.diskmon import DiskStatus
     from hw.camera import Frame
 
 

@@ -22,8 +22,8 @@ from typing import Any
 
 from loguru import logger
 
-from controller.alerts import AlertLog
-from controller.events import (
+from controller.core.alerts import AlertLog
+from controller.core.events import (
     AlertRaised,
     CommandDone,
     ConfigReloaded,
@@ -33,11 +33,11 @@ from controller.events import (
     StateChanged,
     TransitionRefused,
 )
-from controller.health import Health, HealthSampler
-from controller.housekeeping import StorageHousekeeper, StorageSettings
-from controller.ledger import Budget, ErrorLedger
-from controller.merge import MergedHour
-from controller.snapshot import Refusal, RunCounters, StatusSnapshot
+from controller.core.health import Health, HealthSampler
+from controller.core.ledger import Budget, ErrorLedger
+from controller.core.snapshot import Refusal, RunCounters, StatusSnapshot
+from controller.storage.housekeeping import StorageHousekeeper, StorageSettings
+from controller.storage.merge import MergedHour
 from hw.factory import Hardware
 from hw.pipeline import RecordingPipeline
 from hw.recovery import recover_partials

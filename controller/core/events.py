@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from loguru import logger
 
 if TYPE_CHECKING:
-    from controller.alerts import Alert
+    from controller.core.alerts import Alert
 
 DEFAULT_QUEUE_EVENTS = 256
 SUBSCRIBER_POLL_SECONDS = 0.5
