@@ -32,9 +32,10 @@ import numpy as np
 
 from bench.common import Figure, repeat, table
 from hw import framecode
-from hw.factory import DEFAULT_MAKERS, CameraSpec, Hardware, RecordingSpec
+from hw.factory import DEFAULT_MAKERS, Hardware
 from hw.v4l2 import V4L2Maker
 from tests.fakes.v4l2_device import FakeV4L2
+from tests.specs import camera_spec, recording_spec
 
 WIDTH, HEIGHT, FPS = 1280, 720, 30
 SOURCE_SECONDS = 30
@@ -74,9 +75,9 @@ def vigil_cpu_seconds(units: list[bytes], width: int, height: int, workdir: Path
     kernel.add_device(formats={"h264": [(width, height)]}, rates=(float(FPS),), paced=False, packets=units)
     root = Path(tempfile.mkdtemp(dir=workdir))
     hardware = Hardware(
-        CameraSpec(backend="v4l2", width=width, height=height, fps=FPS, input_format="h264",
+        camera_spec(backend="v4l2", width=width, height=height, fps=FPS, input_format="h264",
                    read_timeout_seconds=READ_TIMEOUT_SECONDS),
-        RecordingSpec(root=root, segment_seconds=3600, fragment_seconds=1.0, queue_frames=len(units) + 1),
+        recording_spec(root=root, segment_seconds=3600, fragment_seconds=1.0, queue_frames=len(units) + 1),
         makers={**DEFAULT_MAKERS, "v4l2": V4L2Maker(io=kernel)})
     errors: list[str] = []  # the camera going quiet after the last packet is expected; others are not
     start = time.process_time()

@@ -32,8 +32,9 @@ from loguru import logger
 from hw.camera import Camera, CameraMode, EncodedPacket, Frame
 from hw.encoder import keyframe_interval
 from hw.errors import CameraTimeout
-from hw.factory import CameraSpec, Hardware, RecordingSpec, queue_frames_for
+from hw.factory import Hardware, queue_frames_for
 from hw.recovery import playable_length
+from tests.specs import camera_spec, recording_spec
 
 FPS = 30
 FRAGMENT_SECONDS = 1.0
@@ -190,9 +191,9 @@ def record_in_process(root: Path, width: int, height: int, frames: int, *,
     returning (the last segment closed and fsynced).
     """
     hardware = Hardware(
-        CameraSpec(backend="file", width=width, height=height, fps=FPS,
+        camera_spec(backend="file", width=width, height=height, fps=FPS,
                    source="lavfi:" + lavfi_spec(width, height), pace=False),
-        RecordingSpec(root=root, segment_seconds=SEGMENT_SECONDS, fragment_seconds=FRAGMENT_SECONDS,
+        recording_spec(root=root, segment_seconds=SEGMENT_SECONDS, fragment_seconds=FRAGMENT_SECONDS,
                       encoder_preset=PRESET, crf=CRF, queue_frames=QUEUE_FRAMES))
     # The pipeline bounds its queue in bytes too: hold the camera back to the real length.
     room = threading.Semaphore(queue_frames_for(hardware.camera.mode, QUEUE_FRAMES) - 1)

@@ -28,23 +28,49 @@ API_START_TIMEOUT_SECONDS = 10.0
 EXIT_BACKEND_UNAVAILABLE = 78  # EX_CONFIG, as for a bad config: systemd does not restart it
 
 
+def camera_spec_from_config(config: VigilConfig) -> CameraSpec:
+    """What the config's `camera` section asks of the camera (the defaults live in the schema)."""
+    cam = config.camera
+    return CameraSpec(
+        backend=cam.backend, width=cam.width, height=cam.height, fps=cam.fps,
+        source=cam.source, device=cam.device, pace=cam.pace,
+        read_timeout_seconds=cam.read_timeout_seconds,
+        frozen_seconds=cam.frozen_seconds, input_format=cam.input_format,
+        fragment_seconds=config.recording.fragment_seconds,
+    )
+
+
+def recording_spec_from_config(config: VigilConfig) -> RecordingSpec:
+    """What the config's `recording` section asks of the recording path."""
+    rec = config.recording
+    return RecordingSpec(
+        root=Path(rec.root), fallback_roots=tuple(Path(p) for p in rec.fallback_roots),
+        segment_seconds=rec.segment_seconds, fragment_seconds=rec.fragment_seconds,
+        encoder_preset=rec.encoder_preset, crf=rec.crf, queue_frames=rec.queue_frames,
+    )
+
+
+def policy_from_config(config: VigilConfig) -> RecoveryPolicy:
+    recov = config.recovery
+    return RecoveryPolicy(
+        max_attempts=recov.max_attempts, backoff_seconds=recov.backoff_seconds,
+        backoff_max_seconds=recov.backoff_max_seconds,
+        critical_probe_seconds=recov.critical_probe_seconds,
+    )
+
+
+def retention_from_config(config: VigilConfig) -> RetentionPolicy:
+    storage = config.storage
+    return RetentionPolicy(retention_days=storage.retention_days, reserve_mb=storage.reserve_mb,
+                           reserve_percent=storage.reserve_percent)
+
+
 def hardware_from_config(config: VigilConfig, *, makers: Mapping[str, CameraMaker] | None = None) -> Hardware:
     """The hardware factory the config's `camera` and `recording` sections describe.
 
     `makers` replaces the factory's camera makers (tests, `vigil doctor` with fakes).
     """
-    cam, rec = config.camera, config.recording
-    camera = CameraSpec(
-        backend=cam.backend, width=cam.width, height=cam.height, fps=cam.fps,
-        source=cam.source, device=cam.device, pace=cam.pace,
-        read_timeout_seconds=cam.read_timeout_seconds,
-        frozen_seconds=cam.frozen_seconds, input_format=cam.input_format,
-    )
-    recording = RecordingSpec(
-        root=Path(rec.root), fallback_roots=tuple(Path(p) for p in rec.fallback_roots),
-        segment_seconds=rec.segment_seconds, fragment_seconds=rec.fragment_seconds,
-        encoder_preset=rec.encoder_preset, crf=rec.crf, queue_frames=rec.queue_frames,
-    )
+    camera, recording = camera_spec_from_config(config), recording_spec_from_config(config)
     hardware = Hardware(camera, recording) if makers is None else Hardware(camera, recording, makers=makers)
     for fault in config.camera.inject_faults:
         if hardware.backend != "synthetic":
@@ -57,11 +83,8 @@ def hardware_from_config(config: VigilConfig, *, makers: Mapping[str, CameraMake
 def storage_from_config(config: VigilConfig) -> StorageSettings:
     """The housekeeper's settings from a config's `recording.merge*` and `storage` keys."""
     rec, storage = config.recording, config.storage
-    return StorageSettings(
-        merge=rec.merge, merge_verify=rec.merge_verify, check_seconds=storage.check_seconds,
-        retention=RetentionPolicy(retention_days=storage.retention_days, reserve_mb=storage.reserve_mb,
-                                  reserve_percent=storage.reserve_percent),
-    )
+    return StorageSettings(merge=rec.merge, merge_verify=rec.merge_verify,
+                           check_seconds=storage.check_seconds, retention=retention_from_config(config))
 
 
 def budgets_from_config(config: VigilConfig) -> dict[str, Budget]:
@@ -80,12 +103,7 @@ def parts_from_config(config: VigilConfig, *, source: str = "",
                       makers: Mapping[str, CameraMaker] | None = None) -> Parts:
     """Every part the controller runs with, built from one validated config."""
     recov = config.recovery
-    policy = RecoveryPolicy(
-        max_attempts=recov.max_attempts, backoff_seconds=recov.backoff_seconds,
-        backoff_max_seconds=recov.backoff_max_seconds,
-        critical_probe_seconds=recov.critical_probe_seconds,
-    )
-    return Parts(hardware=hardware_from_config(config, makers=makers), policy=policy,
+    return Parts(hardware=hardware_from_config(config, makers=makers), policy=policy_from_config(config),
                  autostart=config.recording.autostart, budgets=budgets_from_config(config),
                  max_abandoned=recov.max_abandoned_calls, storage=storage_from_config(config),
                  config=config, source=source)

@@ -38,21 +38,25 @@ BACKENDS = ("auto", "synthetic", "file", "v4l2", "picamera2")
 
 @dataclass(frozen=True)
 class CameraSpec:
-    """What the configuration asks of the camera."""
+    """What the configuration asks of the camera.
 
-    backend: str = "auto"
-    width: int = 1280
-    height: int = 720
-    fps: float = 30.0
-    source: str | None = None
-    device: str = "/dev/video0"
-    pace: bool = True
-    read_timeout_seconds: float = 2.0
-    frozen_seconds: float = 10.0
-    input_format: str = "auto"  # v4l2: auto, h264, mjpeg or yuyv422
-    # Keyframe period for cameras that encode themselves (picamera2); Hardware copies it from
-    # recording.fragment_seconds so that fragments and keyframes line up.
-    fragment_seconds: float = 1.0
+    Types only: the defaults live in one place, the config schema (controller/config/schema.py),
+    and controller/daemon.py builds the specs from a validated config.
+    """
+
+    backend: str
+    width: int
+    height: int
+    fps: float
+    source: str | None
+    device: str
+    pace: bool
+    read_timeout_seconds: float
+    frozen_seconds: float
+    input_format: str  # v4l2: auto, h264, mjpeg or yuyv422
+    # Keyframe period for cameras that encode themselves (picamera2); Hardware keeps it equal
+    # to recording.fragment_seconds so that fragments and keyframes line up.
+    fragment_seconds: float
 
     @property
     def mode(self) -> CameraMode:
@@ -61,15 +65,15 @@ class CameraSpec:
 
 @dataclass(frozen=True)
 class RecordingSpec:
-    """What the configuration asks of the recording path."""
+    """What the configuration asks of the recording path (types only, as CameraSpec)."""
 
-    root: Path = Path("recordings")
-    fallback_roots: tuple[Path, ...] = ()
-    segment_seconds: float = 60.0
-    fragment_seconds: float = 1.0
-    encoder_preset: str = "ultrafast"
-    crf: int = 23
-    queue_frames: int = 60
+    root: Path
+    fallback_roots: tuple[Path, ...]
+    segment_seconds: float
+    fragment_seconds: float
+    encoder_preset: str
+    crf: int
+    queue_frames: int
 
 
 CameraMaker = Callable[[CameraSpec, FaultPlan], Camera]

@@ -71,13 +71,16 @@ class GPIOUnavailable(VigilError, RuntimeError):
 
 @dataclass(frozen=True)
 class GpioSpec:
-    """What the configuration asks of the GPIO panel (controller.config.GpioConfig's fields)."""
+    """What the configuration asks of the GPIO panel (controller.config.GpioConfig's fields).
 
-    enabled: bool = True
-    reset_button: str | None = None
-    status_led: str | None = None
-    reset_hold_seconds: float = 3.0
-    pin_factory: str | None = None
+    Types only: the defaults live in the config schema.
+    """
+
+    enabled: bool
+    reset_button: str | None
+    status_led: str | None
+    reset_hold_seconds: float
+    pin_factory: str | None
 
 
 def make_pin_factory(name: str | None) -> Any:

@@ -18,11 +18,12 @@ import av
 import pytest
 
 from hw.camera import Camera
-from hw.factory import DEFAULT_MAKERS, CameraMaker, CameraSpec, Hardware, RecordingSpec
+from hw.factory import DEFAULT_MAKERS, CameraMaker, Hardware
 from hw.synthetic import FaultPlan
 from hw.v4l2 import V4L2Maker
 from tests.fakes.conftest import fake_picamera2  # noqa: F401 - the fixture, for the Pi rigs
 from tests.fakes.v4l2_device import FakeV4L2, FakeVideoDevice, draw_yuv420
+from tests.specs import camera_spec, recording_spec
 
 WIDTH, HEIGHT, FPS = 160, 120, 30.0
 READ_TIMEOUT_SECONDS = 0.5
@@ -49,10 +50,10 @@ class Rig:
     def hardware(self, root: Path, *, scenario: str = "record", segment_seconds: float = 1.0,
                  fragment_seconds: float = 0.5, **overrides: Any) -> Hardware:
         extra = {"stall": self.stall_spec, "lose": self.lose_spec}.get(scenario, {})
-        camera = CameraSpec(backend=self.backend, width=WIDTH, height=HEIGHT, fps=FPS,
+        camera = camera_spec(backend=self.backend, width=WIDTH, height=HEIGHT, fps=FPS,
                             read_timeout_seconds=READ_TIMEOUT_SECONDS, frozen_seconds=0.0,
                             **{**self.spec, **extra, **overrides})
-        recording = RecordingSpec(root=root, segment_seconds=segment_seconds,
+        recording = recording_spec(root=root, segment_seconds=segment_seconds,
                                   fragment_seconds=fragment_seconds)
         return Hardware(camera, recording, faults=self.faults, makers=self.makers)
 

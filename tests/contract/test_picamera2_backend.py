@@ -20,7 +20,7 @@ from loguru import logger
 from controller.core.controller import Controller
 from hw.camera import CameraMode
 from hw.errors import CameraUnavailable
-from hw.factory import CameraSpec, Hardware, RecordingSpec
+from hw.factory import Hardware
 from hw.picam import (
     PicameraCamera,
     SensorMode,
@@ -33,6 +33,7 @@ from hw.snapshot import encode_jpeg
 from hw.v4l2 import nal_types
 from tests.e2e.conftest import FAST_POLICY, RunningController
 from tests.helpers import gaps, recorded_numbers
+from tests.specs import camera_spec, recording_spec
 
 IMX708_MODES = "1536x864@120.13, 2304x1296@56.03, 4608x2592@14.35"
 WAIT_SECONDS = 10.0
@@ -97,9 +98,9 @@ def test_a_stop_that_hangs_is_abandoned_within_the_stop_timeout(fake_picamera2: 
     from picamera2 import _fake
 
     handle = _fake.install_camera()
-    hardware = Hardware(CameraSpec(backend="picamera2", width=160, height=120, fps=30,
+    hardware = Hardware(camera_spec(backend="picamera2", width=160, height=120, fps=30,
                                    read_timeout_seconds=0.5),
-                        RecordingSpec(root=tmp_path, segment_seconds=1, fragment_seconds=0.5))
+                        recording_spec(root=tmp_path, segment_seconds=1, fragment_seconds=0.5))
     camera = hardware.make_camera()
     camera.open()
     pipeline = hardware.make_pipeline(camera, tmp_path, lambda category, reason: None)
@@ -140,8 +141,8 @@ def test_an_impossible_mode_keeps_the_unit_idle_and_says_why(fake_picamera2: Mod
     from picamera2 import _fake
 
     _fake.install_camera()
-    hardware = Hardware(CameraSpec(backend="picamera2", width=4096, height=3072, fps=30),
-                        RecordingSpec(root=tmp_path))
+    hardware = Hardware(camera_spec(backend="picamera2", width=4096, height=3072, fps=30),
+                        recording_spec(root=tmp_path))
     running = RunningController(Controller(hardware, policy=FAST_POLICY, autostart=True))
     running.thread.start()
     try:
@@ -157,8 +158,8 @@ def test_lores_frames_are_validated_and_feed_snapshots(fake_picamera2: ModuleTyp
     from picamera2 import _fake
 
     handle = _fake.install_camera()
-    hardware = Hardware(CameraSpec(backend="picamera2", width=640, height=480, fps=30),
-                        RecordingSpec(root=tmp_path, segment_seconds=1, fragment_seconds=0.5))
+    hardware = Hardware(camera_spec(backend="picamera2", width=640, height=480, fps=30),
+                        recording_spec(root=tmp_path, segment_seconds=1, fragment_seconds=0.5))
     camera = hardware.make_camera()
     camera.open()
     errors: list[tuple[str, str]] = []
@@ -212,9 +213,9 @@ def test_a_frontend_timeout_recovers_by_reopening_picamera2(fake_picamera2: Modu
     from picamera2 import _fake
 
     handle = _fake.install_camera(dequeue_timeout_s=0.2)
-    hardware = Hardware(CameraSpec(backend="picamera2", width=160, height=120, fps=30,
+    hardware = Hardware(camera_spec(backend="picamera2", width=160, height=120, fps=30,
                                    read_timeout_seconds=0.5, frozen_seconds=0),
-                        RecordingSpec(root=tmp_path / "rec", segment_seconds=1, fragment_seconds=0.5))
+                        recording_spec(root=tmp_path / "rec", segment_seconds=1, fragment_seconds=0.5))
     running = RunningController(Controller(hardware, policy=FAST_POLICY, autostart=True))
     running.thread.start()
     try:

@@ -19,10 +19,11 @@ import pytest
 from controller.config import VigilConfig
 from controller.doctor import EXIT_OK, examine
 from hw.errors import BackendUnavailable
-from hw.factory import DEFAULT_MAKERS, CameraSpec, Hardware, RecordingSpec
+from hw.factory import DEFAULT_MAKERS, Hardware
 from hw.picam import PicameraMaker
 from tests.conftest import REPO
 from tests.helpers import gaps, recorded_numbers, segments
+from tests.specs import camera_spec, recording_spec
 
 BROKEN = REPO / "tests" / "fakes" / "broken_numpy"
 DTYPE_MESSAGE = "ValueError: numpy.dtype size changed, may indicate binary incompatibility"
@@ -64,12 +65,12 @@ def test_the_probe_reports_the_library_message_instead_of_raising(broken_picamer
 
 
 def test_auto_falls_back_and_explicit_is_unavailable(broken_picamera2: None, tmp_path: Path) -> None:
-    auto = Hardware(CameraSpec(backend="auto"), RecordingSpec(root=tmp_path))
+    auto = Hardware(camera_spec(backend="auto"), recording_spec(root=tmp_path))
     assert auto.backend == "synthetic"
     assert DTYPE_MESSAGE in auto.backend_reason
     assert auto.unavailable == ""
 
-    explicit = Hardware(CameraSpec(backend="picamera2"), RecordingSpec(root=tmp_path))
+    explicit = Hardware(camera_spec(backend="picamera2"), recording_spec(root=tmp_path))
     assert DTYPE_MESSAGE in explicit.unavailable
     with pytest.raises(BackendUnavailable, match=r"numpy\.dtype size changed"):
         explicit.make_camera()

@@ -21,7 +21,7 @@ from controller.core.controller import Controller
 from hw import v4l2
 from hw.camera import CameraMode, EncodedPacket, Frame
 from hw.errors import CameraUnavailable
-from hw.factory import DEFAULT_MAKERS, CameraSpec, Hardware, RecordingSpec, detect_backend
+from hw.factory import DEFAULT_MAKERS, Hardware, detect_backend
 from hw.v4l2 import (
     GrantedModeMismatch,
     LinuxDeviceIO,
@@ -33,6 +33,7 @@ from hw.v4l2 import (
 from tests.e2e.conftest import FAST_POLICY, RunningController
 from tests.fakes.v4l2_device import FakeV4L2
 from tests.helpers import gaps, recorded_numbers, segments
+from tests.specs import camera_spec, recording_spec
 
 MODE = CameraMode(160, 120, 30)
 WAIT_SECONDS = 10.0
@@ -129,8 +130,8 @@ def test_a_granted_rate_other_than_the_config_is_reported_with_the_offered_rates
 
 
 def record(kernel: FakeV4L2, root: Path, input_format: str, frames: int = 45) -> V4L2Camera:
-    hardware = Hardware(CameraSpec(backend="v4l2", width=160, height=120, fps=30, input_format=input_format),
-                        RecordingSpec(root=root, segment_seconds=1, fragment_seconds=0.5),
+    hardware = Hardware(camera_spec(backend="v4l2", width=160, height=120, fps=30, input_format=input_format),
+                        recording_spec(root=root, segment_seconds=1, fragment_seconds=0.5),
                         makers={**DEFAULT_MAKERS, "v4l2": V4L2Maker(io=kernel)})
     camera = hardware.make_camera()
     camera.open()
@@ -195,9 +196,9 @@ def test_unplugging_mid_recording_is_camera_lost_and_recording_resumes_once_it_i
     kernel = FakeV4L2()
     device = kernel.add_device(formats={"h264": [(160, 120)]}, by_id="usb-Fake_Camera_0001-video-index0")
     hardware = Hardware(
-        CameraSpec(backend="v4l2", width=160, height=120, fps=30, read_timeout_seconds=0.5,
+        camera_spec(backend="v4l2", width=160, height=120, fps=30, read_timeout_seconds=0.5,
                    device="/dev/v4l/by-id/usb-Fake_Camera_0001-video-index0"),
-        RecordingSpec(root=tmp_path / "rec", segment_seconds=1, fragment_seconds=0.5),
+        recording_spec(root=tmp_path / "rec", segment_seconds=1, fragment_seconds=0.5),
         makers={**DEFAULT_MAKERS, "v4l2": V4L2Maker(io=kernel)})
     running = RunningController(Controller(hardware, policy=FAST_POLICY, autostart=True))
     running.thread.start()

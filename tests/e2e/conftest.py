@@ -12,8 +12,9 @@ from controller.core.controller import Controller
 from controller.core.ledger import DEFAULT_BUDGETS, ErrorLedger
 from controller.storage.housekeeping import StorageSettings
 from controller.storage.retention import RetentionPolicy
-from hw.factory import CameraSpec, Hardware, RecordingSpec
+from hw.factory import Hardware
 from states.recovering import RecoveryPolicy
+from tests.specs import camera_spec, recording_spec
 
 # Tests count every frame: no hourly merge and no reserve deleting footage under them,
 # unless a test asks for its own storage settings.
@@ -52,9 +53,9 @@ def start_controller(tmp_path: Path) -> Iterator[Callable[..., RunningController
               read_timeout_seconds: float = 1.0, policy: RecoveryPolicy = FAST_POLICY,
               max_abandoned: int = 3, budgets: dict | None = None, crf: int = 23,
               storage: StorageSettings | None = None) -> RunningController:
-        camera = CameraSpec(backend="synthetic", width=width, height=height, fps=fps,
+        camera = camera_spec(backend="synthetic", width=width, height=height, fps=fps,
                             frozen_seconds=frozen_seconds, read_timeout_seconds=read_timeout_seconds)
-        recording = RecordingSpec(root=root or tmp_path / "rec", fallback_roots=fallbacks,
+        recording = recording_spec(root=root or tmp_path / "rec", fallback_roots=fallbacks,
                                   segment_seconds=segment_seconds, fragment_seconds=fragment_seconds,
                                   crf=crf)
         ledger = ErrorLedger({**DEFAULT_BUDGETS, **(budgets or {})})

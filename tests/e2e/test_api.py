@@ -28,7 +28,8 @@ from controller.config import ApiConfig
 from controller.core.controller import Controller
 from controller.surfaces.api import ApiServer, create_app, start_api
 from hw import framecode
-from hw.factory import CameraSpec, Hardware, RecordingSpec
+from hw.factory import Hardware
+from tests.specs import camera_spec, recording_spec
 
 WIDTH, HEIGHT, FPS = 160, 120, 30
 TOKEN = "correct-horse-battery-staple"
@@ -99,8 +100,8 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     token_file = base / "api-token"
     token_file.write_text(TOKEN + "\n")
     token_file.chmod(0o600)
-    camera = CameraSpec(backend="synthetic", width=WIDTH, height=HEIGHT, fps=FPS)
-    recording = RecordingSpec(root=root, segment_seconds=1.0, fragment_seconds=0.5)
+    camera = camera_spec(backend="synthetic", width=WIDTH, height=HEIGHT, fps=FPS)
+    recording = recording_spec(root=root, segment_seconds=1.0, fragment_seconds=0.5)
     controller = Controller(Hardware(camera, recording), autostart=True)
     loop = threading.Thread(target=controller.run, name="vigil-controller", daemon=True)
     loop.start()

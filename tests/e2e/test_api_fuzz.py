@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 
 from controller.core.controller import Controller
 from controller.surfaces.api import ApiServer, create_app
-from hw.factory import CameraSpec, Hardware, RecordingSpec
+from hw.factory import Hardware
+from tests.specs import camera_spec, recording_spec
 
 TOKEN = "fuzz-token"
 EXAMPLES = 120  # about 10 s on the development machine: every operation, valid and invalid input
@@ -32,8 +33,8 @@ def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]
     token_file = base / "token"
     token_file.write_text(TOKEN)
     token_file.chmod(0o600)
-    camera = CameraSpec(backend="synthetic", width=160, height=120, fps=15)
-    controller = Controller(Hardware(camera, RecordingSpec(root=root, segment_seconds=1.0,
+    camera = camera_spec(backend="synthetic", width=160, height=120, fps=15)
+    controller = Controller(Hardware(camera, recording_spec(root=root, segment_seconds=1.0,
                                                            fragment_seconds=0.5)))
     loop = threading.Thread(target=controller.run, name="vigil-controller", daemon=True)
     loop.start()

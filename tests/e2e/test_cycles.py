@@ -26,10 +26,11 @@ from controller.core.controller import Controller
 from controller.storage.housekeeping import StorageSettings
 from controller.storage.merge import segment_order
 from controller.storage.retention import RetentionPolicy
-from hw.factory import CameraSpec, Hardware, RecordingSpec
+from hw.factory import Hardware
 from hw.footage import PARTIAL_SUFFIX
 from states.recovering import RecoveryPolicy
 from tests.helpers import frame_numbers, gaps
+from tests.specs import camera_spec, recording_spec
 
 CYCLES = 500
 RSS_GROWTH_LIMIT_MB = 50.0
@@ -96,8 +97,8 @@ def transitions_since(c: Controller, marker: Transition) -> list[tuple[str, str,
 def test_500_fault_recover_cycles_leak_nothing_and_lose_no_frame(tmp_path: Path) -> None:
     root = tmp_path / "rec"
     # 160x120, not 64x48: the frame-number code needs 3+ px per cell to be read back.
-    hardware = Hardware(CameraSpec(backend="synthetic", width=160, height=120, fps=30, frozen_seconds=0),
-                        RecordingSpec(root=root, segment_seconds=2, fragment_seconds=0.5))
+    hardware = Hardware(camera_spec(backend="synthetic", width=160, height=120, fps=30, frozen_seconds=0),
+                        recording_spec(root=root, segment_seconds=2, fragment_seconds=0.5))
     # Housekeeping that neither merges nor deletes: every frame recorded stays where it was
     # written, whatever the hour or the free space of the machine running the test.
     keep_everything = StorageSettings(merge="off", retention=RetentionPolicy(

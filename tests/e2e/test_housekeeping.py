@@ -18,12 +18,13 @@ from controller.storage.merge import HourStillOpen
 from controller.storage.retention import RetentionPolicy
 from hw.camera import CameraMode
 from hw.encoder import H264Encoder
-from hw.factory import CameraSpec, Hardware, RecordingSpec
+from hw.factory import Hardware
 from hw.footage import hour_folder_for, hour_key
 from hw.synthetic import FrameCounter, SyntheticCamera
 from hw.writer import ClosedSegment, SegmentWriter
 from tests.helpers import frame_numbers, gaps
 from tests.pasthours import HOUR, past_hour_start, record
+from tests.specs import camera_spec, recording_spec
 from tests.tmpfs import mounted_tmpfs
 
 MIB = 1024 * 1024
@@ -155,8 +156,8 @@ def test_the_controller_runs_housekeeping_and_hands_it_merges_and_full_disks(tmp
     root = tmp_path / "rec"
     past = past_hour_start(3)
     record(root, wallclock=past + 60, frames=60, counter=FrameCounter())
-    hardware = Hardware(CameraSpec(backend="synthetic", width=160, height=120, fps=30),
-                        RecordingSpec(root=root, segment_seconds=1, fragment_seconds=0.5))
+    hardware = Hardware(camera_spec(backend="synthetic", width=160, height=120, fps=30),
+                        recording_spec(root=root, segment_seconds=1, fragment_seconds=0.5))
     controller = Controller(hardware, autostart=False, storage=StorageSettings(
         merge="off", retention=RetentionPolicy(0, 0, 0), sample_seconds=0.1))
     loop = threading.Thread(target=controller.run, name="test-controller-loop")

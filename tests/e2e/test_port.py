@@ -32,8 +32,9 @@ import pytest
 
 from controller.core.controller import Controller
 from controller.surfaces.api import ApiServer, ServerLimits, create_app
-from hw.factory import CameraSpec, Hardware, RecordingSpec
+from hw.factory import Hardware
 from tests.helpers import gaps, recorded_numbers, segments
+from tests.specs import camera_spec, recording_spec
 
 DAEMON_NOFILE = 256
 FLOOD_CONNECTIONS = 600  # open at once: more than the daemon has descriptors
@@ -450,8 +451,8 @@ def file_server(tmp_path: Path) -> Iterator[ServerFactory]:
         (root / BIG).parent.mkdir(parents=True, exist_ok=True)
         with open(root / BIG, "wb") as big:
             big.truncate(64 * 1024 * 1024)  # 64 MiB to send, nothing on the disk
-        camera = CameraSpec(backend="synthetic", width=160, height=120, fps=15)
-        controller = Controller(Hardware(camera, RecordingSpec(root=root)), autostart=False)
+        camera = camera_spec(backend="synthetic", width=160, height=120, fps=15)
+        controller = Controller(Hardware(camera, recording_spec(root=root)), autostart=False)
         chosen = ServerLimits(**{"request_seconds": 2.0, "send_stall_seconds": 1.0, **limits})
         server = ApiServer(create_app(controller, token_file=None, root_provider=lambda: root),
                            "127.0.0.1", 0, limits=chosen)

@@ -21,9 +21,10 @@ from controller.doctor import EXIT_OK, examine
 from hw import framecode
 from hw.camera import CameraMode, Frame
 from hw.encoder import LIBX264, PI_ENCODER_DEVICE, V4L2_M2M, H264Encoder, choose_encoder, probe_m2m_encoder
-from hw.factory import DEFAULT_MAKERS, CameraSpec, Hardware, RecordingSpec
+from hw.factory import DEFAULT_MAKERS, Hardware
 from tests.fakes.v4l2_device import FakeV4L2
 from tests.helpers import gaps, recorded_numbers, segments
+from tests.specs import camera_spec, recording_spec
 from tests.unit.test_encoder import decode_numbers
 
 BOTH = {LIBX264, V4L2_M2M}
@@ -84,8 +85,8 @@ def test_a_hardware_encoder_that_will_not_open_falls_back_and_records(tmp_path: 
     if Path(PI_ENCODER_DEVICE).exists():
         pytest.skip(f"{PI_ENCODER_DEVICE} exists here: h264_v4l2m2m may really open (see the hardware test)")
     root = tmp_path / "rec"
-    hardware = Hardware(CameraSpec(backend="synthetic", width=160, height=120, fps=30),
-                        RecordingSpec(root=root, segment_seconds=1, fragment_seconds=0.5),
+    hardware = Hardware(camera_spec(backend="synthetic", width=160, height=120, fps=30),
+                        recording_spec(root=root, segment_seconds=1, fragment_seconds=0.5),
                         encoder_probe=lambda: "")  # the probe says: the encoder is there
     assert hardware.encoder_choice.codec == V4L2_M2M
     camera = hardware.make_camera()

@@ -19,17 +19,18 @@ from gpiozero.pins.mock import MockFactory, MockPin
 from loguru import logger
 
 from controller.core.controller import Controller
-from hw.factory import CameraSpec, Hardware, RecordingSpec
-from hw.gpio import LED_PATTERNS, SOS, GpioSpec, OperatorPanel, StatusLight, open_panel
+from hw.factory import Hardware
+from hw.gpio import LED_PATTERNS, SOS, OperatorPanel, StatusLight, open_panel
 from tests.helpers import gaps, recorded_numbers
+from tests.specs import camera_spec, gpio_spec, recording_spec
 
 BUTTON, LED = "17", "27"
 FAST_HOLD_SECONDS = 0.3
 
 
 def make_controller(tmp_path: Path) -> Controller:
-    camera = CameraSpec(backend="synthetic", width=160, height=120, fps=30, frozen_seconds=0)
-    recording = RecordingSpec(root=tmp_path / "rec", segment_seconds=2, fragment_seconds=0.5)
+    camera = camera_spec(backend="synthetic", width=160, height=120, fps=30, frozen_seconds=0)
+    recording = recording_spec(root=tmp_path / "rec", segment_seconds=2, fragment_seconds=0.5)
     return Controller(Hardware(camera, recording), autostart=True)
 
 
@@ -41,7 +42,7 @@ class Unit:
         self.controller = make_controller(tmp_path)
         self.thread = threading.Thread(target=self.controller.run, name="vigil-controller", daemon=True)
         self.panel = OperatorPanel(
-            GpioSpec(reset_button=BUTTON, status_led=LED, reset_hold_seconds=hold_seconds),
+            gpio_spec(reset_button=BUTTON, status_led=LED, reset_hold_seconds=hold_seconds),
             post=self.controller.post, state=lambda: self.controller.state, pin_factory=self.factory,
         )
         self.button: MockPin = self.factory.pin(BUTTON)
@@ -146,7 +147,7 @@ def test_hold_resets_then_records_again_without_toggling(make_unit) -> None:
 
 
 def test_holding_for_the_default_three_seconds_resets(make_unit) -> None:
-    unit = make_unit(GpioSpec().reset_hold_seconds)
+    unit = make_unit(gpio_spec().reset_hold_seconds)
     c = unit.controller
     unit.button.drive_low()
     assert c.wait_until(reached(c, "reset"), 10), c.transitions
@@ -157,7 +158,7 @@ def test_holding_for_the_default_three_seconds_resets(make_unit) -> None:
 def test_callbacks_only_post_events() -> None:
     factory = MockFactory()
     posted: list[str] = []
-    panel = OperatorPanel(GpioSpec(reset_button=BUTTON, reset_hold_seconds=0.2), post=posted.append,
+    panel = OperatorPanel(gpio_spec(reset_button=BUTTON, reset_hold_seconds=0.2), post=posted.append,
                           state=lambda: "idle", pin_factory=factory)
     pin = factory.pin(BUTTON)
     try:
@@ -246,7 +247,7 @@ def test_unavailable_gpio_is_said_once_and_the_recorder_runs_on(
     controller = make_controller(tmp_path)
     thread = threading.Thread(target=controller.run, name="vigil-controller", daemon=True)
     try:
-        panel = open_panel(GpioSpec(reset_button=BUTTON, status_led=LED), post=controller.post,
+        panel = open_panel(gpio_spec(reset_button=BUTTON, status_led=LED), post=controller.post,
                            state=lambda: controller.state)
         thread.start()
         assert panel is None
@@ -262,12 +263,12 @@ def test_unavailable_gpio_is_said_once_and_the_recorder_runs_on(
 
 
 def test_a_pin_the_board_does_not_have_is_unavailable_not_fatal() -> None:
-    panel = open_panel(GpioSpec(status_led="GPIO99"), post=lambda name: None, state=lambda: "idle",
+    panel = open_panel(gpio_spec(status_led="GPIO99"), post=lambda name: None, state=lambda: "idle",
                        pin_factory=MockFactory())
     assert panel is None
 
 
 def test_nothing_configured_opens_nothing() -> None:
-    assert open_panel(GpioSpec(), post=lambda name: None, state=lambda: "idle") is None
-    assert open_panel(GpioSpec(enabled=False, reset_button=BUTTON), post=lambda name: None,
+    assert open_panel(gpio_spec(), post=lambda name: None, state=lambda: "idle") is None
+    assert open_panel(gpio_spec(enabled=False, reset_button=BUTTON), post=lambda name: None,
                       state=lambda: "idle") is None

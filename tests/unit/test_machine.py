@@ -13,13 +13,14 @@ from pathlib import Path
 import pytest
 
 from hw.camera import CameraMode
-from hw.factory import CameraSpec, Hardware, RecordingSpec
+from hw.factory import CameraSpec, Hardware
 from hw.synthetic import SyntheticCamera
 from states.machine import STATE_NAMES, TRANSITIONS
 from states.recovering import RecoveryPolicy
 from states.unit import Unit
+from tests.specs import camera_spec, recording_spec
 
-SMALL = CameraSpec(backend="synthetic", width=64, height=48, fps=30, frozen_seconds=0)
+SMALL = camera_spec(backend="synthetic", width=64, height=48, fps=30, frozen_seconds=0)
 
 
 class Recorder:
@@ -47,7 +48,7 @@ class Recorder:
 def make_unit(tmp_path: Path, *, camera: CameraSpec = SMALL, fallbacks: tuple[Path, ...] = (),
               root: Path | None = None, reload=None) -> tuple[Unit, Recorder]:
     rec = Recorder()
-    hardware = Hardware(camera, RecordingSpec(root=root or tmp_path / "rec", fallback_roots=fallbacks,
+    hardware = Hardware(camera, recording_spec(root=root or tmp_path / "rec", fallback_roots=fallbacks,
                                               segment_seconds=2, fragment_seconds=0.5))
     unit = Unit(hardware, policy=RecoveryPolicy(max_attempts=2), autostart=True, post=rec.post,
                 schedule=rec.schedule, cancel_scheduled=rec.cancel, report_error=rec.report,
@@ -153,7 +154,7 @@ def test_stop_from_recording_does_not_autostart(unit: Unit) -> None:
 
 def test_reset_reloads_config_and_keeps_last_good_one_when_bad(tmp_path: Path) -> None:
     bigger = replace(SMALL, width=96)
-    answers = [None, (Hardware(bigger, RecordingSpec(root=tmp_path / "r2")), RecoveryPolicy(), False)]
+    answers = [None, (Hardware(bigger, recording_spec(root=tmp_path / "r2")), RecoveryPolicy(), False)]
     u, rec = make_unit(tmp_path, reload=lambda: answers.pop(0))
     u.reset()
     assert u.hardware.camera.width == 64  # bad config on disk: kept the last good one

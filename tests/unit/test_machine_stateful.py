@@ -31,14 +31,15 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from hw.factory import CameraSpec, Hardware, RecordingSpec
+from hw.factory import Hardware
 from hw.footage import PARTIAL_SUFFIX
 from states.guards import open_partial_files
 from states.machine import STATE_NAMES
 from states.recovering import RecoveryPolicy
 from states.unit import Unit
+from tests.specs import camera_spec, recording_spec
 
-CAMERA = CameraSpec(backend="synthetic", width=64, height=48, fps=30, frozen_seconds=0,
+CAMERA = camera_spec(backend="synthetic", width=64, height=48, fps=30, frozen_seconds=0,
                     read_timeout_seconds=1.0)
 POLICY = RecoveryPolicy(max_attempts=3, backoff_seconds=1.0, backoff_max_seconds=4.0,
                         critical_probe_seconds=5.0)
@@ -118,7 +119,7 @@ class UnitUnderRandomEvents(RuleBasedStateMachine):
         self.scratch = Path(tempfile.mkdtemp(prefix="vigil-stateful-"))
         self.root = self.scratch / "rec"
         self.played = PlayedController()
-        hardware = Hardware(CAMERA, RecordingSpec(root=self.root, segment_seconds=2,
+        hardware = Hardware(CAMERA, recording_spec(root=self.root, segment_seconds=2,
                                                   fragment_seconds=0.1))
         self.unit = Unit(hardware, policy=POLICY, autostart=True, post=self.played.post,
                          schedule=self.played.schedule, cancel_scheduled=self.played.cancel,

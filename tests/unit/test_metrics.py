@@ -15,8 +15,9 @@ from controller.core.health import Health
 from controller.core.snapshot import RunCounters, StatusSnapshot
 from controller.storage.diskmon import DiskStatus
 from controller.surfaces.metrics import render_metrics
-from hw.factory import CameraSpec, Hardware, RecordingSpec
+from hw.factory import Hardware
 from states.machine import STATE_NAMES
+from tests.specs import camera_spec, recording_spec
 
 DISK = DiskStatus(path="/srv/rec", total_bytes=32_000_000_000, free_bytes=5_000_000_000,
                   reserve_bytes=1_000_000_000, write_bytes_per_second=250_000.5,
@@ -26,8 +27,8 @@ DISK = DiskStatus(path="/srv/rec", total_bytes=32_000_000_000, free_bytes=5_000_
 @pytest.fixture
 def bare() -> StatusSnapshot:
     """The snapshot of a controller that has not run: nothing measured yet."""
-    hardware = Hardware(CameraSpec(backend="synthetic", width=160, height=120, fps=30),
-                        RecordingSpec(root=Path("/srv/rec")))
+    hardware = Hardware(camera_spec(backend="synthetic", width=160, height=120, fps=30),
+                        recording_spec(root=Path("/srv/rec")))
     return Controller(hardware, autostart=False).snapshot
 
 

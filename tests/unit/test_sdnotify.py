@@ -27,8 +27,9 @@ from controller.surfaces.sdnotify import (
     notify_address,
     watchdog_timeout_seconds,
 )
-from hw.factory import CameraSpec, Hardware, RecordingSpec
+from hw.factory import Hardware
 from tests.fakes.notify_socket import ServiceManagerSocket, pings
+from tests.specs import camera_spec, recording_spec
 
 WATCHDOG_USEC = 1_000_000  # pings every 0.5 s: well above the controller loop's 0.25 s tick
 PING_SECONDS = WATCHDOG_USEC / 2_000_000
@@ -42,8 +43,8 @@ def socket_dir() -> Iterator[Path]:
 
 
 def make_controller(tmp_path: Path, *, autostart: bool = True) -> Controller:
-    camera = CameraSpec(backend="synthetic", width=160, height=120, fps=30, frozen_seconds=0)
-    recording = RecordingSpec(root=tmp_path / "rec", segment_seconds=2, fragment_seconds=0.5)
+    camera = camera_spec(backend="synthetic", width=160, height=120, fps=30, frozen_seconds=0)
+    recording = recording_spec(root=tmp_path / "rec", segment_seconds=2, fragment_seconds=0.5)
     return Controller(Hardware(camera, recording), autostart=autostart)
 
 
