@@ -33,7 +33,7 @@ import numpy as np
 from bench.common import Figure, repeat, table
 from hw import framecode
 from hw.factory import DEFAULT_MAKERS, CameraSpec, Hardware, RecordingSpec
-from hw.v4l2 import V4L2Maker
+from hw.v4l2.probe import V4L2Maker
 from tests.fakes.v4l2_device import FakeV4L2
 
 WIDTH, HEIGHT, FPS = 1280, 720, 30
