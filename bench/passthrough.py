@@ -33,7 +33,7 @@ import numpy as np
 from bench.common import Figure, repeat, table
 from hw import framecode
 from hw.factory import DEFAULT_MAKERS, Hardware
-from hw.v4l2 import V4L2Maker
+from hw.v4l2.probe import V4L2Maker
 from tests.fakes.v4l2_device import FakeV4L2
 from tests.specs import camera_spec, recording_spec
 

@@ -25,7 +25,7 @@ from hw.camera import CameraMode, EncodedPacket, Frame
 from hw.errors import EncoderError
 
 if TYPE_CHECKING:
-    from hw.v4l2 import DeviceIO
+    from hw.v4l2.device import DeviceIO
 
 MICROSECONDS = Fraction(1, 1_000_000)
 PRESETS = (
@@ -45,7 +45,7 @@ M2M_BITS_PER_PIXEL = 0.1
 def probe_m2m_encoder(device: str = PI_ENCODER_DEVICE, *, io: DeviceIO | None = None) -> str:
     """"" when `device` answers VIDIOC_QUERYCAP as a V4L2 M2M H.264 encoder, else why not."""
     from hw.errors import CameraError
-    from hw.v4l2 import LINUX_IO, V4L2Device
+    from hw.v4l2.device import LINUX_IO, V4L2Device
 
     node = V4L2Device(device, io=io if io is not None else LINUX_IO)
     try:

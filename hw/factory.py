@@ -16,7 +16,7 @@ from hw.picam import PicameraMaker
 from hw.pipeline import ErrorSink, RecordingPipeline
 from hw.probe import BackendProbe
 from hw.synthetic import FaultPlan, SyntheticCamera
-from hw.v4l2 import V4L2Maker
+from hw.v4l2.probe import V4L2Maker
 from hw.validate import FrameValidator
 from hw.writer import ClosedSegment, SegmentWriter
 

@@ -20,7 +20,7 @@ import pytest
 from hw.camera import Camera
 from hw.factory import DEFAULT_MAKERS, CameraMaker, Hardware
 from hw.synthetic import FaultPlan
-from hw.v4l2 import V4L2Maker
+from hw.v4l2.probe import V4L2Maker
 from tests.fakes.conftest import fake_picamera2  # noqa: F401 - the fixture, for the Pi rigs
 from tests.fakes.v4l2_device import FakeV4L2, FakeVideoDevice, draw_yuv420
 from tests.specs import camera_spec, recording_spec

@@ -11,7 +11,7 @@ from controller.config import VigilConfig
 from controller.doctor import EXIT_CANNOT_RECORD, EXIT_OK, examine
 from hw.factory import DEFAULT_MAKERS, CameraMaker
 from hw.picam import PicameraMaker
-from hw.v4l2 import V4L2Maker
+from hw.v4l2.probe import V4L2Maker
 from tests.fakes.v4l2_device import FakeV4L2
 
 REPO = Path(__file__).resolve().parents[2]

@@ -30,7 +30,7 @@ from hw.picam import (
     packed_yuv420,
 )
 from hw.snapshot import encode_jpeg
-from hw.v4l2 import nal_types
+from hw.v4l2.h264 import nal_types
 from tests.e2e.conftest import FAST_POLICY, RunningController
 from tests.helpers import gaps, recorded_numbers
 from tests.specs import camera_spec, recording_spec

@@ -18,18 +18,14 @@ import pytest
 from loguru import logger
 
 from controller.core.controller import Controller
-from hw import v4l2
 from hw.camera import CameraMode, EncodedPacket, Frame
 from hw.errors import CameraUnavailable
 from hw.factory import DEFAULT_MAKERS, Hardware, detect_backend
-from hw.v4l2 import (
-    GrantedModeMismatch,
-    LinuxDeviceIO,
-    V4L2Camera,
-    V4L2Device,
-    V4L2Maker,
-    nal_units,
-)
+from hw.v4l2 import abi
+from hw.v4l2.camera import GrantedModeMismatch, V4L2Camera
+from hw.v4l2.device import LinuxDeviceIO, V4L2Device
+from hw.v4l2.h264 import ParameterSets, nal_units
+from hw.v4l2.probe import V4L2Maker
 from tests.e2e.conftest import FAST_POLICY, RunningController
 from tests.fakes.v4l2_device import FakeV4L2
 from tests.helpers import gaps, recorded_numbers, segments
@@ -62,8 +58,8 @@ def fake_camera(kernel: FakeV4L2, input_format: str = "auto", mode: CameraMode =
 
 def test_request_numbers_match_the_kernel_header() -> None:
     expected = KNOWN_REQUESTS[struct.calcsize("P")]
-    assert {name: getattr(v4l2, name) for name in expected} == expected
-    assert ctypes.sizeof(v4l2.v4l2_capability) == 104
+    assert {name: getattr(abi, name) for name in expected} == expected
+    assert ctypes.sizeof(abi.v4l2_capability) == 104
 
 
 def test_nal_units_are_found_behind_three_and_four_byte_start_codes() -> None:
@@ -73,7 +69,7 @@ def test_nal_units_are_found_behind_three_and_four_byte_start_codes() -> None:
 
 
 def test_parameter_sets_go_in_front_of_idrs_and_an_idr_before_them_starts_nothing() -> None:
-    sets = v4l2.ParameterSets()
+    sets = ParameterSets()
     sps, pps = b"\x00\x00\x00\x01\x67S", b"\x00\x00\x00\x01\x68P"
     idr, p_slice = b"\x00\x00\x01\x65I", b"\x00\x00\x01\x41p"
     assert sets.complete(idr) == (idr, False)  # no SPS/PPS seen yet: not a place to start

@@ -1,7 +1,7 @@
 """A fake V4L2 kernel: device nodes that answer the ioctls vigil issues, with real video in the buffers.
 
-It stands at the system-call seam (hw.v4l2.DeviceIO: open, close, ioctl, mmap, poll), so
-everything in hw/v4l2.py above that seam runs for real: V4L2Device's struct packing and
+It stands at the system-call seam (hw.v4l2.device.DeviceIO: open, close, ioctl, mmap, poll), so
+everything in hw/v4l2/ above that seam runs for real: V4L2Device's struct packing and
 error translation, V4L2Camera's format choice, H.264 pass-through, MJPEG decoding and YUYV
 conversion. Why there and not a fake V4L2Device: the ioctl layer is where vigil can get a
 struct layout, a request number or an errno translation wrong, and a fake above it would
@@ -9,7 +9,7 @@ hide exactly that.
 
 The fake decodes and encodes the ioctl arguments from raw bytes with `struct` layouts
 written from linux include/uapi/linux/videodev2.h (torvalds/linux @ 00419a6a) for LP64
-(x86-64, aarch64), independently of hw/v4l2.py's ctypes definitions, and computes the
+(x86-64, aarch64), independently of hw/v4l2/abi.py's ctypes definitions, and computes the
 request numbers from those sizes; a request it does not know gets ENOTTY, as from a driver.
 
 Behaviour follows uvcvideo and the V4L2 spec: ENUM_* end with EINVAL; S_FMT and S_PARM never
@@ -509,7 +509,7 @@ class _Handle:
 
 
 class FakeV4L2:
-    """The fake kernel: device nodes by path, and the system calls hw.v4l2.DeviceIO asks for."""
+    """The fake kernel: device nodes by path, and the system calls hw.v4l2.device.DeviceIO asks for."""
 
     def __init__(self) -> None:
         self.cond = threading.Condition(threading.RLock())
@@ -562,7 +562,7 @@ class FakeV4L2:
             raise _oserror(errno.ENODEV)
         return handle.device
 
-    # -- hw.v4l2.DeviceIO --------------------------------------------------------------------------
+    # -- hw.v4l2.device.DeviceIO -------------------------------------------------------------------
 
     def list_devices(self) -> list[str]:
         with self.cond:
