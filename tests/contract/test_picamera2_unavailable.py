@@ -7,10 +7,8 @@ import, as Raspberry Pi OS's python3-picamera2 does when the venv shadows the sy
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +20,8 @@ from hw.errors import BackendUnavailable
 from hw.factory import DEFAULT_MAKERS, Hardware
 from hw.picam import PicameraMaker
 from tests.conftest import REPO
-from tests.helpers import gaps, recorded_numbers, segments
+from tests.helpers import gaps, recorded_numbers
+from tests.processes import stop_vigil, wait_for_segments
 from tests.specs import camera_spec, recording_spec
 
 BROKEN = REPO / "tests" / "fakes" / "broken_numpy"
@@ -109,17 +108,9 @@ def test_vigil_run_with_auto_records_the_synthetic_camera_and_logs_why(tmp_path:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=env_with_broken_picamera2())
     try:
-        deadline = time.monotonic() + 60
-        while len(segments(root)) < 2:  # two closed segments: recording is under way
-            assert proc.poll() is None, proc.communicate()[0]
-            assert time.monotonic() < deadline, "no two closed segments within 60 s"
-            time.sleep(0.1)
-        proc.send_signal(signal.SIGTERM)
-        output, _ = proc.communicate(timeout=30)
+        wait_for_segments(proc, root, 2, 60)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        output = stop_vigil(proc)
     assert proc.returncode == 0, output
     assert output.count(f"camera backend picamera2 is unavailable, because importing picamera2 raised "
                         f"{DTYPE_MESSAGE}") == 1, output

@@ -29,6 +29,7 @@ from controller.core.controller import Controller
 from controller.surfaces.api import ApiServer, create_app, start_api
 from hw import framecode
 from hw.factory import Hardware
+from tests.processes import free_port
 from tests.specs import camera_spec, recording_spec
 
 WIDTH, HEIGHT, FPS = 160, 120, 30
@@ -610,11 +611,6 @@ def test_vigil_reset_with_a_wrong_or_missing_token_fails_clearly(
 
 # --- the daemon --------------------------------------------------------------------------------
 
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def daemon_config(tmp_path: Path, port: int) -> Path:

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +21,8 @@ import pytest
 
 from tests.conftest import REPO
 from tests.e2e.test_systemd import PACKAGE_PARTS, scratch_root
-from tests.helpers import gaps, recorded_numbers, segments
+from tests.helpers import gaps, recorded_numbers
+from tests.processes import stop_vigil, wait_for_segments
 
 SYSTEM_PYTHON = Path("/usr/bin/python3")
 SYSTEM_SITE = "/usr/lib/python3/dist-packages"
@@ -115,17 +114,9 @@ def test_the_installed_vigil_records_the_synthetic_camera_and_doctor_runs(instal
     proc = subprocess.Popen([str(vigil), "run", "--config", str(config)], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path)
     try:
-        deadline = time.monotonic() + WAIT_SECONDS
-        while len(segments(root)) < 3:
-            assert proc.poll() is None, proc.communicate()[0]
-            assert time.monotonic() < deadline, "the installed vigil closed no three segments in time"
-            time.sleep(0.1)
-        proc.send_signal(signal.SIGTERM)
-        output, _ = proc.communicate(timeout=30)
+        wait_for_segments(proc, root, 3, WAIT_SECONDS)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        output = stop_vigil(proc)
     assert proc.returncode == 0, output
     numbers = recorded_numbers(root)
     assert numbers[0] == 0 and gaps(numbers) == [] and len(numbers) >= 60, numbers[:5]

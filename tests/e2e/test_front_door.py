@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from loguru import logger
@@ -27,6 +24,7 @@ from hw.synthetic import FrameCounter
 from tests.e2e.conftest import RunningController
 from tests.helpers import frame_numbers, gaps, segments
 from tests.pasthours import past_hour_start, record
+from tests.processes import free_port, post_action
 
 CONFIG = """\
 camera:
@@ -54,19 +52,6 @@ gpio:
 """
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def post(url: str, token: str) -> int:
-    request = urllib.request.Request(url, method="POST", headers={"Authorization": f"Bearer {token}"})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as reply:
-            return int(reply.status)
-    except urllib.error.HTTPError as err:
-        return int(err.code)
 
 
 def wait_for(predicate: object, timeout: float) -> None:
@@ -106,7 +91,7 @@ def test_a_reset_applies_every_edited_setting_without_a_restart(tmp_path: Path) 
         assert str(surfaces.panel.button.device.pin) == "GPIO17"
 
         write(7, 4, new_token, "GPIO27")
-        assert post(f"{base}/actions/reset", "old-secret") == 200
+        assert post_action(f"{base}/actions/reset", "old-secret") == 200
         assert controller.wait_for_state("recording", 20)
 
         assert controller.housekeeper.settings.retention.reserve_mb == 7
@@ -114,8 +99,8 @@ def test_a_reset_applies_every_edited_setting_without_a_restart(tmp_path: Path) 
         wait_for(lambda: surfaces.gpio_spec.reset_button == "GPIO27", 10)
         assert surfaces.panel is not None and surfaces.panel.button is not None
         assert str(surfaces.panel.button.device.pin) == "GPIO27"
-        assert post(f"{base}/actions/stop", "old-secret") == 401
-        assert post(f"{base}/actions/stop", "new-secret") == 200
+        assert post_action(f"{base}/actions/stop", "old-secret") == 401
+        assert post_action(f"{base}/actions/stop", "new-secret") == 200
     finally:
         surfaces.stop()
         running.stop()

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -40,6 +39,7 @@ from hypothesis import strategies as st
 from hw.encoder import keyframe_interval
 from tests.fakes.durablefs import DurableFSError, DurableMount
 from tests.helpers import frame_numbers, gaps, segments
+from tests.processes import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 FPS = 30
@@ -49,11 +49,6 @@ SEGMENT_SECONDS = 1  # the smallest allowed: the cuts also land around segment c
 START_TIMEOUT_SECONDS = 60.0
 POLL_SECONDS = 0.01
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def write_config(path: Path, root: Path, port: int, *, autostart: bool) -> Path:

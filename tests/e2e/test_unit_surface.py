@@ -5,13 +5,10 @@ from __future__ import annotations
 import http.server
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
@@ -21,6 +18,7 @@ import pytest
 from controller.config import ApiConfig
 from controller.surfaces.credentials import api_with_credential_token
 from tests.conftest import REPO
+from tests.processes import free_port, post_action, stop_vigil
 
 TOKEN = "credential-token-0123456789"
 WAIT_SECONDS = 30.0
@@ -30,11 +28,6 @@ def vigil(*args: str, env: dict[str, str] | None = None) -> subprocess.Completed
     return subprocess.run([sys.executable, "-m", "controller.cli", *args], capture_output=True, text=True,
                           timeout=60, cwd=REPO, env=env)
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_version_prints_the_installed_version() -> None:
@@ -82,14 +75,6 @@ def test_the_config_token_file_wins_over_the_credential(tmp_path: Path,
     assert api_with_credential_token(ApiConfig()) == ApiConfig()
 
 
-def post(url: str, token: str) -> int:
-    req = urllib.request.Request(url, method="POST", headers={"Authorization": f"Bearer {token}"})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as reply:
-            return int(reply.status)
-    except urllib.error.HTTPError as err:
-        return err.code
-
 
 def test_run_reads_the_token_from_its_credential_and_status_follows_lsb(tmp_path: Path) -> None:
     credentials = tmp_path / "credentials"
@@ -110,17 +95,13 @@ def test_run_reads_the_token_from_its_credential_and_status_follows_lsb(tmp_path
             assert proc.poll() is None, proc.communicate()[0]
             assert time.monotonic() < deadline, "vigil never reported recording"
             time.sleep(0.2)
-        assert post(f"{url}/actions/stop", "wrong") == 401
-        assert post(f"{url}/actions/stop", TOKEN) == 200
+        assert post_action(f"{url}/actions/stop", "wrong") == 401
+        assert post_action(f"{url}/actions/stop", TOKEN) == 200
         stopped = vigil("status", "--url", url, "--json")
         assert stopped.returncode == 1, stopped.stdout  # running, not recording
         assert json.loads(stopped.stdout)["state"] == "idle"
-        proc.send_signal(signal.SIGTERM)
-        output, _ = proc.communicate(timeout=30)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        output = stop_vigil(proc)
     assert proc.returncode == 0, output
     assert f"bearer token read from {credentials / 'api-token'}" in output
     assert vigil("status", "--url", url).returncode == 3  # not running
