@@ -46,6 +46,9 @@ class Rig:
     lose_spec: dict[str, Any] = field(default_factory=dict)
     faults: FaultPlan = field(default_factory=FaultPlan)
     handle: object = None  # the fake device or camera, for backend-specific tests
+    # Frame numbers the camera itself threw away (a sensor with no free buffer, as when the
+    # machine is busy): a real camera does that, so they are not the recorder's loss.
+    dropped_by_camera: Callable[[], set[int]] = field(default=lambda: set())
 
     def hardware(self, root: Path, *, scenario: str = "record", segment_seconds: float = 1.0,
                  fragment_seconds: float = 0.5, **overrides: Any) -> Hardware:
@@ -122,8 +125,17 @@ def _picamera2_rig(platform: str) -> Callable[[pytest.FixtureRequest, Path], Rig
         from picamera2 import _fake
 
         camera = _fake.install_camera(platform=platform, dequeue_timeout_s=0.2)
+        def dropped() -> set[int]:
+            numbers: set[int] = set()
+            for _, event in camera.events("frames_dropped"):
+                fields = dict(part.split("=", 1) for part in event.split()[1:])
+                first, count = int(fields["first"]), int(fields["count"])
+                numbers.update(range(first, first + count))
+            return numbers
+
         return Rig("picamera2", dict(DEFAULT_MAKERS), stall=lambda cam: camera.frontend_timeout(),
-                   lose=camera.vanish, restore=camera.reappear, handle=camera)
+                   lose=camera.vanish, restore=camera.reappear, handle=camera,
+                   dropped_by_camera=dropped)
 
     return make
 

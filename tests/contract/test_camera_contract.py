@@ -18,7 +18,7 @@ from hw.camera import EncodedPacket, Frame
 from hw.errors import CameraError, CameraTimeout
 from hw.pipeline import close_with_timeout
 from tests.contract.conftest import FPS, HEIGHT, READ_TIMEOUT_SECONDS, WIDTH, Rig
-from tests.helpers import gaps, recorded_numbers, segments
+from tests.helpers import recorded_numbers, segments
 
 RECORD_FRAMES = 45  # 1.5 s at 30 fps: more than one segment of 1 s
 RECORD_DEADLINE_SECONDS = 20.0
@@ -81,7 +81,11 @@ def test_records_segments_that_decode_with_every_frame_in_order(rig: Rig, tmp_pa
     assert len(segments(root)) >= 2
     numbers = recorded_numbers(root)
     assert len(numbers) >= RECORD_FRAMES
-    assert gaps(numbers) == []
+    assert numbers == sorted(set(numbers)), "a frame was repeated or out of order"
+    # Every frame the camera delivered is recorded: the only holes are frames the camera
+    # itself dropped before delivering them (its own count, not a timing allowance).
+    missing = set(range(numbers[0], numbers[-1] + 1)) - set(numbers)
+    assert missing <= rig.dropped_by_camera(), sorted(missing - rig.dropped_by_camera())[:20]
 
 
 def test_a_stalled_camera_times_out_within_the_read_timeout(rig: Rig, tmp_path: Path) -> None:
