@@ -99,3 +99,43 @@ def recorded_numbers_of(path: Path) -> list[int]:
     from tests.helpers import frame_numbers
 
     return frame_numbers(path)
+
+
+def fill_inodes(directory: Path) -> list[Path]:
+    """Create empty files until the filesystem has no inode left (bytes stay free)."""
+    made = []
+    while True:
+        path = directory / f"ballast-{len(made)}"
+        try:
+            path.touch(exist_ok=False)
+        except OSError as err:
+            assert err.errno == errno.ENOSPC
+            return made
+        made.append(path)
+
+
+def test_inodes_exhausted_reclaims_old_footage_and_records_on(start_controller, tmp_path: Path) -> None:
+    # Plenty of bytes, few inodes: a card full of small files is full all the same.
+    with mounted_tmpfs(tmp_path / "card", "64m,nr_inodes=120") as card:
+        root = card / "rec"
+        running = start_controller(root=root, segment_seconds=0.5, storage=NO_RESERVE)
+        c: Controller = running.controller
+        record_for(c, 90)
+        before = segments(root)
+        assert len(before) >= 4
+        ballast = card / "ballast"
+        ballast.mkdir()
+        fill_inodes(ballast)
+        assert os.statvfs(card).f_favail == 0
+        newest_at_fill = segments(root)[-1].name
+        # Retention deletes old footage for the inodes it frees; new segments close again.
+        assert c.wait_until(lambda: not before[0].exists() and c.state == "recording"
+                            and sum(p.name > newest_at_fill for p in segments(root)) >= 3, 15)
+        record_for(c, 60)
+        running.stop()
+        assert c.state == "idle" and ("recovering", "critical") not in visited(c)
+        assert not before[0].exists(), "the oldest segment should have freed an inode"
+        numbers = recorded_numbers(root)
+        assert len(numbers) == len(set(numbers))
+        assert len(missing(numbers)) <= c.snapshot.totals.frames_dropped
+        assert segments(root)[-1].name > before[-1].name
