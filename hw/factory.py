@@ -209,7 +209,8 @@ class Hardware:
         rec = self.recording
         writer = SegmentWriter(root, width=mode.width, height=mode.height, fps=mode.fps,
                                segment_seconds=rec.segment_seconds, when_error=when_error,
-                               when_segment_closed=when_segment_closed)
+                               when_segment_closed=when_segment_closed,
+                               fallback_roots=rec.fallback_roots)
         encoder = self.make_encoder(mode) if mode.output == "frames" else None
         validator = FrameValidator(mode, frozen_seconds=self.camera.frozen_seconds)
         return RecordingPipeline(camera, writer, encoder=encoder, validator=validator,

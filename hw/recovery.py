@@ -12,12 +12,20 @@ from __future__ import annotations
 
 import os
 import struct
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from loguru import logger
 
-from hw.footage import SEGMENT_SUFFIX, final_path, partial_segments, unique_segment_path
+from hw.footage import (
+    SEGMENT_SUFFIX,
+    final_path,
+    is_partial_name,
+    is_real_directory,
+    partial_segments,
+    unique_segment_path,
+)
 from hw.writer import fsync_directory
 
 HEADER_BYTES = 8
@@ -127,3 +135,61 @@ def recover_partials(root: Path, *, skip: set[Path] | None = None) -> list[Recov
             logger.error("could not recover partial segment path={} error={}; left in place",
                          partial, err)
     return results
+
+
+class CloseOuts:
+    """`.partial` segments whose close-out the storage refused (ENOSPC, EIO, a read-only
+    card), retried by `retry()` until it takes them, rather than at the next start.
+
+    Thread-safe: the controller thread adds, the housekeeping thread retries. A path is
+    forgotten once it is closed out, or once its hour folder is there without it (someone
+    else closed or removed it); while the folder itself is missing (a card unmounted) it is
+    kept, so a card that comes back gets its segment closed out.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: list[Path] = []
+        self.closed_out = 0
+
+    def __repr__(self) -> str:
+        return f"<CloseOuts pending={len(self._pending)} closed_out={self.closed_out}>"
+
+    def add(self, partial: Path) -> None:
+        """Remember one `.partial` vigil wrote (any other name is ignored)."""
+        if not is_partial_name(partial.name):
+            return
+        with self._lock:
+            if partial not in self._pending:
+                self._pending.append(partial)
+        logger.warning("partial segment could not be closed out yet path={}; retrying until "
+                       "the storage allows it", partial)
+
+    @property
+    def pending(self) -> tuple[Path, ...]:
+        with self._lock:
+            return tuple(self._pending)
+
+    def retry(self) -> list[RecoveredPartial]:
+        """Try every pending close-out once; what was closed out now."""
+        done: list[RecoveredPartial] = []
+        for partial in self.pending:
+            try:
+                result = recover_partial(partial)
+            except FileNotFoundError:
+                if is_real_directory(partial.parent):
+                    self._forget(partial)
+                continue
+            except OSError as err:
+                logger.debug("close-out still refused path={} error={}", partial, err)
+                continue
+            self._forget(partial)
+            if result.result is not None:
+                self.closed_out += 1
+                done.append(result)
+        return done
+
+    def _forget(self, partial: Path) -> None:
+        with self._lock:
+            if partial in self._pending:
+                self._pending.remove(partial)

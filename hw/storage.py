@@ -11,6 +11,8 @@ from hw.writer import make_dirs_durably
 
 PROBE_NAME = ".vigil-probe"
 MIN_FREE_BYTES = 1024 * 1024  # room for at least a fragment or two
+# A new segment may need a date folder, an hour folder and its file: one inode each.
+MIN_FREE_INODES = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,10 +23,12 @@ class RootStatus:
     is_usable: bool
     reason: str
     free_bytes: int = 0
+    free_inodes: int | None = None  # None where the filesystem does not count inodes
 
 
-def probe_root(root: Path, *, min_free_bytes: int = MIN_FREE_BYTES) -> RootStatus:
-    """Create `root` if missing, write, fsync and remove a probe file, check free space."""
+def probe_root(root: Path, *, min_free_bytes: int = MIN_FREE_BYTES,
+               min_free_inodes: int = MIN_FREE_INODES) -> RootStatus:
+    """Create `root` if missing, write, fsync and remove a probe file, check free space and inodes."""
     try:
         make_dirs_durably(root)
         probe = root / PROBE_NAME
@@ -36,11 +40,15 @@ def probe_root(root: Path, *, min_free_bytes: int = MIN_FREE_BYTES) -> RootStatu
             os.close(fd)
         probe.unlink()
         free = shutil.disk_usage(root).free
+        st = os.statvfs(root)
     except OSError as err:
         return RootStatus(root, False, f"{err.strerror or err} ({root})")
+    inodes = st.f_favail if st.f_files else None
     if free < min_free_bytes:
-        return RootStatus(root, False, f"only {free // 2**20} MiB free in {root}", free)
-    return RootStatus(root, True, "writable", free)
+        return RootStatus(root, False, f"only {free // 2**20} MiB free in {root}", free, inodes)
+    if inodes is not None and inodes < min_free_inodes:
+        return RootStatus(root, False, f"only {inodes} inodes free in {root}", free, inodes)
+    return RootStatus(root, True, "writable", free, inodes)
 
 
 def choose_root(primary: Path, fallbacks: tuple[Path, ...]) -> tuple[RootStatus, list[RootStatus]]:

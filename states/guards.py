@@ -7,7 +7,6 @@ in `refusal`, so the controller can log and count the refusal; the machine stays
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
 from pathlib import Path
@@ -19,7 +18,7 @@ from hw.camera import Camera
 from hw.errors import CameraError
 from hw.footage import PARTIAL_SUFFIX
 from hw.pipeline import RecordingPipeline, close_with_timeout
-from hw.recovery import recover_partial
+from hw.recovery import CloseOuts, recover_partial
 from hw.storage import RootStatus, choose_root
 
 if TYPE_CHECKING:
@@ -89,6 +88,7 @@ class GuardWork:
     abandoned_threads: list[threading.Thread]
     owned_threads: list[threading.Thread]
     abandoned_paths: list[Path]
+    closeouts: CloseOuts
     config_error: str | None
 
     # -- prepare: side effects -------------------------------------------------------
@@ -104,12 +104,24 @@ class GuardWork:
                 self.abandoned_threads.extend(t for t in pipeline.threads if t.is_alive())
                 if open_before is not None:
                     self.abandoned_paths.append(open_before)
-            elif open_before is not None and open_before.exists():
+            elif open_before is not None:
                 # A writer that died on a storage error left its .partial: close it out now
-                # (trimmed to whole fragments) rather than at the next start.
-                with contextlib.suppress(OSError):
-                    recover_partial(open_before)
+                # (trimmed to whole fragments) rather than at the next start, and if the
+                # storage refuses that too, as soon as it allows (the housekeeper retries).
+                self._close_out(open_before)
+            for partial in pipeline.writer.unclosed:
+                self.closeouts.add(partial)
+            pipeline.writer.unclosed.clear()
         self._release_pending_camera()
+
+    def _close_out(self, partial: Path) -> None:
+        try:
+            recover_partial(partial)
+        except FileNotFoundError:
+            return  # the writer closed it (renamed), or it never reached the disk
+        except OSError as err:
+            logger.error("closing out partial={} failed: {}", partial, err)
+            self.closeouts.add(partial)
 
     def _release_pending_camera(self) -> None:
         camera, self.pending_camera = self.pending_camera, None

@@ -17,6 +17,7 @@ from loguru import logger
 from hw.camera import Camera
 from hw.factory import Hardware
 from hw.pipeline import RecordingPipeline
+from hw.recovery import CloseOuts
 from hw.storage import RootStatus
 from hw.writer import ClosedSegment
 from states import recovering
@@ -79,6 +80,8 @@ class Unit(GuardWork):
         self.abandoned_threads: list[threading.Thread] = []
         self.owned_threads: list[threading.Thread] = []
         self.abandoned_paths: list[Path] = []
+        # Segments whose close-out the storage refused; the housekeeper retries them.
+        self.closeouts = CloseOuts()
         self.recovery_attempts = 0
         self.recoveries_attempted = 0
         self.machine = build_machine(self)

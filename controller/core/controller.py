@@ -42,7 +42,7 @@ from hw.factory import Hardware
 from hw.pipeline import RecordingPipeline
 from hw.recovery import recover_partials
 from hw.storage import probe_root
-from hw.writer import ClosedSegment
+from hw.writer import HOLD_CATEGORY, ClosedSegment
 from states.machine import STATE_NAMES, TRIGGERS, accepts
 from states.recovering import RecoveryPolicy
 from states.unit import Unit
@@ -152,6 +152,7 @@ class Controller:
             open_segments=lambda: self.snapshot.open_segments,
             bytes_written=lambda: self.snapshot.run.bytes_written,
             when_disk_low_changed=self._disk_low_changed, publish=self.bus.publish,
+            closeouts=self.unit.closeouts,
         )
         self.snapshot: StatusSnapshot = self._build_snapshot()
 
@@ -454,7 +455,7 @@ class Controller:
                                      chain.refused, not chain.impossible, detail))
 
     def _on_error(self, category: str, reason: str) -> None:
-        if category == "storage_full":
+        if category in ("storage_full", HOLD_CATEGORY):
             self.housekeeper.request_reclaim()  # retention frees space before recovery retries
         spent = self.ledger.record(category)
         if not spent:
@@ -492,6 +493,10 @@ class Controller:
                 root=unit.root_status.path if unit.root_status is not None else None)
         if unit.state != "recording" or pipeline is None:
             return
+        writer = pipeline.writer
+        while writer.unclosed:
+            unit.closeouts.add(writer.unclosed.pop(0))
+        self._follow_writer_root(writer.target_root)
         if now >= self._next_root_check:
             self._next_root_check = now + self.root_recheck_seconds
             self._return_to_primary_root()
@@ -515,6 +520,17 @@ class Controller:
         elif self._alerted_root is not None:
             self.alerts.record("recovery", f"recording root {primary} works again; recording there")
         self._alerted_root = status.path
+
+    def _follow_writer_root(self, root: Path) -> None:
+        """The writer moved to a fallback root itself (its root became unusable mid-segment,
+        or stayed full): the unit records there now, alerted, and returns when it heals."""
+        unit = self.unit
+        if unit.root_status is not None and unit.root_status.path == root:
+            return
+        logger.warning("the writer moved to root={} from={}", root,
+                       unit.root_status.path if unit.root_status is not None else None)
+        unit.root_status = probe_root(root)
+        self._note_root_change()
 
     def _return_to_primary_root(self) -> None:
         """Recording on a fallback root: once the primary root works again, go back to it."""

@@ -33,6 +33,9 @@ DEFAULT_BUDGETS: Mapping[str, Budget] = {
     "encoder_error": Budget(1, 10.0, 2.0),
     "storage_full": Budget(1, 10.0, 2.0),
     "storage_io": Budget(1, 10.0, 2.0),
+    # The disk filled and the writer holds the footage in memory while retention makes room:
+    # not a fault by itself (the writer gives up, as storage_full, if room never comes).
+    "storage_held": Budget(100, 60.0, 10.0),
     # A recording stage that stopped (it has reported why under its own category already).
     "pipeline_stopped": Budget(1, 10.0, 2.0),
     # The writer saves the segment and recreates the folder itself; only repeats are a fault.

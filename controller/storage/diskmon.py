@@ -9,6 +9,7 @@ the health score through `when_low_changed` and `DiskStatus.as_dict()`.
 from __future__ import annotations
 
 import collections
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -32,8 +33,15 @@ class DiskStatus:
     reserve_bytes: int
     write_bytes_per_second: float  # footage written, averaged over the last minute
     seconds_until_reserve: float | None  # at that rate; None when nothing is being written
-    is_low: bool  # free space below the reserve even after retention
+    is_low: bool  # free space or free inodes below their reserve even after retention
     measured_at: float  # wall clock, UTC seconds
+    total_inodes: int = 0  # 0 where the filesystem does not count inodes
+    free_inodes: int = 0
+    reserve_inodes: int = 0
+
+    @property
+    def is_short_of_inodes(self) -> bool:
+        return self.total_inodes > 0 and self.free_inodes < self.reserve_inodes
 
     @property
     def free_percent(self) -> float:
@@ -43,6 +51,9 @@ class DiskStatus:
     def warning(self) -> str | None:
         if not self.is_low:
             return None
+        if self.free_bytes >= self.reserve_bytes and self.is_short_of_inodes:
+            return (f"free inodes {self.free_inodes} are below the reserve {self.reserve_inodes} "
+                    f"on {self.path} and no more footage may be deleted")
         return (f"free space {self.free_bytes / MIB:.1f} MiB is below the reserve "
                 f"{self.reserve_bytes / MIB:.1f} MiB on {self.path} and no more footage may be deleted")
 
@@ -64,8 +75,10 @@ class DiskMonitor:
         window_seconds: float = THROUGHPUT_WINDOW_SECONDS,
         clock: Callable[[], float] = time.monotonic,
         when_low_changed: Callable[[DiskStatus], None] | None = None,
+        reserve_inodes: Callable[[int], int] = lambda total_inodes: 0,
     ) -> None:
         self._reserve_bytes = reserve_bytes
+        self._reserve_inodes = reserve_inodes
         self.window_seconds = window_seconds
         self._clock = clock
         self.when_low_changed = when_low_changed
@@ -78,9 +91,12 @@ class DiskMonitor:
         self.sample_failures = 0  # statvfs failures, logged once each way
         self._failing = False
 
-    def set_reserve(self, reserve_bytes: Callable[[int], int]) -> None:
+    def set_reserve(self, reserve_bytes: Callable[[int], int],
+                    reserve_inodes: Callable[[int], int] | None = None) -> None:
         """Measure against a new reserve from the next sample on."""
         self._reserve_bytes = reserve_bytes
+        if reserve_inodes is not None:
+            self._reserve_inodes = reserve_inodes
 
     def __repr__(self) -> str:
         latest = self.latest
@@ -94,6 +110,7 @@ class DiskMonitor:
         (it may restart from zero with a new writer), else the filesystem's growth is used."""
         try:
             total, used, free = shutil.disk_usage(path)
+            st = os.statvfs(path)
         except OSError as err:
             self.sample_failures += 1
             if not self._failing:
@@ -134,7 +151,11 @@ class DiskMonitor:
         else:
             until = None
         was_low = self.latest.is_low if self.latest is not None else False
-        status = DiskStatus(str(path), total, free, reserve, rate, until, free < reserve, time.time())
+        total_inodes, free_inodes = st.f_files, st.f_favail
+        reserve_inodes = self._reserve_inodes(total_inodes) if total_inodes else 0
+        status = DiskStatus(str(path), total, free, reserve, rate, until,
+                            free < reserve or (total_inodes > 0 and free_inodes < reserve_inodes),
+                            time.time(), total_inodes, free_inodes, reserve_inodes)
         self.latest = status
         if status.is_low != was_low:
             if status.is_low:

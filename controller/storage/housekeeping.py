@@ -2,7 +2,8 @@
 
 It runs off the recording path: the recording threads never wait for it, and it only
 touches closed footage (it asks the controller which segment is open). Each pass:
-retention when the free space is short (or a storage_full error asked for it), a disk
+close-outs of segments whose close failed, retention when the free space or the free inodes
+are short (or a storage_full error asked for it), a disk
 sample, forced merges asked for through `request_merge`, and every `check_seconds` the
 age rule and the merge of closed hours. A merge gives way at once to a shutdown or to a
 request for space: it is aborted (its temporary file removed, the segments untouched) and
@@ -45,14 +46,17 @@ from controller.storage.merge import (
     housekeeping_lock,
     merge_hour,
 )
-from controller.storage.retention import RetentionPolicy, RetentionReport, enforce_retention
+from controller.storage.retention import RetentionPolicy, RetentionReport, enforce_retention, inode_usage
 from hw.footage import HourFolder, hour_key, parse_hour
-from hw.storage import MIN_FREE_BYTES
+from hw.recovery import CloseOuts
+from hw.storage import MIN_FREE_BYTES, MIN_FREE_INODES
 
 THREAD_NAME = "vigil-housekeeping"
 SAMPLE_SECONDS = 5.0
 # After ENOSPC, free at least this much (four times what a recording root needs to be usable).
 RECLAIM_MIN_BYTES = 4 * MIN_FREE_BYTES
+# ... and at least this many inodes (ENOSPC also means no inode left for a new segment).
+RECLAIM_MIN_INODES = 4 * MIN_FREE_INODES
 CHECK_SECONDS = 60.0
 STOP_TIMEOUT_SECONDS = 5.0
 # Keep free what the recording writes in this many samples, on top of the reserve, so the
@@ -132,15 +136,18 @@ class StorageHousekeeper:
         clock: Callable[[], float] = time.time,
         when_disk_low_changed: Callable[[DiskStatus], None] | None = None,
         publish: Callable[[object], None] | None = None,
+        closeouts: CloseOuts | None = None,
     ) -> None:
         self.settings = settings
+        self._closeouts = closeouts
         self._publish = publish
         self._roots = roots
         self._active_root = active_root
         self._open_segments = open_segments
         self._bytes_written = bytes_written
         self._clock = clock
-        self.monitor = DiskMonitor(settings.retention.reserve_bytes, when_low_changed=when_disk_low_changed)
+        self.monitor = DiskMonitor(settings.retention.reserve_bytes, when_low_changed=when_disk_low_changed,
+                                   reserve_inodes=settings.retention.reserve_inode_count)
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._reclaim = threading.Event()
@@ -195,7 +202,7 @@ class StorageHousekeeper:
     def reconfigure(self, settings: StorageSettings) -> None:
         """Use `settings` from the next pass on (a reset reloaded the config)."""
         self.settings = settings
-        self.monitor.set_reserve(settings.retention.reserve_bytes)
+        self.monitor.set_reserve(settings.retention.reserve_bytes, settings.retention.reserve_inode_count)
         self._next_check = 0.0
         logger.info("housekeeping reconfigured merge={} retention_days={:g} reserve_mb={:g} "
                     "reserve_percent={:g}", settings.merge, settings.retention.retention_days,
@@ -278,6 +285,11 @@ class StorageHousekeeper:
             self._done.notify_all()
 
     def _pass(self) -> None:
+        if self._closeouts is not None:
+            # Segments whose close failed (a full or read-only card) are closed out as soon
+            # as the storage allows, not at the next start.
+            for done in self._closeouts.retry():
+                logger.info("closed out a segment whose close had failed path={}", done.result)
         roots = [r for r in self._roots() if r.is_dir()]
         self._clean_up_once(roots)
         open_segments = list(self._open_segments())
@@ -286,12 +298,14 @@ class StorageHousekeeper:
         due = time.monotonic() >= self._next_check
         if reclaim or due or self._short_of_space(roots):
             headroom = self._headroom()
+            headroom_inodes = 0
             if reclaim:
                 # The disk is already full: make room to record again even with no reserve.
                 headroom = max(headroom, RECLAIM_MIN_BYTES)
+                headroom_inodes = RECLAIM_MIN_INODES
             self.last_retention = enforce_retention(
                 roots, self.settings.retention, now=self._clock(), open_segments=open_segments,
-                headroom_bytes=headroom, by_age=due,
+                headroom_bytes=headroom, headroom_inodes=headroom_inodes, by_age=due,
             )
             if self._publish is not None:
                 for deletion in self.last_retention.deletions:
@@ -333,9 +347,12 @@ class StorageHousekeeper:
         for root in roots:
             try:
                 total, _, free = shutil.disk_usage(root)
+                total_inodes, free_inodes = inode_usage(root)
             except OSError:
                 continue
             if free < self.settings.retention.reserve_bytes(total) + headroom:
+                return True
+            if total_inodes and free_inodes < self.settings.retention.reserve_inode_count(total_inodes):
                 return True
         return False
 

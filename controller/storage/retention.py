@@ -3,7 +3,9 @@
 Two rules, applied to segments and merged hours alike (their time comes from their names):
 footage whose hour ended more than `retention_days` ago is deleted, and while the free
 space of a filesystem is below the reserve (`reserve_mb` or `reserve_percent` of its size,
-whichever is larger, at most half of it) the oldest footage on it is deleted. Never deleted: the open segment
+whichever is larger, at most half of it) or its free inodes are below `reserve_inodes` (at
+most half of its inodes: a card full of small files is as full as one out of bytes) the
+oldest footage on it is deleted. Never deleted: the open segment
 (a `.partial`, which is not footage yet) and the newest closed segment of a root that is
 being recorded into, so the footage just before the open one stays whole.
 """
@@ -35,6 +37,9 @@ from hw.writer import fsync_directory
 SECONDS_PER_DAY = 86_400
 MIB = 1024 * 1024
 MAX_RESERVE_FRACTION = 0.5
+# Free inodes kept on a card: every segment and folder takes one, and a card out of inodes
+# refuses new files with ENOSPC however many bytes are free.
+DEFAULT_RESERVE_INODES = 64
 # Folders of the last hours may be about to receive a segment: never removed while empty.
 RECENT_FOLDER_SECONDS = 2 * SECONDS_PER_HOUR
 
@@ -46,6 +51,7 @@ class RetentionPolicy:
     retention_days: float = 30.0  # 0 keeps footage forever
     reserve_mb: float = 1024.0
     reserve_percent: float = 5.0
+    reserve_inodes: int = DEFAULT_RESERVE_INODES
 
     def reserve_bytes(self, total_bytes: int) -> int:
         """The free space to keep on a filesystem of `total_bytes`: the larger of the two
@@ -53,6 +59,17 @@ class RetentionPolicy:
         would otherwise delete every file it records)."""
         wanted = max(self.reserve_mb * MIB, total_bytes * self.reserve_percent / 100.0)
         return int(min(wanted, total_bytes * MAX_RESERVE_FRACTION))
+
+    def reserve_inode_count(self, total_inodes: int) -> int:
+        """The free inodes to keep on a filesystem of `total_inodes`: `reserve_inodes`, but
+        never more than half of them (0 where the filesystem does not count inodes)."""
+        return int(min(self.reserve_inodes, total_inodes * MAX_RESERVE_FRACTION))
+
+
+def inode_usage(path: Path) -> tuple[int, int]:
+    """(total inodes, inodes free to an unprivileged writer) of `path`'s filesystem."""
+    st = os.statvfs(path)
+    return st.f_files, st.f_favail
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +91,10 @@ class RetentionReport:
     reserve_bytes: dict[Path, int] = field(default_factory=dict)
     # Filesystems where the reserve could not be met: only protected footage (or none) is left.
     short: dict[Path, int] = field(default_factory=dict)
+    # The same for inodes: free inodes afterwards (estimated), the reserve, the shortfall.
+    free_inodes: dict[Path, int] = field(default_factory=dict)
+    reserve_inodes: dict[Path, int] = field(default_factory=dict)
+    short_inodes: dict[Path, int] = field(default_factory=dict)
 
     @property
     def bytes_freed(self) -> int:
@@ -99,14 +120,16 @@ def enforce_retention(
     now: float,
     open_segments: Sequence[Path] = (),
     headroom_bytes: int = 0,
+    headroom_inodes: int = 0,
     by_age: bool = True,
     disk_usage: Callable[[Path], tuple[int, int, int]] = shutil.disk_usage,
+    inodes: Callable[[Path], tuple[int, int]] = inode_usage,
 ) -> RetentionReport:
     """Delete footage under `roots` that the policy no longer keeps; returns what it did.
 
-    `headroom_bytes` is kept free on top of the reserve (what will be written before the
-    next check); `by_age` False runs only the free-space rule (the quick pass after a
-    storage_full error).
+    `headroom_bytes` and `headroom_inodes` are kept free on top of the reserves (what will
+    be written before the next check, or room to record again after ENOSPC); `by_age` False
+    runs only the free-space rules (the quick pass after a storage_full error).
     """
     report = RetentionReport()
     protected = protected_paths(roots, open_segments)
@@ -127,21 +150,33 @@ def enforce_retention(
         total, _, free = disk_usage(group[0])
         reserve = policy.reserve_bytes(total)
         target = reserve + headroom_bytes
-        while free < target and footage:
+        total_inodes, free_inodes = inodes(group[0])
+        reserve_inodes = policy.reserve_inode_count(total_inodes)
+        # A filesystem that does not count inodes (f_files 0) is never short of them.
+        target_inodes = reserve_inodes + headroom_inodes if total_inodes else 0
+        while (free < target or free_inodes < target_inodes) and footage:
             item = footage.pop(0)
-            reason = (f"free space {free / MIB:.1f} MiB below the reserve {reserve / MIB:.1f} MiB"
-                      + (f" + {headroom_bytes / MIB:.1f} MiB headroom" if headroom_bytes else "")
-                      + f" on the filesystem of {group[0]}")
-            freed = _delete(item, reason, report, device)
+            if free < target:
+                reason = (f"free space {free / MIB:.1f} MiB below the reserve {reserve / MIB:.1f} MiB"
+                          + (f" + {headroom_bytes / MIB:.1f} MiB headroom" if headroom_bytes else ""))
+            else:
+                reason = (f"free inodes {free_inodes} below the reserve {reserve_inodes}"
+                          + (f" + {headroom_inodes} headroom" if headroom_inodes else ""))
+            freed = _delete(item, reason + f" on the filesystem of {group[0]}", report, device)
             if freed:
                 touched.add(item.path.parent)
                 # Counted as freed even if someone still holds the file open (space not yet
                 # returned): deleting more because of a reader would lose footage for nothing.
                 free += freed
+                free_inodes += 1
         report.free_bytes[group[0]] = free
         report.reserve_bytes[group[0]] = reserve
         if free < reserve:
             report.short[group[0]] = reserve - free
+        report.free_inodes[group[0]] = free_inodes
+        report.reserve_inodes[group[0]] = reserve_inodes
+        if total_inodes and free_inodes < reserve_inodes:
+            report.short_inodes[group[0]] = reserve_inodes - free_inodes
     for root in roots:
         _prune_empty_folders(root, touched, now=now, keep=kept_open)
     return report

@@ -188,6 +188,31 @@ def test_deleted_recording_directory_is_recreated_and_nothing_is_lost(
     assert visited(c) == [("idle", "recording"), ("recording", "idle")]
 
 
+def test_root_replaced_by_a_file_saves_the_open_segment_to_the_fallback(
+    start_controller, tmp_path: Path
+) -> None:
+    root, fallback = tmp_path / "rec", tmp_path / "fallback"
+    running = start_controller(root=root, fallbacks=(fallback,), segment_seconds=30)
+    c = running.controller
+    record_for(c, 30)
+    pipeline = c.unit.pipeline
+    assert pipeline is not None and pipeline.latest_frame is not None
+    before = pipeline.latest_frame.sequence  # the open segment holds this frame and 29 earlier
+    shutil.rmtree(root)
+    root.write_text("someone put a file where the recording root was\n")
+    record_for(c, 45)
+    assert c.wait_until(lambda: c.unit.root_status is not None
+                        and c.unit.root_status.path == fallback, 5)
+    running.stop()
+    assert root.is_file()
+    numbers = recorded_numbers(fallback)
+    # The open segment was copied out of its still-open file into the fallback root.
+    assert set(range(before - 29, before + 1)) <= set(numbers)
+    assert gaps(numbers) == []
+    assert ("recording", "recovering") not in visited(c)
+    assert any(a.kind == "fault" and "unusable" in a.message for a in c.alerts.recent(20))
+
+
 @pytest.fixture
 def sd_card(tmp_path: Path):
     """A loop-mounted ext4 image standing in for an SD card."""
@@ -231,11 +256,14 @@ def test_dying_sd_card_switches_to_fallback_and_back_when_it_heals(
     subprocess.run(["mount", "-o", "loop", str(image), str(mount)], check=True)
     assert c.wait_until(lambda: c.unit.pipeline is not None and c.unit.pipeline.writer.root == primary
                         and any(p.suffix == ".partial" for p in primary.rglob("*.partial")), 15)
+    # The segment torn when the card died could not be closed out then (every write was
+    # EIO); now that the card is back it is closed out while running, not at the next start.
+    assert c.wait_until(lambda: c.housekeeper.check_now(5) and not c.unit.closeouts.pending
+                        and [p for p in primary.rglob("*.partial")
+                             if p != c.snapshot.current_segment] == [], 20), c.unit.closeouts.pending
+    assert c.unit.closeouts.closed_out >= 1
     record_for(c, 45)
     running.stop()
-    from hw.recovery import recover_partials
-
-    recover_partials(primary)  # what the next start does with the card's torn segment
     numbers = sorted(recorded_numbers(primary) + recorded_numbers(fallback))
     assert len(numbers) == len(set(numbers)), "a frame was recorded twice"
     lost = missing(numbers)

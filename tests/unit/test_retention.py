@@ -149,3 +149,27 @@ def test_a_fallback_root_on_another_filesystem_has_its_own_reserve(tmp_path: Pat
         assert all(p.exists() for p in on_b)
         assert [d.path for d in report.deletions] == on_a[: len(report.deletions)]
         assert report.deletions and shutil.disk_usage(disk_a).free >= MIB
+
+
+def test_free_inodes_below_the_reserve_delete_oldest_first(tmp_path: Path) -> None:
+    # Bytes to spare, inodes short: a card full of small files refuses new segments too.
+    with mounted_tmpfs(tmp_path / "disk", "64m,nr_inodes=60") as disk:
+        root = disk / "rec"
+        start = time.time() - 3 * 3600
+        files = [segment_at(root, start + 10 * i) for i in range(20)]
+        ballast = disk / "other"
+        ballast.mkdir()
+        i = 0
+        while os.statvfs(disk).f_favail > 2:
+            (ballast / str(i)).touch()
+            i += 1
+        policy = RetentionPolicy(retention_days=0, reserve_inodes=10, **NO_RESERVE)
+
+        report = enforce_retention([root], policy, now=time.time())
+
+        assert os.statvfs(disk).f_favail >= 10
+        deleted = [d.path for d in report.deletions]
+        assert deleted == files[: len(deleted)] and len(deleted) >= 8, "only the oldest, in order"
+        assert all("free inodes" in d.reason for d in report.deletions)
+        assert report.short_inodes == {}
+        assert len(list(ballast.iterdir())) == i, "files that are not footage stay"
