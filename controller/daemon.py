@@ -83,7 +83,7 @@ def parts_from_config(config: VigilConfig, *, source: str = "",
     policy = RecoveryPolicy(
         max_attempts=recov.max_attempts, backoff_seconds=recov.backoff_seconds,
         backoff_max_seconds=recov.backoff_max_seconds,
-        critical_probe_seconds=recov.critical_probe_seconds,
+        critical_probe_seconds=recov.critical_probe_seconds, stable_seconds=recov.stable_seconds,
     )
     return Parts(hardware=hardware_from_config(config, makers=makers), policy=policy,
                  autostart=config.recording.autostart, budgets=budgets_from_config(config),

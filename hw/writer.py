@@ -110,6 +110,7 @@ class _OpenSegment:
         self.start_wallclock = packet.wallclock
         self.last_timestamp = packet.timestamp
         self.frames = 0
+        self.opened_monotonic = time.monotonic()
         self.file = opener(self.partial)
         try:
             self.container = av.open(
@@ -191,6 +192,11 @@ class SegmentWriter:
         """The `.partial` file being written, if any."""
         return self._open.partial if self._open else None
 
+    @property
+    def open_age_seconds(self) -> float | None:
+        """Seconds since the open segment was created (monotonic clock), if one is open."""
+        return time.monotonic() - self._open.opened_monotonic if self._open else None
+
     def write(self, packet: EncodedPacket) -> None:
         if self.is_dead:
             raise StorageError(errno.EIO, "segment writer is dead after a storage failure")
@@ -213,6 +219,9 @@ class SegmentWriter:
         elif packet.is_keyframe and self._should_split(seg, packet):
             self._finish()
             seg = self._start(packet)
+        elif packet.timestamp <= seg.last_timestamp:
+            self.packets_skipped += 1  # until the keyframe that starts a new segment
+            return
         seg.mux(packet)
         self.packets_written += 1
         self.bytes_written += len(packet.data)
@@ -227,6 +236,10 @@ class SegmentWriter:
     def _should_split(self, seg: _OpenSegment, packet: EncodedPacket) -> bool:
         if self._next_root is not None:
             self.root, self._next_root = self._next_root, None
+            return True
+        if packet.timestamp <= seg.last_timestamp:
+            # A camera reopened across a loss whose clock started again: the segment cannot
+            # go back in time, a new one starts at this keyframe.
             return True
         if not seg.partial.exists():
             # The directory (or the file) was deleted under us: close at this keyframe, so
@@ -249,9 +262,24 @@ class SegmentWriter:
         path = unique_segment_path(directory, segment_stem(wallclock))
         seg = _OpenSegment(path, packet, self.width, self.height, self.fps, self._opener)
         if self.fsync_enabled:
-            fsync_directory(directory)
+            try:
+                fsync_directory(directory)
+            except OSError:
+                # (EMFILE: no descriptor left for the directory.) The new file must not stay
+                # open: the cleanup guard would refuse every recovery attempt while it is.
+                self._discard(seg)
+                raise
         self._open = seg
         return seg
+
+    @staticmethod
+    def _discard(seg: _OpenSegment) -> None:
+        """Close a segment that holds nothing yet and remove its empty `.partial`."""
+        for close in (seg.container.close, seg.file.close):
+            with contextlib.suppress(OSError, av.FFmpegError):
+                close()
+        with contextlib.suppress(OSError):
+            seg.partial.unlink()
 
     def _finish(self) -> ClosedSegment | None:
         seg = self._open

@@ -18,9 +18,10 @@ from loguru import logger
 from hw.camera import Camera
 from hw.errors import CameraError
 from hw.footage import PARTIAL_SUFFIX
-from hw.pipeline import RecordingPipeline, close_with_timeout
+from hw.pipeline import RecordingOutput, RecordingPipeline, close_with_timeout
 from hw.recovery import recover_partial
 from hw.storage import RootStatus, choose_root
+from states.hooks import ErrorSink
 
 if TYPE_CHECKING:
     from transitions import EventData
@@ -28,6 +29,9 @@ if TYPE_CHECKING:
     from hw.factory import Hardware
 
 CAMERA_OPEN_TIMEOUT_SECONDS = 10.0
+# Transitions across which the encoder and writer stay open, so that a camera that comes
+# back in the same mode continues its segment: the loss itself, and the recovery around it.
+KEEPS_OUTPUT = frozenset({"fault", "recovered", "give_up", "probe"})
 PIPELINE_STOP_TIMEOUT_SECONDS = 5.0
 
 
@@ -82,6 +86,7 @@ class GuardWork:
 
     hardware: Hardware
     pipeline: RecordingPipeline | None
+    held_output: RecordingOutput | None
     pending_camera: Camera | None
     root_status: RootStatus | None
     refusal: str
@@ -90,16 +95,25 @@ class GuardWork:
     owned_threads: list[threading.Thread]
     abandoned_paths: list[Path]
     config_error: str | None
+    report_error: ErrorSink
 
     # -- prepare: side effects -------------------------------------------------------
 
     def cleanup(self, event: EventData) -> None:
-        """Close whatever the source state held: pipeline (writer, camera, threads)."""
+        """Close whatever the source state held: pipeline (writer, camera, threads).
+
+        A camera loss keeps a healthy encoder and writer open (`held_output`) for the
+        recovery to resume into; any other transition closes it.
+        """
+        keep = event is not None and event.event.name in KEEPS_OUTPUT
         pipeline, self.pipeline = self.pipeline, None
         if pipeline is not None:
             open_before = pipeline.writer.open_path
-            report = pipeline.stop(PIPELINE_STOP_TIMEOUT_SECONDS)
-            if report.abandoned:
+            report = pipeline.stop(PIPELINE_STOP_TIMEOUT_SECONDS, keep_output=keep)
+            if report.kept is not None:
+                self.release_output()  # cannot be one: recording resumed into it
+                self.held_output = report.kept
+            elif report.abandoned:
                 self.abandoned.extend(report.abandoned)
                 self.abandoned_threads.extend(t for t in pipeline.threads if t.is_alive())
                 if open_before is not None:
@@ -109,7 +123,28 @@ class GuardWork:
                 # (trimmed to whole fragments) rather than at the next start.
                 with contextlib.suppress(OSError):
                     recover_partial(open_before)
+        if not keep:
+            self.release_output()
         self._release_pending_camera()
+
+    def release_output(self) -> None:
+        """Finish the segment held across a camera loss, if any."""
+        held, self.held_output = self.held_output, None
+        if held is not None:
+            logger.info("closing the segment held for the camera to come back path={}",
+                        held.open_path)
+            held.close(self.report_error)
+
+    def release_stale_output(self) -> None:
+        """Finish a held segment that would not continue anyway: the next keyframe after
+        `segment_seconds` starts a new one, so a camera that stays away does not keep its
+        footage in a `.partial` for longer than a segment lasts."""
+        held = self.held_output
+        if held is None:
+            return
+        age = held.writer.open_age_seconds
+        if age is None or age >= self.hardware.recording.segment_seconds:
+            self.release_output()
 
     def _release_pending_camera(self) -> None:
         camera, self.pending_camera = self.pending_camera, None
@@ -198,9 +233,10 @@ class GuardWork:
             return False
         rec = self.hardware.recording
         roots = [str(r.resolve()) + os.sep for r in (rec.root, *rec.fallback_roots)]
+        kept = {self.held_output.open_path} if self.held_output is not None else set()
         held = [p for p in open_partial_files()
                 if str(p).startswith(tuple(roots))
-                and Path(str(p).removesuffix(" (deleted)")) not in self.abandoned_paths]
+                and Path(str(p).removesuffix(" (deleted)")) not in {*self.abandoned_paths, *kept}]
         if held:
             self.refusal = f"segment files still open after cleanup: {held}"
             return False
