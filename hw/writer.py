@@ -126,6 +126,8 @@ class _OpenSegment:
             self.stream.time_base = MUX_TIME_BASE
         except BaseException:
             self.file.close()
+            with contextlib.suppress(OSError):
+                self.partial.unlink()  # nothing is in it yet
             raise
         self.frame_ticks = max(1, round(MUX_TIME_BASE.denominator / fps))
 
