@@ -218,7 +218,8 @@ class RecordingPipeline:
         """Stop both threads, close the segment and the camera; never blocks past `timeout`.
 
         With `keep_output`, a healthy encoder and writer are left open and handed back in the
-        report (`kept`) for the next pipeline to resume into; a failed one is closed as usual.
+        report (`kept`) for the next pipeline to resume into; a failed one, or one whose stop
+        abandoned a hung thread, is closed as usual.
         """
         deadline = time.monotonic() + timeout
         self._stop.set()
@@ -236,7 +237,8 @@ class RecordingPipeline:
         kept = None
         if self._encode.is_alive():
             self.writer.abandon()
-        elif keep_output and not self._output_failed.is_set() and not self.writer.is_dead:
+        elif (keep_output and not abandoned and not self._output_failed.is_set()
+              and not self.writer.is_dead):
             kept = RecordingOutput(self.camera.mode, self.encoder, self.writer)
         else:
             closed = self._close_writer()

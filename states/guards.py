@@ -113,12 +113,13 @@ class GuardWork:
             if report.kept is not None:
                 self.release_output()  # cannot be one: recording resumed into it
                 self.held_output = report.kept
-            elif report.abandoned:
+            if report.abandoned:
+                # (A camera close that hung after the output was kept: the output is fine.)
                 self.abandoned.extend(report.abandoned)
                 self.abandoned_threads.extend(t for t in pipeline.threads if t.is_alive())
-                if open_before is not None:
+                if open_before is not None and report.kept is None:
                     self.abandoned_paths.append(open_before)
-            elif open_before is not None and open_before.exists():
+            elif report.kept is None and open_before is not None and open_before.exists():
                 # A writer that died on a storage error left its .partial: close it out now
                 # (trimmed to whole fragments) rather than at the next start.
                 with contextlib.suppress(OSError):
