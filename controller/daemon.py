@@ -55,7 +55,7 @@ def policy_from_config(config: VigilConfig) -> RecoveryPolicy:
     return RecoveryPolicy(
         max_attempts=recov.max_attempts, backoff_seconds=recov.backoff_seconds,
         backoff_max_seconds=recov.backoff_max_seconds,
-        critical_probe_seconds=recov.critical_probe_seconds,
+        critical_probe_seconds=recov.critical_probe_seconds, stable_seconds=recov.stable_seconds,
     )
 
 

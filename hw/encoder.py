@@ -167,11 +167,17 @@ class H264Encoder:
         self._origin: float | None = None
         self._last_pts = -1
         self._wallclocks: dict[int, float] = {}
+        self._keyframe_next = False
         self.frames_in = 0
 
     def __repr__(self) -> str:
         m = self.mode
         return f"<H264Encoder {self.codec} {m.width}x{m.height}@{m.fps:g} gop={self.gop}>"
+
+    def force_keyframe(self) -> None:
+        """Make the next frame a keyframe (recording resumes after a gap: the fragment held
+        before it is written out at once, and the new one starts where the footage does)."""
+        self._keyframe_next = True
 
     def encode(self, frame: Frame) -> list[EncodedPacket]:
         """Packets ready after this frame (with zerolatency: this frame's own packet)."""
@@ -185,6 +191,9 @@ class H264Encoder:
         assert isinstance(data, np.ndarray)
         video_frame = yuv420_video_frame(data)
         video_frame.pts = pts
+        if self._keyframe_next:
+            self._keyframe_next = False
+            video_frame.pict_type = av.video.frame.PictureType.I
         self._wallclocks[pts] = frame.wallclock
         self.frames_in += 1
         try:

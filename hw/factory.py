@@ -13,7 +13,7 @@ from hw.encoder import LIBX264, EncoderChoice, H264Encoder, choose_encoder, prob
 from hw.errors import BackendUnavailable, CameraUnavailable, EncoderError
 from hw.filecam import FileCamera
 from hw.picam import PicameraMaker
-from hw.pipeline import ErrorSink, RecordingPipeline
+from hw.pipeline import ErrorSink, RecordingOutput, RecordingPipeline
 from hw.probe import BackendProbe
 from hw.synthetic import FaultPlan, SyntheticCamera
 from hw.v4l2.probe import V4L2Maker
@@ -203,15 +203,31 @@ class Hardware:
     def make_pipeline(
         self, camera: Camera, root: Path, when_error: ErrorSink,
         when_segment_closed: Callable[[ClosedSegment], None] | None = None,
+        *, resume: RecordingOutput | None = None,
     ) -> RecordingPipeline:
-        """A pipeline from an opened camera into segments under `root`; not yet started."""
+        """A pipeline from an opened camera into segments under `root`; not yet started.
+
+        `resume` is an output kept open across a camera loss: when the camera delivers the
+        same mode, the pipeline continues its open segment; otherwise it is closed first.
+        """
         mode = camera.mode
         rec = self.recording
-        writer = SegmentWriter(root, width=mode.width, height=mode.height, fps=mode.fps,
-                               segment_seconds=rec.segment_seconds, when_error=when_error,
-                               when_segment_closed=when_segment_closed,
-                               fallback_roots=rec.fallback_roots)
-        encoder = self.make_encoder(mode) if mode.output == "frames" else None
+        if resume is not None and resume.fits(mode):
+            writer, encoder = resume.writer, resume.encoder
+            if writer.root != Path(root):
+                writer.retarget(root)
+            if encoder is not None:
+                encoder.force_keyframe()
+            logger.info("resuming the open segment path={} after the camera came back",
+                        writer.open_path)
+        else:
+            if resume is not None:
+                resume.close(when_error)
+            writer = SegmentWriter(root, width=mode.width, height=mode.height, fps=mode.fps,
+                                   segment_seconds=rec.segment_seconds, when_error=when_error,
+                                   when_segment_closed=when_segment_closed,
+                                   fallback_roots=rec.fallback_roots)
+            encoder = self.make_encoder(mode) if mode.output == "frames" else None
         validator = FrameValidator(mode, frozen_seconds=self.camera.frozen_seconds)
         return RecordingPipeline(camera, writer, encoder=encoder, validator=validator,
                                  when_error=when_error, queue_frames=queue_frames_for(mode, rec.queue_frames),

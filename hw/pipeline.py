@@ -14,10 +14,11 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from loguru import logger
 
-from hw.camera import Camera, EncodedPacket, Frame
+from hw.camera import Camera, CameraMode, EncodedPacket, Frame
 from hw.encoder import H264Encoder
 from hw.errors import CameraError, CameraTimeout, EncoderError, StorageError
 from hw.validate import FrameValidator
@@ -40,11 +41,38 @@ class PipelineStats:
 
 
 @dataclass(frozen=True)
+class RecordingOutput:
+    """An encoder and segment writer kept open across a camera loss, to resume into.
+
+    A camera that comes back in the same mode continues the open segment (with a gap in its
+    timestamps) instead of starting a new file for every reopen.
+    """
+
+    mode: CameraMode
+    encoder: H264Encoder | None
+    writer: SegmentWriter
+
+    @property
+    def open_path(self) -> Path | None:
+        return self.writer.open_path
+
+    def fits(self, mode: CameraMode) -> bool:
+        """Whether a camera delivering `mode` can continue into this output."""
+        return mode == self.mode and not self.writer.is_dead
+
+    def close(self, when_error: ErrorSink) -> object | None:
+        """Finish the open segment (flushing the encoder into it); storage errors are reported."""
+        return _close_output(self.encoder, self.writer, when_error, flush=True)
+
+
+@dataclass(frozen=True)
 class StopReport:
-    """How a stop went: threads that would not end and calls that were abandoned."""
+    """How a stop went: threads that would not end, calls that were abandoned, and the
+    output kept open when the stop was asked to keep it."""
 
     abandoned: tuple[str, ...] = ()
     closed_segment: object | None = None
+    kept: RecordingOutput | None = None
 
 
 class RecordingPipeline:
@@ -79,6 +107,8 @@ class RecordingPipeline:
         self._encode = threading.Thread(target=self._encode_loop, name="vigil-encode", daemon=True)
         self._hung_closes: list[threading.Thread] = []  # camera.close() calls abandoned by stop()
         self._started = False
+        # A writer resumed from an earlier run has counted already; this run counts from here.
+        self._writer_base = (writer.segments_closed, writer.bytes_written)
 
     def __repr__(self) -> str:
         state = "dead" if self.is_dead else ("running" if self.is_running else "stopped")
@@ -91,6 +121,16 @@ class RecordingPipeline:
     @property
     def is_dead(self) -> bool:
         return self._dead.is_set()
+
+    @property
+    def segments_closed(self) -> int:
+        """Segments closed during this run (a resumed writer's earlier ones not counted)."""
+        return self.writer.segments_closed - self._writer_base[0]
+
+    @property
+    def bytes_written(self) -> int:
+        """Bytes written during this run."""
+        return self.writer.bytes_written - self._writer_base[1]
 
     @property
     def threads(self) -> tuple[threading.Thread, ...]:
@@ -174,8 +214,13 @@ class RecordingPipeline:
             except Exception as err:
                 self._fail_output("encoder_error", f"encode/write raised {err!r}")
 
-    def stop(self, timeout: float = 5.0) -> StopReport:
-        """Stop both threads, close the segment and the camera; never blocks past `timeout`."""
+    def stop(self, timeout: float = 5.0, *, keep_output: bool = False) -> StopReport:
+        """Stop both threads, close the segment and the camera; never blocks past `timeout`.
+
+        With `keep_output`, a healthy encoder and writer are left open and handed back in the
+        report (`kept`) for the next pipeline to resume into; a failed one, or one whose stop
+        abandoned a hung thread, is closed as usual.
+        """
         deadline = time.monotonic() + timeout
         self._stop.set()
         abandoned: list[str] = []
@@ -189,8 +234,12 @@ class RecordingPipeline:
             if self._encode.is_alive():
                 abandoned.append(self._encode.name)
         closed = None
+        kept = None
         if self._encode.is_alive():
             self.writer.abandon()
+        elif (keep_output and not abandoned and not self._output_failed.is_set()
+              and not self.writer.is_dead):
+            kept = RecordingOutput(self.camera.mode, self.encoder, self.writer)
         else:
             closed = self._close_writer()
         if not close_with_timeout(self.camera.close, max(0.5, deadline - time.monotonic()),
@@ -198,7 +247,7 @@ class RecordingPipeline:
             abandoned.append("vigil-camera-close")
         for name in abandoned:
             logger.error("abandoned a hung call thread={} (it may still hold the device)", name)
-        return StopReport(tuple(abandoned), closed)
+        return StopReport(tuple(abandoned), closed, kept)
 
     def _put_stop(self, deadline: float) -> None:
         while self._encode.is_alive():
@@ -210,15 +259,22 @@ class RecordingPipeline:
                     return
 
     def _close_writer(self) -> object | None:
-        try:
-            if self.encoder is not None and not self._output_failed.is_set():
-                for packet in self.encoder.flush():
-                    self.writer.write(packet)
-            return self.writer.close()
-        except (StorageError, EncoderError) as err:
-            self.when_error(err.category, f"closing segment: {err}")
-            self.writer.abandon()
-            return None
+        return _close_output(self.encoder, self.writer, self.when_error,
+                             flush=not self._output_failed.is_set())
+
+
+def _close_output(encoder: H264Encoder | None, writer: SegmentWriter, when_error: ErrorSink, *,
+                  flush: bool) -> object | None:
+    """Flush `encoder` into `writer` (when `flush`) and close the writer's open segment."""
+    try:
+        if encoder is not None and flush:
+            for packet in encoder.flush():
+                writer.write(packet)
+        return writer.close()
+    except (StorageError, EncoderError) as err:
+        when_error(err.category, f"closing segment: {err}")
+        writer.abandon()
+        return None
 
 
 def close_with_timeout(close: Callable[[], None], timeout: float, *, name: str,

@@ -22,7 +22,7 @@ from hw.errors import CameraLost, CameraTimeout, CameraUnavailable
 STRIPE_PERIOD_PX = 64
 SCROLL_PX_PER_FRAME = 4
 CORRUPT_KINDS = ("shape", "dtype", "none")
-FAULT_KINDS = ("stall", "hang", "disconnect", "freeze", "corrupt", "backward_timestamps")
+FAULT_KINDS = ("stall", "hang", "disconnect", "freeze", "corrupt", "backward_timestamps", "flap")
 
 
 class FrameCounter:
@@ -56,6 +56,11 @@ class FaultPlan:
     frozen_until: float = 0.0
     corrupt: list[str] = field(default_factory=list)
     backward_timestamps: int = 0
+    flapping_until: float = 0.0
+    flap_frames: int = 1
+    # Set to a list to have every camera sharing the plan append each frame number it hands
+    # over (tests compare it with the footage); None keeps a long run's memory flat.
+    delivered: list[int] | None = None
     scheduled: list[tuple[float, str, float, int]] = field(default_factory=list)
     history: list[tuple[float, str]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -81,7 +86,8 @@ class FaultPlan:
             return seconds
 
     def inject(self, kind: str, seconds: float = 1.0, count: int = 1) -> None:
-        """Inject a fault by name: stall, hang, disconnect, freeze, corrupt, backward_timestamps."""
+        """Inject a fault by name: stall, hang, disconnect, freeze, corrupt, backward_timestamps,
+        flap (`count` frames per open, for `seconds`)."""
         if kind == "stall":
             self.inject_stall(seconds)
         elif kind == "hang":
@@ -94,6 +100,8 @@ class FaultPlan:
             self.inject_corrupt([CORRUPT_KINDS[i % len(CORRUPT_KINDS)] for i in range(count)])
         elif kind == "backward_timestamps":
             self.inject_backward_timestamps(count)
+        elif kind == "flap":
+            self.inject_flap(seconds, frames=count)
         else:
             raise ValueError(f"unknown fault {kind!r}; allowed: {', '.join(FAULT_KINDS)}")
 
@@ -119,6 +127,20 @@ class FaultPlan:
         with self._lock:
             self.disconnected_until = time.monotonic() + seconds
             self._note(f"disconnect {seconds}s")
+
+    def inject_flap(self, seconds: float, *, frames: int = 1) -> None:
+        """For `seconds`, every opened camera delivers `frames` frames, then its reads raise
+        CameraLost (a loose connector: the camera comes back and goes again at once)."""
+        if frames < 0:
+            raise ValueError(f"flap frames must be 0 or more, not {frames}")
+        with self._lock:
+            self.flapping_until = time.monotonic() + seconds
+            self.flap_frames = frames
+            self._note(f"flap {seconds}s frames={frames}")
+
+    def flap_limit(self, now: float) -> int | None:
+        """Frames an opened camera may deliver before it is lost, while a flap lasts."""
+        return self.flap_frames if now < self.flapping_until else None
 
     def inject_freeze(self, seconds: float) -> None:
         """The camera repeats its last image exactly for `seconds`."""
@@ -176,6 +198,7 @@ class SyntheticCamera:
         self._next_due = 0.0
         self._last: Frame | None = None
         self._last_timestamp = 0.0
+        self._frames_since_open = 0
         self._luma_strip, self._chroma = self._draw_background()
 
     def __repr__(self) -> str:
@@ -205,6 +228,7 @@ class SyntheticCamera:
         if self.faults.is_disconnected(time.monotonic()):
             raise CameraUnavailable("synthetic camera is disconnected (injected fault)")
         self._is_open = True
+        self._frames_since_open = 0
         self._next_due = time.monotonic()
 
     def close(self) -> None:
@@ -223,6 +247,11 @@ class SyntheticCamera:
         if self.faults.is_disconnected(now):
             self._is_open = False
             raise CameraLost("synthetic camera disconnected (injected fault)")
+        flap_limit = self.faults.flap_limit(now)
+        if flap_limit is not None and self._frames_since_open >= flap_limit:
+            self._is_open = False
+            raise CameraLost(f"synthetic camera lost after {self._frames_since_open} frame(s) "
+                             "(injected flap)")
         if now < self.faults.stalled_until:
             wait = min(timeout, self.faults.stalled_until - now)
             time.sleep(wait)
@@ -245,7 +274,11 @@ class SyntheticCamera:
             timestamp = due
         else:
             timestamp = time.monotonic()
-        return self._make_frame(timestamp)
+        frame = self._make_frame(timestamp)
+        self._frames_since_open += 1
+        if self.faults.delivered is not None:
+            self.faults.delivered.append(frame.sequence)
+        return frame
 
     def _make_frame(self, timestamp: float) -> Frame:
         wallclock = time.time()

@@ -135,6 +135,7 @@ class _OpenSegment:
         # Bytes of the file known to be on disk: the header and every fragment before the
         # last fsync. A failure keeps exactly these; the packets after them are rewritten.
         self.durable_bytes = 0
+        self.opened_monotonic = time.monotonic()
         self.file = opener(self.partial)
         try:
             self.container = av.open(
@@ -150,6 +151,8 @@ class _OpenSegment:
             self.stream.time_base = MUX_TIME_BASE
         except BaseException:
             self.file.close()
+            with contextlib.suppress(OSError):
+                self.partial.unlink()  # nothing is in it yet
             raise
         self.frame_ticks = max(1, round(MUX_TIME_BASE.denominator / fps))
 
@@ -266,6 +269,11 @@ class SegmentWriter:
         """The root footage goes to from the next keyframe on."""
         return self._next_root or self.root
 
+    @property
+    def open_age_seconds(self) -> float | None:
+        """Seconds since the open segment was created (monotonic clock), if one is open."""
+        return time.monotonic() - self._open.opened_monotonic if self._open else None
+
     def write(self, packet: EncodedPacket) -> None:
         if self.is_dead:
             raise StorageError(errno.EIO, "segment writer is dead after a storage failure")
@@ -297,6 +305,9 @@ class SegmentWriter:
             self._finish()
             self._unsaved = [packet]
             seg = self._start(packet)
+        elif packet.timestamp <= seg.last_timestamp:
+            self.packets_skipped += 1  # until the keyframe that starts a new segment
+            return
         else:
             self._unsaved.append(packet)
         seg.mux(packet)
@@ -430,6 +441,10 @@ class SegmentWriter:
     def _should_split(self, seg: _OpenSegment, packet: EncodedPacket) -> bool:
         if self._next_root is not None:
             self.root, self._next_root = self._next_root, None
+            return True
+        if packet.timestamp <= seg.last_timestamp:
+            # A camera reopened across a loss whose clock started again: the segment cannot
+            # go back in time, a new one starts at this keyframe.
             return True
         if not seg.partial.exists():
             # The directory (or the file) was deleted under us: close at this keyframe, so

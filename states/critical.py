@@ -20,6 +20,7 @@ PROBE_EVENT = "probe"
 
 def enter(event: EventData) -> None:
     unit = cast("Unit", event.model)
+    unit.release_stale_output()
     logger.error("critical: recovery failed ({}); probing again every {:g}s",
                  event.kwargs.get("reason", "unknown"), unit.policy.critical_probe_seconds)
     unit.schedule(unit.policy.critical_probe_seconds, PROBE_EVENT)

@@ -17,9 +17,10 @@ from loguru import logger
 from hw.camera import Camera
 from hw.errors import CameraError
 from hw.footage import PARTIAL_SUFFIX
-from hw.pipeline import RecordingPipeline, close_with_timeout
+from hw.pipeline import RecordingOutput, RecordingPipeline, close_with_timeout
 from hw.recovery import CloseOuts, recover_partial
 from hw.storage import RootStatus, choose_root
+from states.hooks import ErrorSink
 
 if TYPE_CHECKING:
     from transitions import EventData
@@ -27,6 +28,9 @@ if TYPE_CHECKING:
     from hw.factory import Hardware
 
 CAMERA_OPEN_TIMEOUT_SECONDS = 10.0
+# Transitions across which the encoder and writer stay open, so that a camera that comes
+# back in the same mode continues its segment: the loss itself, and the recovery around it.
+KEEPS_OUTPUT = frozenset({"fault", "recovered", "give_up", "probe"})
 PIPELINE_STOP_TIMEOUT_SECONDS = 5.0
 
 
@@ -81,6 +85,7 @@ class GuardWork:
 
     hardware: Hardware
     pipeline: RecordingPipeline | None
+    held_output: RecordingOutput | None
     pending_camera: Camera | None
     root_status: RootStatus | None
     refusal: str
@@ -90,21 +95,31 @@ class GuardWork:
     abandoned_paths: list[Path]
     closeouts: CloseOuts
     config_error: str | None
+    report_error: ErrorSink
 
     # -- prepare: side effects -------------------------------------------------------
 
     def cleanup(self, event: EventData) -> None:
-        """Close whatever the source state held: pipeline (writer, camera, threads)."""
+        """Close whatever the source state held: pipeline (writer, camera, threads).
+
+        A camera loss keeps a healthy encoder and writer open (`held_output`) for the
+        recovery to resume into; any other transition closes it.
+        """
+        keep = event is not None and event.event.name in KEEPS_OUTPUT
         pipeline, self.pipeline = self.pipeline, None
         if pipeline is not None:
             open_before = pipeline.writer.open_path
-            report = pipeline.stop(PIPELINE_STOP_TIMEOUT_SECONDS)
+            report = pipeline.stop(PIPELINE_STOP_TIMEOUT_SECONDS, keep_output=keep)
+            if report.kept is not None:
+                self.release_output()  # cannot be one: recording resumed into it
+                self.held_output = report.kept
             if report.abandoned:
+                # (A camera close that hung after the output was kept: the output is fine.)
                 self.abandoned.extend(report.abandoned)
                 self.abandoned_threads.extend(t for t in pipeline.threads if t.is_alive())
-                if open_before is not None:
+                if open_before is not None and report.kept is None:
                     self.abandoned_paths.append(open_before)
-            elif open_before is not None:
+            elif report.kept is None and open_before is not None:
                 # A writer that died on a storage error left its .partial: close it out now
                 # (trimmed to whole fragments) rather than at the next start, and if the
                 # storage refuses that too, as soon as it allows (the housekeeper retries).
@@ -112,6 +127,8 @@ class GuardWork:
             for partial in pipeline.writer.unclosed:
                 self.closeouts.add(partial)
             pipeline.writer.unclosed.clear()
+        if not keep:
+            self.release_output()
         self._release_pending_camera()
 
     def _close_out(self, partial: Path) -> None:
@@ -122,6 +139,25 @@ class GuardWork:
         except OSError as err:
             logger.error("closing out partial={} failed: {}", partial, err)
             self.closeouts.add(partial)
+
+    def release_output(self) -> None:
+        """Finish the segment held across a camera loss, if any."""
+        held, self.held_output = self.held_output, None
+        if held is not None:
+            logger.info("closing the segment held for the camera to come back path={}",
+                        held.open_path)
+            held.close(self.report_error)
+
+    def release_stale_output(self) -> None:
+        """Finish a held segment that would not continue anyway: the next keyframe after
+        `segment_seconds` starts a new one, so a camera that stays away does not keep its
+        footage in a `.partial` for longer than a segment lasts."""
+        held = self.held_output
+        if held is None:
+            return
+        age = held.writer.open_age_seconds
+        if age is None or age >= self.hardware.recording.segment_seconds:
+            self.release_output()
 
     def _release_pending_camera(self) -> None:
         camera, self.pending_camera = self.pending_camera, None
@@ -210,9 +246,10 @@ class GuardWork:
             return False
         rec = self.hardware.recording
         roots = [str(r.resolve()) + os.sep for r in (rec.root, *rec.fallback_roots)]
+        kept = {self.held_output.open_path} if self.held_output is not None else set()
         held = [p for p in open_partial_files()
                 if str(p).startswith(tuple(roots))
-                and Path(str(p).removesuffix(" (deleted)")) not in self.abandoned_paths]
+                and Path(str(p).removesuffix(" (deleted)")) not in {*self.abandoned_paths, *kept}]
         if held:
             self.refusal = f"segment files still open after cleanup: {held}"
             return False

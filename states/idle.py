@@ -20,6 +20,10 @@ AUTOSTART_AFTER = frozenset({"reset_done"})
 
 def enter(event: EventData) -> None:
     unit = cast("Unit", event.model)
+    # Stopping on purpose ends any episode of losses: the next start is a fresh one.
+    unit.recording_since = None
+    unit.recovery_attempts = 0
+    unit.losses.clear()
     if event.event.name in AUTOSTART_AFTER and unit.autostart:
         logger.info("config says autostart: starting to record")
         unit.post("start")

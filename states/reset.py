@@ -23,5 +23,7 @@ def enter(event: EventData) -> None:
     logger.warning("reset: dropping all state and reloading the config")
     unit.cancel_scheduled()
     unit.recovery_attempts = 0
+    unit.recording_since = None
+    unit.losses.clear()
     unit.reload()
     unit.post("reset_done")

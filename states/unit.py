@@ -8,6 +8,7 @@ on the controller's queue; `report_error` is handed to the pipeline threads.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,7 +17,7 @@ from loguru import logger
 
 from hw.camera import Camera
 from hw.factory import Hardware
-from hw.pipeline import RecordingPipeline
+from hw.pipeline import RecordingOutput, RecordingPipeline
 from hw.recovery import CloseOuts
 from hw.storage import RootStatus
 from hw.writer import ClosedSegment
@@ -61,6 +62,7 @@ class Unit(GuardWork):
         report_error: ErrorSink,
         reload: Reload | None = None,
         when_segment_closed: Callable[[ClosedSegment], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.hardware = hardware
         self.policy = policy
@@ -72,6 +74,7 @@ class Unit(GuardWork):
         self._reload = reload
         self.when_segment_closed = when_segment_closed
         self.pipeline: RecordingPipeline | None = None
+        self.held_output: RecordingOutput | None = None
         self.pending_camera: Camera | None = None
         self.root_status: RootStatus | None = None
         self.config_error: str | None = None
@@ -84,6 +87,11 @@ class Unit(GuardWork):
         self.closeouts = CloseOuts()
         self.recovery_attempts = 0
         self.recoveries_attempted = 0
+        # The stable-time rule (states/recovering.py): when the current recording began, and
+        # the losses since the unit last recorded stably.
+        self.clock = clock
+        self.recording_since: float | None = None
+        self.losses: list[float] = []
         self.machine = build_machine(self)
 
     def __repr__(self) -> str:

@@ -436,6 +436,17 @@ class RecoveryConfig(BaseModel):
             "in seconds: from 0.1 to 3600."
         ),
     )
+    stable_seconds: Number = Field(
+        default=5.0,
+        ge=0,
+        le=3600,
+        description=(
+            "How long vigil must record after a recovery before it counts as recovered, in "
+            "seconds: from 0 to 3600. A camera lost again sooner (a flapping camera) is a "
+            "failed attempt: the attempts and their backoff go on to a critical failure, and "
+            "three such losses raise a `flapping` alert. 0 counts any recording as recovered."
+        ),
+    )
 
     budgets: BudgetsConfig = Field(
         default_factory=BudgetsConfig,

@@ -1,4 +1,5 @@
-"""Alert records: state changes, faults, recoveries and low disk, kept in a bounded ring.
+"""Alert records: state changes, faults, recoveries, low disk and a flapping camera, kept in a
+bounded ring.
 
 The controller records one alert per state change (a fault when recording breaks, a
 recovery when it resumes) and conditions such as low disk once when they start and once
@@ -18,8 +19,8 @@ from typing import Any, Literal
 
 from loguru import logger
 
-AlertKind = Literal["state_change", "fault", "recovery", "low_disk"]
-ALERT_KINDS: tuple[AlertKind, ...] = ("state_change", "fault", "recovery", "low_disk")
+AlertKind = Literal["state_change", "fault", "recovery", "low_disk", "flapping"]
+ALERT_KINDS: tuple[AlertKind, ...] = ("state_change", "fault", "recovery", "low_disk", "flapping")
 DEFAULT_CAPACITY = 100
 
 

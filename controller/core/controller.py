@@ -43,6 +43,7 @@ from hw.pipeline import RecordingPipeline
 from hw.recovery import recover_partials
 from hw.storage import probe_root
 from hw.writer import HOLD_CATEGORY, ClosedSegment
+from states import recovering
 from states.machine import STATE_NAMES, TRIGGERS, accepts
 from states.recovering import RecoveryPolicy
 from states.unit import Unit
@@ -57,6 +58,10 @@ HEALTH_SECONDS = 1.0
 ROOT_RECHECK_SECONDS = 10.0
 ALERTS_IN_SNAPSHOT = 20
 HISTORY_KEPT = 100
+# Losses of recording, each within `stable_seconds` of the recovery before it, that make a
+# flapping camera: raised once per episode, cleared once the unit records stably again.
+FLAPPING_LOSSES = 3
+FLAPPING_KEY = "camera"
 
 
 @dataclass(frozen=True)
@@ -125,6 +130,7 @@ class Controller:
         self._next_root_check = 0.0
         self.root_recheck_seconds = ROOT_RECHECK_SECONDS
         self._alerted_root: Path | None = None
+        self._flapping = ""  # the episode's latest count, for the alert's clearing line
         # Lifetime totals: runs that ended are folded in; the counted run is read live.
         self._finished_runs = RunCounters()
         self._counted_pipeline: RecordingPipeline | None = None
@@ -220,6 +226,7 @@ class Controller:
         rec = unit.hardware.recording
         refusals = [Refusal(name, reason, at) for at, name, reason in self.refusals]
         open_path = writer.open_path if writer is not None else None
+        held_path = unit.held_output.open_path if unit.held_output is not None else None
         latest = pipeline.latest_frame if pipeline is not None else None
         return StatusSnapshot(
             state=unit.state,
@@ -239,7 +246,8 @@ class Controller:
             primary_root=rec.root,
             footage_roots=(rec.root, *rec.fallback_roots),
             current_segment=open_path,
-            open_segments=(*([open_path] if open_path is not None else []), *unit.abandoned_paths),
+            open_segments=(*([open_path] if open_path is not None else []),
+                           *([held_path] if held_path is not None else []), *unit.abandoned_paths),
             abandoned_calls=tuple(unit.abandoned),
             autostart=unit.autostart,
             last_refusal=refusals[-1] if refusals else None,
@@ -414,6 +422,7 @@ class Controller:
             self.alerts.record_transition(before, after, name, reason)
             self.bus.publish(StateChanged(before, after, name, reason))
             self._note(f"{before} -> {after} on {name}", name)
+            self._note_flapping()
         elif unit.refusal:
             self.refusals.append((time.time(), name, unit.refusal))
             del self.refusals[:-HISTORY_KEPT]
@@ -497,6 +506,8 @@ class Controller:
         while writer.unclosed:
             unit.closeouts.add(writer.unclosed.pop(0))
         self._follow_writer_root(writer.target_root)
+        if recovering.settle(unit):
+            self._note_flapping()
         if now >= self._next_root_check:
             self._next_root_check = now + self.root_recheck_seconds
             self._return_to_primary_root()
@@ -508,6 +519,24 @@ class Controller:
             # The capture thread is stuck inside a camera call that ignores its timeout.
             logger.error("no frame for {:.1f}s: camera call hung", silent)
             self._on_error("camera_timeout", f"no frame for {silent:.1f}s")
+
+    def _note_flapping(self) -> None:
+        """Raise the flapping alert once an episode has FLAPPING_LOSSES losses; clear it once
+        the episode ends (the unit recorded stably, or was stopped or reset)."""
+        unit = self.unit
+        losses = unit.losses
+        if len(losses) >= FLAPPING_LOSSES:
+            span = losses[-1] - losses[0]
+            self._flapping = f"{len(losses)} losses in {span:.0f} s"
+            self.alerts.condition("flapping", FLAPPING_KEY, True,
+                                  f"camera flapping: {self._flapping} (recording again each time "
+                                  f"for less than {unit.policy.stable_seconds:g} s)")
+        elif FLAPPING_KEY in self.alerts.active():
+            # Fewer losses than that while raised: the episode ended (stable, stop or reset).
+            how = (f"recording stable for {unit.policy.stable_seconds:g} s"
+                   if unit.state == "recording" else f"the unit is {unit.state}")
+            self.alerts.condition("flapping", FLAPPING_KEY, False,
+                                  f"camera flapping ({self._flapping}) is over: {how}")
 
     def _note_root_change(self) -> None:
         """An alert when the guards moved recording to a fallback root or back."""
@@ -573,10 +602,10 @@ def _run_counts(pipeline: RecordingPipeline | None) -> RunCounters:
     """The counters of one recording run (zeros for none)."""
     if pipeline is None:
         return RunCounters()
-    stats, writer = pipeline.stats, pipeline.writer
+    stats = pipeline.stats
     return RunCounters(frames_captured=stats.frames_captured, frames_recorded=stats.frames_recorded,
                        frames_dropped=stats.frames_dropped, frames_invalid=stats.frames_invalid,
-                       segments_closed=writer.segments_closed, bytes_written=writer.bytes_written)
+                       segments_closed=pipeline.segments_closed, bytes_written=pipeline.bytes_written)
 
 
 def _why_no_frame(state: str, pipeline: RecordingPipeline | None) -> str:

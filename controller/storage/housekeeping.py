@@ -161,6 +161,8 @@ class StorageHousekeeper:
         self._next_check = 0.0
         self.passes = 0
         self._passes_started = 0
+        self.failed_passes = 0
+        self._failing: str | None = None  # the error the latest pass failed with, if it did
         self.reclaims = 0
         self.priority = ""
         self.last_retention: RetentionReport | None = None
@@ -272,9 +274,11 @@ class StorageHousekeeper:
                 self._passes_started += 1
             try:
                 self._pass()
-            except Exception:
+            except Exception as err:
                 # A bug here must not end housekeeping for good; the next pass tries again.
-                logger.exception("housekeeping pass failed")
+                self._pass_failed(err)
+            else:
+                self._failing = None
             with self._done:
                 self.passes += 1
                 self._done.notify_all()
@@ -283,6 +287,18 @@ class StorageHousekeeper:
         with self._done:
             self._fail_pending(MergeAborted("the daemon is shutting down"))
             self._done.notify_all()
+
+    def _pass_failed(self, err: Exception) -> None:
+        """A traceback once per distinct error (type and message); while it repeats, a line."""
+        key = f"{type(err).__name__}: {err}"
+        self.failed_passes += 1
+        if key != self._failing:
+            self._failing = key
+            logger.opt(exception=err).error("housekeeping pass failed: {}; trying again every "
+                                            "{:g}s", key, self.settings.sample_seconds)
+        else:
+            logger.error("housekeeping pass failed again: {} ({} failed passes)", key,
+                         self.failed_passes)
 
     def _pass(self) -> None:
         if self._closeouts is not None:

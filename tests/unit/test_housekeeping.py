@@ -140,3 +140,35 @@ def test_reclaim_now_runs_retention_and_hands_back_its_report(tmp_path: Path) ->
         assert report is not None and report.short and housekeeper.reclaims == 1
         assert closed and not any(seg.path.exists() for seg in closed)
         assert (root / "not-footage").exists(), "only footage is retention's to delete"
+
+
+def test_a_failing_pass_logs_its_traceback_once_per_distinct_error(tmp_path: Path) -> None:
+    from loguru import logger
+
+    errors = [OSError(24, "Too many open files")] * 4 + [RuntimeError("a bug")] * 3
+    calls = []
+
+    def roots() -> list[Path]:
+        calls.append(1)
+        if errors:
+            raise errors.pop(0)
+        return [tmp_path]
+
+    lines: list[tuple[str, bool]] = []
+    sink = logger.add(lambda m: lines.append((m.record["message"], m.record["exception"] is not None)),
+                      level="ERROR", filter="controller.storage.housekeeping")
+    housekeeper = StorageHousekeeper(StorageSettings(retention=NO_RETENTION, sample_seconds=0.01),
+                                     roots=roots, active_root=lambda: tmp_path, open_segments=list)
+    housekeeper.start()
+    try:
+        assert housekeeper.check_now(30)
+        with housekeeper._done:
+            assert housekeeper._done.wait_for(lambda: not errors and housekeeper.passes >= 9, 30)
+    finally:
+        assert housekeeper.stop(5)
+        logger.remove(sink)
+    failed = [(m, tb) for m, tb in lines if "housekeeping pass failed" in m]
+    assert len(failed) == 7 and housekeeper.failed_passes == 7
+    with_traceback = [m for m, tb in failed if tb]
+    assert len(with_traceback) == 2, failed  # one per distinct error, then a short line each
+    assert "Too many open files" in with_traceback[0] and "a bug" in with_traceback[1]

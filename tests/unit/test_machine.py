@@ -32,7 +32,7 @@ class Recorder:
         self.errors: list[tuple[str, str]] = []
         self.cancelled = 0
 
-    def post(self, name: str) -> None:
+    def post(self, name: str, reason: str = "") -> None:
         self.posted.append(name)
 
     def schedule(self, delay: float, name: str) -> None:

@@ -10,8 +10,8 @@ recording root vanishing, and time passing.
 Invariants after every step:
 - the machine is in one of the five states, and has settled (nothing due is left undone);
 - a pipeline is held, with its threads running, exactly in `recording`;
-- no `.partial` exists under the root other than the open writer's, and none is held open
-  outside `recording`;
+- no `.partial` exists under the root other than the open writer's (or, after a camera loss,
+  the one held for the camera to come back), and none other is held open outside `recording`;
 - no capture or encode thread is alive outside `recording`; no camera is left pending.
 """
 
@@ -123,7 +123,7 @@ class UnitUnderRandomEvents(RuleBasedStateMachine):
                                                   fragment_seconds=0.1))
         self.unit = Unit(hardware, policy=POLICY, autostart=True, post=self.played.post,
                          schedule=self.played.schedule, cancel_scheduled=self.played.cancel,
-                         report_error=self.played.report)
+                         report_error=self.played.report, clock=lambda: self.played.now)
 
     def teardown(self) -> None:
         self.unit.cleanup(None)  # type: ignore[arg-type]
@@ -163,6 +163,11 @@ class UnitUnderRandomEvents(RuleBasedStateMachine):
     def open_path(self) -> Path | None:
         pipeline = self.unit.pipeline
         return pipeline.writer.open_path if pipeline is not None else None
+
+    def held_path(self) -> Path | None:
+        """The segment kept open across a camera loss (outside `recording` only)."""
+        held = self.unit.held_output
+        return held.open_path if held is not None else None
 
     # -- rules: the triggers ---------------------------------------------------------
 
@@ -266,7 +271,11 @@ class UnitUnderRandomEvents(RuleBasedStateMachine):
         def only_the_open_one() -> bool:
             found = set(self.root.rglob("*" + PARTIAL_SUFFIX))
             now = self.open_path()  # read after the walk: a split in between shows, and is retried
-            return found <= ({now} if self.unit.state == "recording" and now is not None else set())
+            allowed = {now} if self.unit.state == "recording" and now is not None else set()
+            held = self.held_path()
+            if self.unit.state != "recording" and held is not None:
+                allowed.add(held)
+            return found <= allowed
 
         assert poll(only_the_open_one), (self.unit.state, list(self.root.rglob("*" + PARTIAL_SUFFIX)),
                                          self.open_path())
@@ -281,7 +290,14 @@ class UnitUnderRandomEvents(RuleBasedStateMachine):
             assert poll(held_is_the_open_one), (open_partial_files(), self.open_path())
             return
         assert poll(lambda: not self.pipeline_threads()), self.pipeline_threads()
-        assert open_partial_files() == []
+        held = self.held_path()
+        open_now = {Path(str(p).removesuffix(" (deleted)")) for p in open_partial_files()}
+        assert open_now <= ({held} if held is not None else set()), (open_now, held)
+
+    @invariant()
+    def holds_an_output_only_between_a_loss_and_the_recovery(self) -> None:
+        if self.unit.state not in ("recovering", "critical"):
+            assert self.unit.held_output is None, (self.unit.state, self.unit.held_output)
 
 
 UnitUnderRandomEvents.TestCase.settings = settings(

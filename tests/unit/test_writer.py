@@ -174,3 +174,67 @@ def test_power_cut_loses_at_most_the_open_fragment(tmp_path: Path, count: int) -
     kept = frame_numbers(result.result) if result.result else []
     assert kept == list(range(len(kept)))
     assert count - len(kept) <= 15  # one fragment at 0.5 s x 30 fps
+
+
+def test_running_out_of_descriptors_at_a_new_segment_leaves_no_file_open(tmp_path: Path) -> None:
+    """EMFILE for real: the opener takes the last descriptors, so starting the segment fails
+    (in the muxer's set-up, here); the new `.partial` must be closed and removed, or the
+    cleanup guard refuses every recovery attempt ("segment files still open after cleanup")."""
+    import os
+    import resource
+
+    from hw.errors import StorageError
+    from hw.writer import open_exclusive
+    from states.guards import open_partial_files
+
+    fillers: list[int] = []
+
+    def opener_that_takes_every_descriptor(path: Path):  # type: ignore[no-untyped-def]
+        f = open_exclusive(path)
+        try:
+            while True:
+                fillers.append(os.open(os.devnull, os.O_RDONLY))
+        except OSError:
+            pass  # EMFILE: none left for the directory
+        return f
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 32, hard))
+    w = SegmentWriter(tmp_path, width=MODE.width, height=MODE.height, fps=MODE.fps,
+                      segment_seconds=1.0, opener=opener_that_takes_every_descriptor)
+    try:
+        with pytest.raises(StorageError, match="Too many open files"):
+            w.write(packets(1)[0])
+    finally:
+        for fd in fillers:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert fillers, "the opener never ran out of descriptors"
+    assert not [p for p in open_partial_files() if str(p).startswith(str(tmp_path))]
+    assert not list(tmp_path.rglob("*" + PARTIAL_SUFFIX))
+    assert w.open_path is None
+
+
+def test_a_failed_directory_fsync_at_a_new_segment_leaves_no_file_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The directory fsync after creating the segment fails (EMFILE: it needs a descriptor of
+    its own); injected at that one call, since which call meets a real EMFILE first depends on
+    how many descriptors the muxer's set-up takes."""
+    import errno
+    import os
+
+    import hw.writer
+    from hw.errors import StorageError
+    from states.guards import open_partial_files
+
+    def no_descriptor_left(path: Path) -> None:
+        raise OSError(errno.EMFILE, os.strerror(errno.EMFILE), str(path))
+
+    monkeypatch.setattr(hw.writer, "fsync_directory", no_descriptor_left)
+    w = writer(tmp_path)
+    with pytest.raises(StorageError, match="Too many open files"):
+        w.write(packets(1)[0])
+    assert not [p for p in open_partial_files() if str(p).startswith(str(tmp_path))]
+    assert not list(tmp_path.rglob("*" + PARTIAL_SUFFIX))
+    assert w.open_path is None
