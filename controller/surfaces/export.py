@@ -327,7 +327,7 @@ def _write_clip(timelines: list, start: float, end: float, out_path: Path,  # ty
                     clip.frames += 1
                     clip.keyframes += int(packet.is_keyframe)
                     used = True
-                if progress is not None:
+                if progress is not None and last_at is not None:
                     progress(min(1.0, max(0.0, (float(last_at) - start) / (end - start))))
             if used:
                 clip.files.append(timeline.path)

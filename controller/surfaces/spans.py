@@ -170,7 +170,8 @@ class TimelineCache:
 
 def candidates(root: Path) -> list[Candidate]:
     """Every footage file under `root` (closed, merged and being written), by earliest frame."""
-    found = [Candidate(f.path, f.kind, f.start, f.hour_end + HOUR_OVERRUN_SECONDS) for f in list_footage(root)]
+    found = [Candidate(f.path, f.kind, f.start, f.hour_end + HOUR_OVERRUN_SECONDS)
+             for f in list_footage(root)]
     for hour in hour_folders(root):
         for partial in partials_in(hour.path):
             start = segment_start(partial.name)
@@ -213,12 +214,16 @@ def nearest_spans(root: Path, start: float, end: float, cache: TimelineCache) ->
     before = [c for c in found if c.earliest < start]
     after = [c for c in found if c.latest > end]
     out: list[Span] = []
-    for group, pick in ((reversed(before), lambda spans: [s for s in spans if s.end <= start][-1:]),
-                        (after, lambda spans: [s for s in spans if s.start >= end][:1])):
-        for candidate in group:
-            timeline = cache.timeline(candidate)
-            chosen = pick(join_runs([timeline])) if timeline is not None else []
-            if chosen:
-                out.extend(chosen)
-                break
+    for candidate in reversed(before):
+        timeline = cache.timeline(candidate)
+        earlier = [s for s in join_runs([timeline]) if s.end <= start] if timeline is not None else []
+        if earlier:
+            out.append(earlier[-1])
+            break
+    for candidate in after:
+        timeline = cache.timeline(candidate)
+        later = [s for s in join_runs([timeline]) if s.start >= end] if timeline is not None else []
+        if later:
+            out.append(later[0])
+            break
     return out
