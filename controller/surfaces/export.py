@@ -279,9 +279,19 @@ def _write_clip(timelines: list, start: float, end: float, out_path: Path,  # ty
                     continue
                 path = copy
             used = False
+            shift: Fraction | None = None
             for stream, timed in _timed_packets(path, start, seek=timeline.kind == "merged"):
+                if shift is None:
+                    # A file that starts a little before the last one ended (the wall clock
+                    # and the capture clock drift apart) goes right after it, as the hourly
+                    # merge places it; one that overlaps more holds frames already written
+                    # (a merged hour and a segment a crash left beside it): those are skipped.
+                    overlap = last_end - timed.at if last_at is not None else Fraction(0)
+                    shift = overlap if 0 < overlap < GAP_SECONDS else Fraction(0)
+                if shift:
+                    timed = _Timed(timed.packet, timed.at + shift, timed.duration)
                 if last_at is not None and timed.at <= last_at:
-                    continue  # already written from another file (a merged hour and its segment)
+                    continue  # already written from another file
                 if timed.at >= end:
                     done = True
                     break

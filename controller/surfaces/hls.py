@@ -4,9 +4,9 @@ Every fragment vigil writes is a keyframe-aligned `moof`+`mdat` pair, so it is a
 segment as it stands (fMP4): the playlist names it by byte range (`EXT-X-BYTERANGE`) in its
 segment file, and the file's `ftyp`+`moov` by byte range as the init section (`EXT-X-MAP`).
 Each segment file starts its own timeline at 0 and has its own init section, so a new file
-is an `EXT-X-DISCONTINUITY`. The bytes come from `/hls/{path}`: a closed segment whole, the
-segment being written only up to the end of its last whole fragment (a `.partial` renamed
-meanwhile is served from its closed name: the same bytes).
+is an `EXT-X-DISCONTINUITY`. The bytes come from `/hls/{path}`, which names every segment by
+its closed name: a closed segment whole, the segment being written (`NAME.mp4.partial` on
+disk) only up to the end of its last whole fragment.
 
 The live playlist (`/live.m3u8`) rolls over the newest segment files' whole fragments; its
 media sequence numbers are given out by `LiveSequence`, in the order fragments first
@@ -28,7 +28,7 @@ from loguru import logger
 
 from controller.surfaces import fmp4
 from controller.surfaces.spans import Candidate, candidates, overlapping, segment_runs
-from hw.footage import final_path, footage_at, partial_at
+from hw.footage import PARTIAL_SUFFIX, final_path, footage_at, partial_at
 
 LIVE_FRAGMENTS = 6
 MAX_VOD_FRAGMENTS = 100_000
@@ -64,7 +64,8 @@ def _fragments_of(candidate: Candidate, root: Path) -> list[Entry]:
     except (OSError, fmp4.Mp4Error) as err:
         logger.warning("segment unreadable for HLS path={} error={}", candidate.path, err)
         return []
-    relative = candidate.path.relative_to(root).as_posix()
+    # The open segment by its closed name: the URI outlives the rename (see media_file).
+    relative = candidate.path.relative_to(root).as_posix().removesuffix(PARTIAL_SUFFIX)
     return [Entry(relative, scanned.init_size, f.offset, f.size, f.duration / scanned.timescale, i == 0)
             for i, f in enumerate(scanned.fragments)]
 
@@ -79,7 +80,7 @@ class LiveSequence:
         self._lock = threading.Lock()
 
     def number(self, entry: Entry) -> int:
-        key = (entry.relative.removesuffix(".partial"), entry.offset)
+        key = (entry.relative, entry.offset)
         with self._lock:
             found = self._numbers.get(key)
             if found is not None:
@@ -178,22 +179,22 @@ def vod_playlist(root: Path, start: float, end: float) -> str | None:
 def media_file(root: Path, relative: str) -> tuple[Path, int | None] | None:
     """The file `/hls/{relative}` serves and how many of its bytes (None: all); None: no such.
 
-    A closed segment whole; the segment being written up to its last whole fragment; a
-    `.partial` closed meanwhile from its closed name. Nothing else (merged hours, names
-    vigil does not write, links, `..`): the same refusals as /recordings.
+    `relative` names a segment by its closed name: the closed file whole, else the segment
+    still being written under that name up to its last whole fragment. So a playlist's URI
+    stays valid when the segment closes (the same bytes, renamed), and players that accept
+    only media extensions (ffmpeg) take it. Nothing else is served (merged hours, `.partial`
+    names, names vigil does not write, links, `..`): the same refusals as /recordings.
     """
-    if relative.endswith(".partial"):
-        partial = partial_at(root, relative)
-        if partial is not None:
-            try:
-                return partial, fmp4.scan_fragmented(partial).length
-            except FileNotFoundError:
-                pass
-            except (OSError, fmp4.Mp4Error):
-                return None
-        closed = footage_at(root, relative.removesuffix(".partial"))
-        return (closed.path, None) if closed is not None and closed.kind == "segment" else None
     found = footage_at(root, relative)
-    if found is None or found.kind != "segment":
+    if found is not None:
+        return (found.path, None) if found.kind == "segment" else None
+    partial = partial_at(root, relative + PARTIAL_SUFFIX) if not relative.endswith(PARTIAL_SUFFIX) else None
+    if partial is None:
         return None
-    return found.path, None
+    try:
+        return partial, fmp4.scan_fragmented(partial).length
+    except FileNotFoundError:
+        closed = footage_at(root, relative)  # closed between the two looks
+        return (closed.path, None) if closed is not None and closed.kind == "segment" else None
+    except (OSError, fmp4.Mp4Error):
+        return None
