@@ -61,6 +61,7 @@ def write_config(path: Path, root: Path, port: int, width: int, height: int,
               "storage:", "  retention_days: 0", "  reserve_mb: 0", "  reserve_percent: 0",
               "recovery:", "  backoff_seconds: 0.5", "  backoff_max_seconds: 1", "  max_attempts: 20",
               "api:", f"  listen: 127.0.0.1:{port}", f"  token_file: {path.parent / 'no-token'}",
+              "  public_footage: true",
               "gpio:", "  enabled: false", ""]
     path.write_text("\n".join(lines))
     return path

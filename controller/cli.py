@@ -8,7 +8,9 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from controller.config import ApiConfig
+    from pathlib import Path
+
+    from controller.config import ApiConfig, VigilConfig
 
 EX_CONFIG = 78  # sysexits.h: the systemd unit does not restart on this
 
@@ -190,6 +192,137 @@ def _merge(args: argparse.Namespace) -> int:
     return 0
 
 
+class _ProgressBar:
+    """A one-line progress bar on stderr, drawn only on a terminal."""
+
+    WIDTH = 30
+
+    def __init__(self) -> None:
+        self.shown = -1
+        self.enabled = sys.stderr.isatty()
+
+    def __call__(self, fraction: float) -> None:
+        percent = int(max(0.0, min(1.0, fraction)) * 100)
+        if not self.enabled or percent == self.shown:
+            return
+        self.shown = percent
+        filled = self.WIDTH * percent // 100
+        sys.stderr.write(f"\r[{'#' * filled}{' ' * (self.WIDTH - filled)}] {percent:3d}%")
+        sys.stderr.flush()
+
+    def done(self) -> None:
+        if self.enabled and self.shown >= 0:
+            sys.stderr.write("\n")
+
+
+def _export(args: argparse.Namespace) -> int:
+    import os
+    import tempfile
+    from pathlib import Path
+
+    from controller.config import ConfigError, VigilConfig, load_config
+    from controller.surfaces.export import (
+        ExportError,
+        NoFootage,
+        SpanTooLong,
+        export_clip,
+        resolve_span,
+        utc_text,
+    )
+
+    out = Path(args.output)
+    if out.exists() or out.is_symlink():
+        print(f"vigil export: {out} exists; vigil never overwrites a file", file=sys.stderr)
+        return 1
+    try:
+        offline = (args.root or args.url) and not args.config
+        cfg = VigilConfig() if offline else load_config(args.config).config
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        return EX_CONFIG
+    try:
+        start, end = resolve_span(args.start, args.end, args.duration, max_seconds=None)
+    except ValueError as err:
+        print(f"vigil export: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    bar = _ProgressBar()
+    temp = out.with_name(f".{out.name}.part")
+    if args.url is not None or args.root is None:
+        return _export_over_api(args, cfg, out, temp, bar)
+    with tempfile.TemporaryDirectory(prefix="vigil-export-") as workdir:
+        try:
+            clip = export_clip(Path(args.root), start, end, temp, workdir=Path(workdir), progress=bar)
+        except NoFootage as err:
+            bar.done()
+            near = "; ".join(f"{utc_text(s.start)} to {utc_text(s.end)}" for s in err.nearest)
+            print(f"vigil export: {err}" + (f" (recorded nearby: {near})" if near else ""), file=sys.stderr)
+            return 1
+        except (ExportError, SpanTooLong, OSError) as err:
+            bar.done()
+            temp.unlink(missing_ok=True)
+            print(f"vigil export: {err}", file=sys.stderr)
+            return 1
+    bar.done()
+    os.rename(temp, out)
+    print(f"{out}: {clip.describe()}")
+    return 0
+
+
+def _export_over_api(args: argparse.Namespace, cfg: VigilConfig, out: Path, temp: Path,
+                     bar: _ProgressBar) -> int:
+    import http.client
+    import os
+    import urllib.parse
+    from pathlib import Path
+
+    from controller.client import base_url, read_token
+
+    url = args.url or base_url(cfg.api.listen)
+    files = [Path(args.token_file)] if args.token_file else [cfg.api.viewer_token_file, cfg.api.token_file]
+    token = None
+    for path in files:
+        try:
+            token = read_token(path)
+            break
+        except (OSError, ValueError):
+            continue
+    query = {"start": args.start, **({"end": args.end} if args.end else {"duration": str(args.duration)})}
+    parsed = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(parsed.hostname or "127.0.0.1", parsed.port or 80, timeout=600)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        conn.request("GET", f"{parsed.path.rstrip('/')}/export?{urllib.parse.urlencode(query)}",
+                     headers=headers)
+        response = conn.getresponse()
+        if response.status != 200:
+            body = response.read(64 * 1024).decode("utf-8", "replace")
+            print(f"vigil export: {url}/export answered {response.status}: {body}", file=sys.stderr)
+            return 1
+        total = int(response.headers.get("Content-Length") or 0)
+        got = 0
+        with open(temp, "xb") as f:
+            while chunk := response.read(1 << 16):
+                f.write(chunk)
+                got += len(chunk)
+                if total:
+                    bar(got / total)
+        bar.done()
+        if total and got != total:
+            temp.unlink(missing_ok=True)
+            print(f"vigil export: the answer ended after {got} of {total} bytes", file=sys.stderr)
+            return 1
+        os.rename(temp, out)
+        print(f"{out}: {response.headers.get('X-Vigil-Frames')} frames from "
+              f"{response.headers.get('X-Vigil-Start')} to {response.headers.get('X-Vigil-End')}")
+        return 0
+    except (OSError, http.client.HTTPException) as err:
+        temp.unlink(missing_ok=True)
+        print(f"vigil export: cannot reach the daemon at {url}: {err}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    finally:
+        conn.close()
+
+
 def _doctor(args: argparse.Namespace) -> int:
     from controller.config import ConfigError, load_config
     from controller.doctor import examine
@@ -314,6 +447,22 @@ def build_parser() -> argparse.ArgumentParser:
     reset.add_argument("--token-file", metavar="FILE", type=_token_file_option,
                        help="file holding the API token (default: api.token_file in the config)")
     with_config(reset)
+    export = command("export", "write one MP4 of a span of footage (stream copy, no re-encode), "
+                               "from the running daemon's API or, with --root, straight from the "
+                               "recording root (a card in a reader)", _export)
+    export.add_argument("--start", required=True, metavar="TIME",
+                        help="ISO 8601, e.g. 2026-05-09T14:03:10Z (UTC when no offset is given)")
+    span = export.add_mutually_exclusive_group(required=True)
+    span.add_argument("--end", metavar="TIME", help="ISO 8601")
+    span.add_argument("--duration", metavar="SECONDS", type=float, help="instead of --end")
+    export.add_argument("-o", "--output", required=True, metavar="FILE", help="the MP4 to write")
+    where = export.add_mutually_exclusive_group()
+    where.add_argument("--url", metavar="URL", type=_url_option,
+                       help="the daemon's API (default: from api.listen in the config)")
+    where.add_argument("--root", metavar="ROOT", help="read the footage under ROOT directly")
+    export.add_argument("--token-file", metavar="FILE", type=_token_file_option,
+                        help="the viewer token (default: api.viewer_token_file, then api.token_file)")
+    with_config(export)
     return parser
 
 

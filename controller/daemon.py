@@ -147,6 +147,11 @@ class BackgroundApi:
         self._server = start_api(self._config, self._controller)  # None: disabled or port taken
         if self._server is not None and self._config.token_file != self._server.app.state.tokens.token_file:
             self._server.app.state.tokens.reload(self._config.token_file)  # a reset came first
+        if self._server is not None and (
+                self._config.viewer_token_file != self._server.app.state.footage.viewer_token_file
+                or self._config.public_footage != self._server.app.state.footage.is_public):
+            self._server.app.state.footage.reload(self._config.viewer_token_file,
+                                                  public=self._config.public_footage)
 
     def start(self) -> None:
         self._thread.start()
@@ -157,6 +162,7 @@ class BackgroundApi:
         server = self._server
         if server is not None:
             server.app.state.tokens.reload(config.token_file)
+            server.app.state.footage.reload(config.viewer_token_file, public=config.public_footage)
 
     def stop(self, timeout: float = API_START_TIMEOUT_SECONDS) -> None:
         self._thread.join(timeout)

@@ -356,6 +356,33 @@ def footage_at(root: Path, relative: str) -> Footage | None:
     return Footage(path, kind, start, hour_start + SECONDS_PER_HOUR)
 
 
+def partial_at(root: Path, relative: str) -> Path | None:
+    """The segment being written, `YYYY-MM-DD/HH/NAME.mp4.partial`, under `root`, or None.
+
+    The same refusals as `footage_at` (names vigil does not write, `..`, links, anything
+    but a regular file), for the one place a `.partial` may be read: its whole fragments.
+    """
+    if not relative or "\x00" in relative or "\\" in relative:
+        return None
+    parts = PurePosixPath(relative).parts
+    if len(parts) != 3:
+        return None
+    day, hour, name = parts
+    if not (DATE_DIR_NAME.match(day) and HOUR_DIR_NAME.match(hour) and PARTIAL_NAME.match(name)):
+        return None
+    if _hour_start(day, hour) is None or segment_start(name) is None:
+        return None
+    if not (is_real_directory(root / day) and is_real_directory(root / day / hour)):
+        return None
+    path = root / day / hour / name
+    try:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            return None
+    except OSError:
+        return None
+    return path
+
+
 def same_filesystem(path: Path, root: Path) -> bool:
     """Whether `path` lives on the filesystem of `root` (deletion never leaves a root's own)."""
     try:

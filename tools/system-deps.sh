@@ -14,7 +14,7 @@ declare -A package_of=(
 # python3-numpy's C API, as Raspberry Pi OS compiles simplejpeg for picamera2.
 packages=()
 case "${1:-test}" in
-  test) tools=(mkfs.ext4 mount losetup systemd-analyze fusermount3)
+  test) tools=(mkfs.ext4 mount losetup systemd-analyze fusermount3 ffmpeg)
         packages=(python3 python3-venv python3-numpy python3-h5py) ;;
   bench) tools=(ffmpeg) ;;
   *) echo "usage: $0 test|bench" >&2; exit 2 ;;

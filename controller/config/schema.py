@@ -498,6 +498,7 @@ class LoggingConfig(BaseModel):
 
 DEFAULT_API_LISTEN = "127.0.0.1:8080"
 DEFAULT_API_TOKEN_FILE = Path("/etc/vigil/api-token")
+DEFAULT_VIEWER_TOKEN_FILE = Path("/etc/vigil/viewer-token")
 _HOSTNAME_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 
 
@@ -550,6 +551,32 @@ class ApiConfig(BaseModel):
             "File holding the bearer token that the actions (start, stop, reset, merge) "
             "require; when it is missing or empty the actions are disabled. Keep it readable "
             "by the vigil user only."
+        ),
+    )
+
+    viewer_token_file: DirectoryPath = Field(
+        default=DEFAULT_VIEWER_TOKEN_FILE,
+        description=(
+            "File holding the viewer token that footage (recordings, clip export, live and "
+            "recorded HLS, snapshots) requires, as a bearer token or through `POST /login`'s "
+            "cookie; the action token opens footage too. When neither file holds a token, "
+            "footage answers 403 unless `public_footage` is true. Keep it readable by the "
+            "vigil user only."
+        ),
+    )
+    public_footage: bool = Field(
+        default=False,
+        description=(
+            "Serve footage to anyone who can reach the API, without a token. Only for a "
+            "unit on a network where everyone may watch."
+        ),
+    )
+    export_max_seconds: Number = Field(
+        default=1800.0, gt=0, le=86400,
+        description=(
+            "Longest span one clip export (`GET /export`, `vigil export`) may cover, in "
+            "seconds: greater than 0, at most 86400. The clip is assembled in a temporary "
+            "file of about that much footage before it is sent."
         ),
     )
 

@@ -13,8 +13,10 @@ import errno
 import hmac
 import os
 import resource
+import shutil
 import socket
 import stat
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -42,6 +44,17 @@ from controller.config import ApiConfig, parse_listen
 from controller.core.commands import CommandDesk
 from controller.core.controller import Controller
 from controller.core.snapshot import StatusSnapshot
+from controller.surfaces.export import (
+    ExportError,
+    NoFootage,
+    SpanTooLong,
+    export_clip,
+    parse_time,
+    resolve_span,
+    utc_text,
+)
+from controller.surfaces.hls import CONTENT_TYPE as CONTENT_TYPE_M3U8
+from controller.surfaces.hls import LiveSequence, live_playlist, media_file, vod_playlist
 from controller.surfaces.metrics import CONTENT_TYPE, render_metrics
 from controller.surfaces.recordings import (
     DEFAULT_PER_PAGE,
@@ -51,8 +64,10 @@ from controller.surfaces.recordings import (
     RecordingPage,
     list_recordings,
     resolve_recording,
+    serve_descriptor,
     serve_file,
 )
+from controller.surfaces.spans import MAX_SPANS, Span, TimelineCache, nearest_spans, recorded_spans
 from hw.camera import Frame
 from hw.errors import EncoderError, VigilError
 from hw.snapshot import encode_jpeg
@@ -65,6 +80,11 @@ SERVER_STOP_SECONDS = 5.0
 ALERTS_IN_STATUS = 20
 HOUR_FORMAT = "%Y-%m-%dT%H"
 HOUR_PATTERN = r"^\d{4}-\d{2}-\d{2}T\d{2}$"
+DEFAULT_EXPORT_MAX_SECONDS = 1800.0
+MAX_CONCURRENT_EXPORTS = 2
+SPANS_DEFAULT_SECONDS = 86400.0
+SPANS_MAX_SECONDS = 366 * 86400
+VOD_MAX_SECONDS = 86400.0
 
 RootProvider = Callable[[], Path]
 
@@ -149,28 +169,28 @@ def load_action_gate(token_file: Path | None) -> ActionGate:
     return gate
 
 
-def _read_token(path: Path) -> ActionGate:
+def _read_token(path: Path, disabled: str = "actions are disabled") -> ActionGate:
     try:
         # Without blocking: a FIFO named as the token file must not hang the start-up.
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
     except FileNotFoundError:
-        return ActionGate(None, f"actions are disabled: token file {path} does not exist")
+        return ActionGate(None, f"{disabled}: token file {path} does not exist")
     except OSError as err:
-        return ActionGate(None, f"actions are disabled: token file {path} cannot be read "
+        return ActionGate(None, f"{disabled}: token file {path} cannot be read "
                                 f"({err.strerror or err})")
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
-            return ActionGate(None, f"actions are disabled: token file {path} is not a regular file")
+            return ActionGate(None, f"{disabled}: token file {path} is not a regular file")
         raw = os.read(fd, 4096)
     except OSError as err:
-        return ActionGate(None, f"actions are disabled: token file {path} cannot be read "
+        return ActionGate(None, f"{disabled}: token file {path} cannot be read "
                                 f"({err.strerror or err})")
     finally:
         os.close(fd)
     token = raw.decode("utf-8", errors="replace").strip()
     if not token:
-        return ActionGate(None, f"actions are disabled: token file {path} is empty")
+        return ActionGate(None, f"{disabled}: token file {path} is empty")
     if mode & 0o077:
         logger.warning("API token file {} is readable by others (mode {:o}); chmod 600 it",
                        path, stat.S_IMODE(mode))
@@ -189,6 +209,57 @@ class TokenGate:
         self.gate = load_action_gate(token_file)
 
 
+class FootageGate:
+    """Who may see footage: the viewer token, the action token, the login cookie, or anyone
+    when the config says footage is public. A reset swaps in the reloaded config's choice."""
+
+    def __init__(self, viewer_token_file: Path | None, *, public: bool = False) -> None:
+        self.reload(viewer_token_file, public=public)
+
+    def reload(self, viewer_token_file: Path | None, *, public: bool = False) -> None:
+        self.viewer_token_file = viewer_token_file
+        self.is_public = public
+        if viewer_token_file is None:
+            self.gate = ActionGate(None, "no api.viewer_token_file is configured")
+        else:
+            self.gate = _read_token(viewer_token_file, "no viewer token")
+        if public:
+            logger.warning("API footage is public (api.public_footage: true): recordings, exports, "
+                           "live view and snapshots answer anyone who reaches the API")
+        elif self.gate.is_enabled:
+            logger.info("API footage needs the viewer token read from {} (or the action token)",
+                        viewer_token_file)
+
+    def tokens(self, operator: ActionGate) -> list[str]:
+        return [t for t in (self.gate.token, operator.token) if t is not None]
+
+
+VIEWER_COOKIE = "vigil_viewer"
+COOKIE_CONTEXT = b"vigil viewer cookie v1"
+COOKIE_MAX_AGE_SECONDS = 30 * 24 * 3600
+
+
+def cookie_value(token: str) -> str:
+    """What the login cookie holds for `token`: a MAC of it, not the token itself."""
+    return hmac.new(token.encode(), COOKIE_CONTEXT, "sha256").hexdigest()
+
+
+def _matches(given: str, tokens: list[str], transform: Callable[[str], str] | None = None) -> bool:
+    """Constant-time comparison against every token (no early exit that would leak which)."""
+    found = False
+    for token in tokens:
+        expected = transform(token) if transform is not None else token
+        found |= hmac.compare_digest(given.encode("utf-8", "surrogateescape"),
+                                     expected.encode("utf-8", "surrogateescape"))
+    return found
+
+
+class LoginRequest(BaseModel):
+    """The viewer (or action) token, for a browser that cannot send a bearer header."""
+
+    token: str = Field(min_length=1, max_length=4096)
+
+
 _bearer = HTTPBearer(auto_error=False, description="The token in the file named by api.token_file.")
 
 
@@ -196,10 +267,17 @@ _bearer = HTTPBearer(auto_error=False, description="The token in the file named 
 
 
 def create_app(controller: Controller, *, token_file: Path | None,
-               root_provider: RootProvider | None = None) -> FastAPI:
+               root_provider: RootProvider | None = None, viewer_token_file: Path | None = None,
+               public_footage: bool = False,
+               export_max_seconds: float = DEFAULT_EXPORT_MAX_SECONDS) -> FastAPI:
     """The API for `controller`, serving recordings below `root_provider()` (default: the
-    root the snapshot says recording goes to)."""
+    root the snapshot says recording goes to); footage needs the token in
+    `viewer_token_file` or `token_file` unless `public_footage`."""
     tokens = TokenGate(token_file)
+    footage = FootageGate(viewer_token_file, public=public_footage)
+    timelines = TimelineCache()
+    live_sequence = LiveSequence()
+    exports = threading.BoundedSemaphore(MAX_CONCURRENT_EXPORTS)
     commands = CommandDesk(controller, name="api-actions")
     snapshots = SnapshotCache()
     version = _version()
@@ -215,6 +293,7 @@ def create_app(controller: Controller, *, token_file: Path | None,
         redoc_url=None,
     )
     app.state.tokens = tokens
+    app.state.footage = footage
     app.state.commands = commands
 
     def authorized(
@@ -227,8 +306,35 @@ def create_app(controller: Controller, *, token_file: Path | None,
             raise HTTPException(401, detail="missing bearer token (Authorization: Bearer TOKEN)",
                                 headers={"WWW-Authenticate": "Bearer"})
         if not hmac.compare_digest(credentials.credentials.encode(), gate.token.encode()):
+            viewer_token = footage.gate.token
+            if viewer_token is not None and _matches(credentials.credentials, [viewer_token]):
+                raise HTTPException(403, detail="the viewer token opens footage only; actions need "
+                                                "the action token (api.token_file)")
             raise HTTPException(401, detail="wrong bearer token",
                                 headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+
+    def viewer(
+        request: Request,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ) -> None:
+        if footage.is_public:
+            return
+        allowed = footage.tokens(tokens.gate)
+        if not allowed:
+            where = footage.viewer_token_file or "the file named by api.viewer_token_file"
+            raise HTTPException(403, detail=(
+                f"footage is closed: {footage.gate.disabled_reason} and no action token; put a "
+                f"token in {where} (chmod 600) and reset the recorder, or set "
+                f"api.public_footage: true to open footage to everyone"))
+        if credentials is not None and _matches(credentials.credentials, allowed):
+            return
+        cookie = request.cookies.get(VIEWER_COOKIE)
+        if cookie is not None and _matches(cookie, allowed, cookie_value):
+            return
+        detail = ("wrong bearer token" if credentials is not None else
+                  "footage needs the viewer token: Authorization: Bearer TOKEN, or the cookie "
+                  "POST /login sets")
+        raise HTTPException(401, detail=detail, headers={"WWW-Authenticate": "Bearer"})
 
     def snapshot_status() -> tuple[StatusSnapshot, dict[str, Any]]:
         snap = controller.snapshot
@@ -265,7 +371,147 @@ def create_app(controller: Controller, *, token_file: Path | None,
         return PlainTextResponse(render_metrics(snap, version=version, disk_now=disk_now),
                                  media_type=CONTENT_TYPE)
 
-    @app.get("/recordings", response_model=RecordingPage, summary="Recorded hours, newest first")
+    footage_responses: dict[int | str, dict[str, Any]] = {
+        401: {"model": Problem, "description": "Missing or wrong viewer token."},
+        403: {"model": Problem, "description": "Footage is closed: no viewer token configured."},
+    }
+    viewer_only = [Depends(viewer)]
+
+    @app.post("/login", status_code=204, response_class=Response,
+              responses={**footage_responses, 204: {"description": "Cookie set."}},
+              summary="Trade the viewer token for a cookie (for the web page)")
+    def login(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+        body: Annotated[LoginRequest | None, Body()] = None,
+    ) -> Response:
+        allowed = footage.tokens(tokens.gate)
+        if not allowed:
+            raise HTTPException(403, detail="no viewer token is configured (api.viewer_token_file)")
+        given = body.token if body is not None else credentials.credentials if credentials else None
+        if given is None or not _matches(given, allowed):
+            raise HTTPException(401, detail="wrong or missing token",
+                                headers={"WWW-Authenticate": "Bearer"})
+        response = Response(status_code=204)
+        response.set_cookie(VIEWER_COOKIE, cookie_value(given), max_age=COOKIE_MAX_AGE_SECONDS,
+                            httponly=True, samesite="strict", path="/")
+        return response
+
+    @app.post("/logout", status_code=204, response_class=Response, summary="Forget the login cookie")
+    def logout() -> Response:
+        response = Response(status_code=204)
+        response.delete_cookie(VIEWER_COOKIE, path="/", httponly=True, samesite="strict")
+        return response
+
+    @app.get("/recordings/spans", response_model=SpanPage, dependencies=viewer_only,
+             responses={**footage_responses, 422: {"model": Problem, "description": "Bad times."}},
+             summary="Continuous recorded spans: the timeline")
+    def recorded(
+        start: Annotated[str | None, Query(max_length=64, description="ISO 8601 (UTC if no offset); "
+                                           "default a day before end")] = None,
+        end: Annotated[str | None, Query(max_length=64, description="ISO 8601; default now")] = None,
+    ) -> SpanPage:
+        try:
+            t1 = parse_time(end) if end is not None else time.time()
+            t0 = parse_time(start) if start is not None else t1 - SPANS_DEFAULT_SECONDS
+        except ValueError as err:
+            _invalid("start" if start is not None else "end", start or end, str(err))
+        if t1 <= t0:
+            _invalid("end", end, f"end {utc_text(t1)} is not after start {utc_text(t0)}")
+        if t1 - t0 > SPANS_MAX_SECONDS:
+            _invalid("start", start, f"at most {SPANS_MAX_SECONDS // 86400} days at once")
+        root = footage_root()
+        found = recorded_spans(root, t0, t1, timelines)
+        return SpanPage(root=str(root), start=utc_text(t0), end=utc_text(t1),
+                        spans=[span_out(s, root) for s in found], truncated=len(found) >= MAX_SPANS)
+
+    @app.get(
+        "/export",
+        response_class=Response,
+        dependencies=viewer_only,
+        responses={
+            **footage_responses,
+            200: {"content": {"video/mp4": {}}, "description": "The clip (faststart MP4); "
+                  "X-Vigil-Start and X-Vigil-End say the span its frames cover."},
+            404: {"model": NoFootageProblem, "description": "Nothing recorded in the span."},
+            413: {"model": Problem, "description": "Longer than api.export_max_seconds."},
+            429: {"model": Problem, "description": "Too many exports at once."},
+            503: {"model": Problem, "description": "The footage could not be read or the clip "
+                  "not written (logged)."},
+        },
+        summary="One MP4 of a span: stream copy across segments, hours and the open segment",
+    )
+    def export(
+        start: Annotated[str, Query(max_length=64, description="ISO 8601 (UTC if no offset), "
+                                    "e.g. 2026-05-09T14:03:10Z")],
+        end: Annotated[str | None, Query(max_length=64, description="ISO 8601; or give duration")] = None,
+        duration: Annotated[float | None, Query(description="Seconds, instead of end")] = None,
+    ) -> Response:
+        try:
+            t0, t1 = resolve_span(start, end, duration, max_seconds=export_max_seconds)
+        except SpanTooLong as err:
+            raise HTTPException(413, detail=str(err)) from err
+        except ValueError as err:
+            _invalid("end" if "end" in str(err) else "start", start, str(err))
+        if not exports.acquire(blocking=False):
+            raise HTTPException(429, detail=f"at most {MAX_CONCURRENT_EXPORTS} exports at once; "
+                                            "try again", headers={"Retry-After": "5"})
+        try:
+            return _send_export(footage_root(), t0, t1, timelines)
+        finally:
+            exports.release()
+
+    @app.get("/live.m3u8", response_class=Response, dependencies=viewer_only,
+             responses={**footage_responses, 200: {"content": {CONTENT_TYPE_M3U8: {}}},
+                        404: {"model": Problem, "description": "Nothing recorded yet."}},
+             summary="Live HLS playlist over the fragments on disk")
+    def live() -> Response:
+        text = live_playlist(footage_root(), live_sequence)
+        if text is None:
+            raise HTTPException(404, detail="no footage on disk yet to play live")
+        return Response(text, media_type=CONTENT_TYPE_M3U8, headers={"Cache-Control": "no-cache"})
+
+    @app.get("/vod.m3u8", response_class=Response, dependencies=viewer_only,
+             responses={**footage_responses, 200: {"content": {CONTENT_TYPE_M3U8: {}}},
+                        404: {"model": NoFootageProblem, "description": "No segments in the span."},
+                        413: {"model": Problem, "description": "Longer than a day."}},
+             summary="Recorded HLS playlist of a span")
+    def vod(
+        start: Annotated[str, Query(max_length=64, description="ISO 8601 (UTC if no offset)")],
+        end: Annotated[str | None, Query(max_length=64, description="ISO 8601; or give duration")] = None,
+        duration: Annotated[float | None, Query(description="Seconds, instead of end")] = None,
+    ) -> Response:
+        try:
+            t0, t1 = resolve_span(start, end, duration, max_seconds=VOD_MAX_SECONDS)
+        except SpanTooLong as err:
+            raise HTTPException(413, detail=str(err)) from err
+        except ValueError as err:
+            _invalid("end" if "end" in str(err) else "start", start, str(err))
+        root = footage_root()
+        text = vod_playlist(root, t0, t1)
+        if text is None:
+            near = recorded_spans(root, t0, t1, timelines) or nearest_spans(root, t0, t1, timelines)
+            return JSONResponse(NoFootageProblem(
+                detail=f"no segment files from {utc_text(t0)} to {utc_text(t1)} (merged hours are "
+                       "not in HLS playlists; export a clip of them)",
+                nearest=[span_out(s, root) for s in near]).model_dump(), status_code=404)
+        return Response(text, media_type=CONTENT_TYPE_M3U8)
+
+    @app.get("/hls/{path:path}", response_class=Response, dependencies=viewer_only,
+             responses={**footage_responses,
+                        200: {"content": {"video/mp4": {}}}, 206: {"content": {"video/mp4": {}}},
+                        404: {"model": Problem, "description": "No such segment below the root."},
+                        416: {"description": "The range starts past the end."}},
+             summary="Segment bytes for the HLS playlists (whole fragments only)")
+    def hls_media(path: str, request: Request) -> Response:
+        found = media_file(footage_root(), path)
+        if found is None:
+            raise HTTPException(404, detail="no such segment")
+        target, limit = found
+        return serve_file(target, request.headers.get("range"), request.headers.get("if-range"),
+                          limit=limit)
+
+    @app.get("/recordings", response_model=RecordingPage, summary="Recorded hours, newest first",
+             dependencies=viewer_only, responses=footage_responses)
     def recordings(
         page: Annotated[int, Query(ge=1, le=MAX_PAGE, description="1 for the newest hours.")] = 1,
         per_page: Annotated[int, Query(ge=1, le=MAX_PER_PAGE, description="Hours per page.")] = (
@@ -281,8 +527,10 @@ def create_app(controller: Controller, *, token_file: Path | None,
             206: {"content": {"video/mp4": {}}, "description": "The requested byte range."},
             404: {"model": Problem, "description": "No such closed recording below the root."},
             416: {"description": "The range starts past the end of the file."},
+            **footage_responses,
         },
         summary="A closed recording, with HTTP range requests",
+        dependencies=viewer_only,
     )
     def recording_file(path: str, request: Request) -> Response:
         target = resolve_recording(footage_root(), path)
@@ -294,8 +542,9 @@ def create_app(controller: Controller, *, token_file: Path | None,
         "/snapshot.jpg",
         response_class=Response,
         responses={200: {"content": {"image/jpeg": {}}, "description": "The latest frame."},
-                   503: {"model": Problem, "description": "No frame to show yet."}},
+                   503: {"model": Problem, "description": "No frame to show yet."}, **footage_responses},
         summary="The latest validated frame as JPEG",
+        dependencies=viewer_only,
     )
     def snapshot() -> Response:
         snap = controller.snapshot
@@ -346,6 +595,77 @@ def create_app(controller: Controller, *, token_file: Path | None,
         return JSONResponse(jsonable_encoder(result), status_code=status_code)
 
     return app
+
+
+# --- footage -----------------------------------------------------------------------------------
+
+
+class SpanOut(BaseModel):
+    start: str = Field(description="UTC, ISO 8601, of the first frame.")
+    end: str = Field(description="UTC, ISO 8601, when the last frame ends.")
+    start_seconds: float = Field(description="The same as UNIX seconds.")
+    end_seconds: float
+    seconds: float
+    frames: int
+    files: list[str] = Field(description="Paths below /recordings/ of the files that hold it.")
+
+
+class SpanPage(BaseModel):
+    root: str
+    start: str
+    end: str
+    spans: list[SpanOut]
+    truncated: bool = Field(description="True when more spans matched than one answer lists.")
+
+
+class NoFootageProblem(BaseModel):
+    """Nothing recorded in the span asked for, and the recorded spans nearest to it."""
+
+    detail: str
+    nearest: list[SpanOut]
+
+
+def span_out(span: Span, root: Path) -> SpanOut:
+    files = []
+    for path in span.files:
+        try:
+            files.append(path.relative_to(root).as_posix())
+        except ValueError:
+            files.append(path.name)
+    return SpanOut(start=utc_text(span.start), end=utc_text(span.end), start_seconds=span.start,
+                   end_seconds=span.end, seconds=round(span.end - span.start, 6), frames=span.frames,
+                   files=files)
+
+
+def _send_export(root: Path, start: float, end: float, cache: TimelineCache) -> Response:
+    """Assemble the clip in a private temporary directory, then stream it from an unlinked file."""
+    workdir = Path(tempfile.mkdtemp(prefix="vigil-export-"))
+    try:
+        out = workdir / "clip.mp4"
+        try:
+            clip = export_clip(root, start, end, out, workdir=workdir, cache=cache)
+        except NoFootage as err:
+            body = NoFootageProblem(detail=str(err), nearest=[span_out(s, root) for s in err.nearest])
+            return JSONResponse(body.model_dump(), status_code=404)
+        except ExportError as err:
+            logger.error("export failed: {}", err)
+            raise HTTPException(503, detail=f"the clip could not be made: {err}") from err
+        except OSError as err:
+            logger.error("export failed: {}", err)
+            raise HTTPException(503, detail=f"the clip could not be written: {err.strerror or err}",
+                                headers={"Retry-After": "5"}) from err
+        fd = os.open(out, os.O_RDONLY | os.O_CLOEXEC)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)  # an open descriptor keeps the clip readable
+    size = os.fstat(fd).st_size
+    name = f"vigil-{utc_text(clip.start)}-{utc_text(clip.end)}.mp4".replace(":", "")
+    headers = {
+        "Content-Disposition": f'attachment; filename="{name}"',
+        "X-Vigil-Start": utc_text(clip.start), "X-Vigil-End": utc_text(clip.end),
+        "X-Vigil-Frames": str(clip.frames), "X-Vigil-Gaps": str(len(clip.gaps)),
+        "Cache-Control": "no-store",
+    }
+    return serve_descriptor(fd, size, media_type="video/mp4", headers=headers)
 
 
 # --- actions -----------------------------------------------------------------------------------
@@ -913,7 +1233,8 @@ def start_api(config: ApiConfig, controller: Controller) -> ApiServer | None:
         logger.info("HTTP API disabled (api.enabled: false)")
         return None
     host, port = parse_listen(config.listen)
-    app = create_app(controller, token_file=config.token_file)
+    app = create_app(controller, token_file=config.token_file, viewer_token_file=config.viewer_token_file,
+                     public_footage=config.public_footage, export_max_seconds=config.export_max_seconds)
     server = ApiServer(app, host, port)
     try:
         server.start()

@@ -8,6 +8,7 @@ from pathlib import Path
 from controller.config import ApiConfig
 
 API_TOKEN_CREDENTIAL = "api-token"  # the name in deploy/vigil.service's LoadCredential=
+VIEWER_TOKEN_CREDENTIAL = "viewer-token"  # the same for the footage token, when the unit has one
 
 
 def credential_path(name: str) -> Path | None:
@@ -25,7 +26,9 @@ def api_with_credential_token(api: ApiConfig) -> ApiConfig:
     Under the unit the token file itself (/etc/vigil/api-token) is root's alone; systemd gives
     vigil a copy only it can read. An api.token_file set in the config always wins.
     """
-    if "token_file" in api.model_fields_set:
-        return api
-    path = credential_path(API_TOKEN_CREDENTIAL)
-    return api if path is None else api.model_copy(update={"token_file": path})
+    update: dict[str, Path] = {}
+    for key, name in (("token_file", API_TOKEN_CREDENTIAL), ("viewer_token_file", VIEWER_TOKEN_CREDENTIAL)):
+        path = credential_path(name)
+        if key not in api.model_fields_set and path is not None:
+            update[key] = path
+    return api.model_copy(update=update) if update else api

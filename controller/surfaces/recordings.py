@@ -202,7 +202,8 @@ def open_regular(path: Path) -> tuple[int, os.stat_result]:
     return fd, info
 
 
-def serve_file(path: Path, range_header: str | None, if_range: str | None) -> Response:
+def serve_file(path: Path, range_header: str | None, if_range: str | None, *,
+               limit: int | None = None) -> Response:
     """The file at `path` (already checked), whole or one byte range.
 
     The file is opened before answering, so a merge that removes it meanwhile cannot turn a
@@ -212,7 +213,7 @@ def serve_file(path: Path, range_header: str | None, if_range: str | None) -> Re
     fd, info = open_regular(path)
     file = _OpenFile(fd)
     try:
-        size = info.st_size
+        size = info.st_size if limit is None else min(info.st_size, limit)
         etag = f'"{info.st_ino:x}-{info.st_mtime_ns:x}-{size:x}"'
         headers = {"Accept-Ranges": "bytes", "ETag": etag,
                    "Last-Modified": formatdate(info.st_mtime, usegmt=True)}
@@ -234,6 +235,15 @@ def serve_file(path: Path, range_header: str | None, if_range: str | None) -> Re
     except BaseException:
         file.close()
         raise
+
+
+def serve_descriptor(fd: int, length: int, *, media_type: str, headers: dict[str, str]) -> Response:
+    """`length` bytes from the start of open descriptor `fd` (whose name may already be
+    gone, such as a removed temporary file), closed once sent or abandoned."""
+    file = _OpenFile(fd)
+    return StreamingResponse(_chunks(file, 0, length), media_type=media_type,
+                             headers={**headers, "Content-Length": str(length)},
+                             background=BackgroundTask(file.close))
 
 
 class _OpenFile:

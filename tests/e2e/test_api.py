@@ -34,6 +34,8 @@ from tests.specs import camera_spec, recording_spec
 
 WIDTH, HEIGHT, FPS = 160, 120, 30
 TOKEN = "correct-horse-battery-staple"
+VIEWER_TOKEN = "viewer-staple-battery-horse"
+VIEW = {"Authorization": f"Bearer {VIEWER_TOKEN}"}
 SECRET = b"SECRET-OUTSIDE-THE-ROOT"
 WAIT_SECONDS = 20.0
 
@@ -101,12 +103,16 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     token_file = base / "api-token"
     token_file.write_text(TOKEN + "\n")
     token_file.chmod(0o600)
+    viewer_file = base / "viewer-token"
+    viewer_file.write_text(VIEWER_TOKEN + "\n")
+    viewer_file.chmod(0o600)
     camera = camera_spec(backend="synthetic", width=WIDTH, height=HEIGHT, fps=FPS)
     recording = recording_spec(root=root, segment_seconds=1.0, fragment_seconds=0.5)
     controller = Controller(Hardware(camera, recording), autostart=True)
     loop = threading.Thread(target=controller.run, name="vigil-controller", daemon=True)
     loop.start()
-    server = ApiServer(create_app(controller, token_file=token_file, root_provider=lambda: root),
+    server = ApiServer(create_app(controller, token_file=token_file, root_provider=lambda: root,
+                                  viewer_token_file=viewer_file),
                        "127.0.0.1", 0)
     try:
         assert controller.wait_for_state("recording", WAIT_SECONDS), controller.refusals
@@ -188,7 +194,7 @@ def test_metrics_parse_as_prometheus_text_and_counters_grow(recording: Live) -> 
 
 
 def test_recordings_lists_closed_segments_by_day_and_hour(segment: Path, live: Live) -> None:
-    body = request(live.server, "GET", "/recordings?page=1&per_page=5").json()
+    body = request(live.server, "GET", "/recordings?page=1&per_page=5", headers=VIEW).json()
 
     assert (body["page"], body["per_page"]) == (1, 5)
     assert body["total_hours"] >= 1
@@ -210,7 +216,7 @@ def test_recordings_lists_closed_segments_by_day_and_hour(segment: Path, live: L
     ],
 )
 def test_recordings_with_bad_paging_answer_422_with_the_reason(live: Live, query: str, reason: str) -> None:
-    reply = request(live.server, "GET", f"/recordings?{query}")
+    reply = request(live.server, "GET", f"/recordings?{query}", headers=VIEW)
 
     assert reply.status == 422
     assert reason in json.dumps(reply.json()["detail"])
@@ -220,26 +226,26 @@ def test_a_segment_is_served_whole_and_by_byte_range(segment: Path, live: Live) 
     data = segment.read_bytes()
     path = f"/recordings/{segment.relative_to(live.root).as_posix()}"
 
-    whole = request(live.server, "GET", path)
+    whole = request(live.server, "GET", path, headers=VIEW)
     assert whole.status == 200
     assert whole.body == data
     assert whole.headers["accept-ranges"] == "bytes"
     assert whole.headers["content-type"] == "video/mp4"
 
-    middle = request(live.server, "GET", path, headers={"Range": "bytes=100-1099"})
+    middle = request(live.server, "GET", path, headers={**VIEW, "Range": "bytes=100-1099"})
     assert middle.status == 206
     assert middle.headers["content-range"] == f"bytes 100-1099/{len(data)}"
     assert middle.body == data[100:1100]
 
-    tail = request(live.server, "GET", path, headers={"Range": "bytes=-64"})
+    tail = request(live.server, "GET", path, headers={**VIEW, "Range": "bytes=-64"})
     assert tail.status == 206
     assert tail.body == data[-64:]
 
-    open_ended = request(live.server, "GET", path, headers={"Range": f"bytes={len(data) - 10}-"})
+    open_ended = request(live.server, "GET", path, headers={**VIEW, "Range": f"bytes={len(data) - 10}-"})
     assert open_ended.status == 206
     assert open_ended.body == data[-10:]
 
-    past_end = request(live.server, "GET", path, headers={"Range": f"bytes={len(data)}-"})
+    past_end = request(live.server, "GET", path, headers={**VIEW, "Range": f"bytes={len(data)}-"})
     assert past_end.status == 416
     assert past_end.headers["content-range"] == f"bytes */{len(data)}"
 
@@ -249,8 +255,9 @@ def test_the_segment_being_written_is_never_served(recording: Live) -> None:
     partial = Path(recording.controller.snapshot.current_segment)
     relative = partial.relative_to(recording.root).as_posix()
 
-    assert request(recording.server, "GET", f"/recordings/{relative}").status == 404
-    assert request(recording.server, "GET", f"/recordings/{relative.removesuffix('.partial')}").status \
+    assert request(recording.server, "GET", f"/recordings/{relative}", headers=VIEW).status == 404
+    assert request(recording.server, "GET", f"/recordings/{relative.removesuffix('.partial')}",
+                   headers=VIEW).status \
         in (404, 200)  # 200 only if it closed meanwhile; then it is a closed segment
 
 
@@ -287,7 +294,7 @@ def test_paths_that_leave_the_root_are_404_and_nothing_outside_is_served(live: L
     (live.outside / "00").mkdir(exist_ok=True)
     (live.outside / "00" / "secret.mp4").write_bytes(SECRET)
 
-    reply = request(live.server, "GET", path)
+    reply = request(live.server, "GET", path, headers=VIEW)
 
     assert reply.status == 404, reply.body[:200]
     assert SECRET not in reply.body
@@ -297,14 +304,14 @@ def test_paths_that_leave_the_root_are_404_and_nothing_outside_is_served(live: L
 def test_symlinked_folders_out_of_the_root_are_not_listed(live: Live) -> None:
     (live.root / "2000-01-02").symlink_to(live.outside, target_is_directory=True)
 
-    body = request(live.server, "GET", "/recordings?per_page=200").json()
+    body = request(live.server, "GET", "/recordings?per_page=200", headers=VIEW).json()
 
     assert "2000-01-02" not in {h["day"] for h in body["hours"]}
 
 
 def test_snapshot_is_a_jpeg_of_the_latest_frame(recording: Live) -> None:
     def snapshot_number() -> int:
-        reply = request(recording.server, "GET", "/snapshot.jpg")
+        reply = request(recording.server, "GET", "/snapshot.jpg", headers=VIEW)
         assert reply.status == 200
         assert reply.headers["content-type"] == "image/jpeg"
         assert reply.body[:2] == b"\xff\xd8"
@@ -374,7 +381,7 @@ def test_each_action_answers_with_what_the_machine_did(recording: Live) -> None:
     health = request(server, "GET", "/health")
     assert health.status == 503
     assert health.json()["state"] == "idle"
-    assert request(server, "GET", "/snapshot.jpg").status == 503
+    assert request(server, "GET", "/snapshot.jpg", headers=VIEW).status == 503
 
     again = request(server, "POST", "/actions/stop", headers=bearer())
     assert again.status == 409

@@ -2,8 +2,10 @@
 
 The server fronts its own controller (recording the synthetic camera), and requests carry
 the valid token, so the actions really run: a stop, reset or merge here disturbs no other
-test. A 503 is allowed only where the schema documents it (health while not recording, no
-frame for a snapshot yet, merging unavailable); anything else from 500 up is a failure.
+test. The action token opens footage too, so the footage endpoints (export, spans, HLS,
+login) are fuzzed with it: bad times, reversed and huge spans must all be 4xx. A 503 is
+allowed only where the schema documents it (health while not recording, no frame for a
+snapshot yet, merging unavailable, footage unreadable); anything else from 500 up is a failure.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from hw.factory import Hardware
 from tests.specs import camera_spec, recording_spec
 
 TOKEN = "fuzz-token"
-EXAMPLES = 120  # about 10 s on the development machine: every operation, valid and invalid input
+EXAMPLES = 200  # about 20 s on the development machine: every operation, valid and invalid input
 
 
 @pytest.fixture(scope="module")
@@ -75,4 +77,6 @@ def test_fuzzing_the_openapi_schema_gives_no_server_errors(fuzz_server: ApiServe
                 f"{response.content[:500]!r}")
 
     no_server_error()
-    assert len(seen) >= 8, seen  # every operation was reached, not just the first few
+    assert len(seen) >= 14, seen  # every operation was reached, not just the first few
+    for label in ("GET /export", "GET /recordings/spans", "GET /live.m3u8", "GET /vod.m3u8"):
+        assert label in seen, seen

@@ -124,6 +124,7 @@ def start_daemon(base: Path) -> Daemon:
         f"recording:\n  root: {root}\n  segment_seconds: 2\n  fragment_seconds: 0.5\n  merge: 'off'\n"
         "storage:\n  retention_days: 0\n  reserve_mb: 0\n  reserve_percent: 0\n"
         f"api:\n  listen: 127.0.0.1:{port}\n  token_file: {base / 'no-token'}\n"
+        "  public_footage: true\n"  # these tests are about connections, not the viewer token
         "gpio:\n  enabled: false\n"
     )
     log = base / "vigil.log"
@@ -454,7 +455,8 @@ def file_server(tmp_path: Path) -> Iterator[ServerFactory]:
         camera = camera_spec(backend="synthetic", width=160, height=120, fps=15)
         controller = Controller(Hardware(camera, recording_spec(root=root)), autostart=False)
         chosen = ServerLimits(**{"request_seconds": 2.0, "send_stall_seconds": 1.0, **limits})
-        server = ApiServer(create_app(controller, token_file=None, root_provider=lambda: root),
+        server = ApiServer(create_app(controller, token_file=None, root_provider=lambda: root,
+                                      public_footage=True),
                            "127.0.0.1", 0, limits=chosen)
         server.start()
         servers.append(server)

@@ -665,8 +665,8 @@ def test_api_unknown_key_lists_the_api_keys(tmp_path: Path) -> None:
     problem = only_problem(tmp_path, "api:\n  token: secret\n")
 
     assert str(problem) == (
-        "vigil.yaml:2: api.token: unknown key; allowed keys in api: enabled, listen, token_file; "
-        "did you mean 'token_file'?"
+        "vigil.yaml:2: api.token: unknown key; allowed keys in api: enabled, listen, token_file, "
+        "viewer_token_file, public_footage, export_max_seconds; did you mean 'token_file'?"
     )
 
 

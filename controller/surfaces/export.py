@@ -1,0 +1,353 @@
+"""Clip export: one MP4 of a wall-clock span, stream-copied from whatever files hold it.
+
+The span may cross segments, hours (a merged hour, then the next hour's segments) and the
+segment still being written. Packets are copied, never re-encoded, and placed at their own
+wall-clock time relative to the clip's first frame, so a gap in the recording (a recovery,
+a restart) stays a gap in the clip's timestamps. The clip starts at the keyframe at or
+before `start` (a decoder needs it; when `start` falls in a gap, the first keyframe after
+it) and ends with the last frame that starts before `end`; the exact span covered comes
+back in the result.
+
+Files are found through the spans index (hw.footage names only, never through a link).
+The open segment is never read where the writer is writing: its whole fragments are first
+copied to a private file (as hw/recovery.py `playable_length` counts them), and that copy
+is read. The reading pieces are the hourly merge's (controller/storage/merge.py): the
+`vigil_start` tag gives each file's wall clock, and the output is the same faststart MP4.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import math
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from fractions import Fraction
+from pathlib import Path
+
+import av
+from loguru import logger
+
+from controller.storage.merge import MOVFLAGS, start_wallclock
+from controller.surfaces import fmp4
+from controller.surfaces.spans import (
+    GAP_SECONDS,
+    Span,
+    TimelineCache,
+    candidates,
+    join_runs,
+    nearest_spans,
+    overlapping,
+)
+from hw.errors import VigilError
+from hw.footage import final_path
+from hw.writer import START_TAG
+
+OUT_TIME_BASE = Fraction(1, 90_000)
+COPY_CHUNK_BYTES = 1 << 20
+Progress = Callable[[float], None]
+
+
+class ExportError(VigilError, RuntimeError):
+    """The clip could not be made (a file unreadable, the output unwritable)."""
+
+
+class NoFootage(VigilError, LookupError):
+    """Nothing was recorded in the span asked for; `nearest` holds the spans around it."""
+
+    def __init__(self, message: str, nearest: list[Span]) -> None:
+        super().__init__(message)
+        self.nearest = nearest
+
+
+@dataclass
+class Clip:
+    """What an export wrote: the span its frames cover, how many, and the gaps it kept."""
+
+    path: Path
+    start: float = 0.0  # UTC seconds of the first frame
+    end: float = 0.0  # UTC seconds when the last frame ends
+    frames: int = 0
+    keyframes: int = 0
+    gaps: list[tuple[float, float]] = field(default_factory=list)  # (UTC start, seconds)
+    files: list[Path] = field(default_factory=list)
+    stopped_at_mode_change: bool = False
+
+    @property
+    def size_bytes(self) -> int:
+        return self.path.stat().st_size
+
+    def describe(self) -> str:
+        gaps = f", {len(self.gaps)} gap(s) kept" if self.gaps else ""
+        return (f"{self.frames} frames from {utc_text(self.start)} to {utc_text(self.end)} "
+                f"({self.end - self.start:.3f}s) from {len(self.files)} file(s){gaps}")
+
+
+def utc_text(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_time(text: str) -> float:
+    """UTC seconds of an ISO 8601 time (a time without an offset is UTC), or of UNIX seconds.
+
+    ValueError says what is wrong.
+    """
+    value = text.strip()
+    if not value or len(value) > 64:
+        raise ValueError(f"{text[:64]!r} is not a time: give ISO 8601 such as 2026-05-09T14:03:10Z")
+    try:
+        number = float(value)
+    except ValueError:
+        pass
+    else:
+        if not math.isfinite(number) or not 0 <= number < 253402300800:  # up to year 9999
+            raise ValueError(f"{value!r} is not a UNIX time from 1970 to 9999")
+        return number
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an ISO 8601 time such as 2026-05-09T14:03:10Z") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    try:
+        return parsed.timestamp()
+    except (OverflowError, ValueError, OSError):
+        raise ValueError(f"{value!r} is out of range") from None
+
+
+def resolve_span(start: str | None, end: str | None, duration: float | None, *,
+                 max_seconds: float | None) -> tuple[float, float]:
+    """(start, end) in UTC seconds from query text; ValueError (bad) or SpanTooLong (big)."""
+    if start is None:
+        raise ValueError("start is required (ISO 8601, e.g. 2026-05-09T14:03:10Z)")
+    if (end is None) == (duration is None):
+        raise ValueError("give exactly one of end and duration")
+    t0 = parse_time(start)
+    if duration is not None:
+        if not math.isfinite(duration) or duration <= 0:
+            raise ValueError(f"duration {duration!r} must be a number of seconds greater than 0")
+        t1 = t0 + duration
+    else:
+        assert end is not None
+        t1 = parse_time(end)
+    if t1 <= t0:
+        raise ValueError(f"end {utc_text(t1)} is not after start {utc_text(t0)}")
+    if max_seconds is not None and t1 - t0 > max_seconds:
+        raise SpanTooLong(f"the span is {t1 - t0:g}s; at most {max_seconds:g}s can be exported at once "
+                          f"(api.export_max_seconds)")
+    return t0, t1
+
+
+class SpanTooLong(VigilError, ValueError):
+    """The span asked for is longer than the configured maximum."""
+
+
+def _readable_copy(path: Path, workdir: Path) -> Path | None:
+    """A private copy of the whole fragments of segment `path` being written (None: none yet).
+
+    When the segment has closed meanwhile, its closed file is read instead (the same bytes,
+    renamed).
+    """
+    try:
+        length = fmp4.scan_fragmented(path).length
+    except FileNotFoundError:
+        closed = final_path(path)
+        return closed if closed.exists() else None
+    except fmp4.Mp4Error:
+        return None
+    copy = workdir / f"open-{path.name.removesuffix('.partial')}"
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        with open(copy, "xb") as out:
+            offset = 0
+            while offset < length:
+                chunk = os.pread(fd, min(COPY_CHUNK_BYTES, length - offset), offset)
+                if not chunk:
+                    break
+                out.write(chunk)
+                offset += len(chunk)
+    finally:
+        os.close(fd)
+    return copy
+
+
+@dataclass(frozen=True, slots=True)
+class _Timed:
+    packet: av.Packet  # type: ignore[type-arg]
+    at: Fraction  # UTC seconds
+    duration: Fraction
+
+
+def _timed_packets(path: Path, start: float, *, seek: bool
+                   ) -> Iterator[tuple[av.video.stream.VideoStream, _Timed]]:
+    """The packets of `path` with their wall clock; with `seek`, from the keyframe at or
+    before `start` (checked: a seek that lands later is undone by reading from the top)."""
+    try:
+        container = av.open(str(path))
+    except (av.FFmpegError, OSError) as err:
+        raise ExportError(f"{path} cannot be read: {err}") from err
+    with container:
+        if not container.streams.video:
+            raise ExportError(f"{path} holds no video stream")
+        stream = container.streams.video[0]
+        time_base = stream.time_base
+        assert time_base is not None
+        try:
+            anchor = Fraction(start_wallclock(container, path)).limit_denominator(1_000_000)
+        except VigilError as err:
+            raise ExportError(str(err)) from err
+        first = stream.start_time or 0
+        rate = stream.guessed_rate or stream.average_rate
+        frame = Fraction(1, 30) if not rate else 1 / Fraction(rate)
+        target = start - float(anchor)
+        try:
+            packets = container.demux(stream)
+            if seek and target > 1.0:  # a merged hour: jump to the keyframe, not read the hour
+                container.seek(first + int(target / time_base), stream=stream, backward=True,
+                               any_frame=False)
+                packets = container.demux(stream)
+                head = next((p for p in packets if p.dts is not None), None)
+                if head is None or anchor + ((head.pts or head.dts or 0) - first) * time_base > start \
+                        or not head.is_keyframe:
+                    container.seek(first, stream=stream, backward=True, any_frame=False)
+                    packets = container.demux(stream)
+                else:
+                    packets = itertools.chain([head], packets)
+            for packet in packets:
+                if packet.dts is None:
+                    continue
+                pts = packet.pts if packet.pts is not None else packet.dts
+                at = anchor + (pts - first) * time_base
+                duration = (packet.duration or 0) * time_base
+                if not 0 < duration <= 2 * frame:
+                    duration = frame  # a merged hour's frame before a gap lasts until after it
+                yield stream, _Timed(packet, at, duration)
+        except av.FFmpegError as err:
+            raise ExportError(f"{path} cannot be read: {err}") from err
+
+
+def export_clip(root: Path, start: float, end: float, out_path: Path, *, workdir: Path,
+                cache: TimelineCache | None = None, progress: Progress | None = None) -> Clip:
+    """Write the clip of [start, end) under `root` to `out_path` (faststart MP4).
+
+    Raises NoFootage when nothing was recorded in the span, ExportError when a file cannot
+    be read or the clip cannot be written. `workdir` is a private directory for the copy of
+    the open segment's whole fragments.
+    """
+    cache = cache if cache is not None else TimelineCache()
+    found = overlapping(candidates(root), start, end)
+    timelines = [t for c in found if (t := cache.timeline(c)) is not None]
+    timelines = [t for t in timelines if any(r.end > start and r.start < end for r in t.runs)]
+    if not timelines:
+        nearest = nearest_spans(root, start, end, cache)
+        raise NoFootage(f"nothing was recorded from {utc_text(start)} to {utc_text(end)}", nearest)
+    timelines.sort(key=lambda t: (t.runs[0].start, t.kind != "merged"))
+    clip = Clip(out_path)
+    try:
+        _write_clip(timelines, start, end, out_path, workdir, clip, progress)
+    except av.FFmpegError as err:
+        raise ExportError(f"writing the clip failed: {err}") from err
+    if clip.frames == 0:
+        out_path.unlink(missing_ok=True)
+        nearest = join_runs(timelines) or nearest_spans(root, start, end, cache)
+        raise NoFootage(f"no whole frame was recorded from {utc_text(start)} to {utc_text(end)}", nearest)
+    logger.info("exported clip {} to {}", clip.describe(), out_path)
+    return clip
+
+
+def _write_clip(timelines: list, start: float, end: float, out_path: Path,  # type: ignore[type-arg]
+                workdir: Path, clip: Clip, progress: Progress | None) -> None:
+    output = av.open(str(out_path), "w", format="mp4", options={"movflags": MOVFLAGS})
+    try:
+        out_stream: av.video.stream.VideoStream | None = None
+        shape: tuple[str, int, int] | None = None
+        origin: Fraction | None = None  # wall clock of the clip's first frame
+        last_at: Fraction | None = None  # wall clock of the last frame written
+        last_end = Fraction(0)
+        last_pts = -1
+        gop: list[_Timed] = []  # packets since the last keyframe, while before `start`
+        done = False
+        for timeline in timelines:
+            if done:
+                break
+            path = timeline.path
+            if timeline.kind == "open":
+                copy = _readable_copy(path, workdir)
+                if copy is None:
+                    continue
+                path = copy
+            used = False
+            shift: Fraction | None = None
+            for stream, timed in _timed_packets(path, start, seek=timeline.kind == "merged"):
+                if shift is None:
+                    # A file that starts a little before the last one ended (the wall clock
+                    # and the capture clock drift apart) goes right after it, as the hourly
+                    # merge places it; one that overlaps more holds frames already written
+                    # (a merged hour and a segment a crash left beside it): those are skipped.
+                    overlap = last_end - timed.at if last_at is not None else Fraction(0)
+                    shift = overlap if 0 < overlap < GAP_SECONDS else Fraction(0)
+                if shift:
+                    timed = _Timed(timed.packet, timed.at + shift, timed.duration)
+                if last_at is not None and timed.at <= last_at:
+                    continue  # already written from another file
+                if timed.at >= end:
+                    done = True
+                    break
+                ctx = stream.codec_context
+                this_shape = (ctx.name, ctx.width, ctx.height)
+                if shape is None:
+                    shape = this_shape
+                    out_stream = output.add_stream_from_template(stream)
+                elif this_shape != shape:
+                    clip.stopped_at_mode_change = True
+                    done = True
+                    break
+                if origin is None:
+                    if timed.packet.is_keyframe:
+                        gop = [timed]
+                    elif gop:
+                        gop.append(timed)
+                    if timed.at + timed.duration <= start:
+                        continue  # before the span: kept only as the keyframe's group
+                    if not gop:
+                        continue  # no keyframe yet: wait for one
+                    pending, gop = gop, []
+                    origin = pending[0].at
+                    clip.start = float(origin)
+                    output.metadata[START_TAG] = f"{float(origin):.6f}"
+                    output.metadata["creation_time"] = datetime.fromtimestamp(
+                        float(origin), UTC).isoformat(timespec="microseconds")
+                else:
+                    pending = [timed]
+                assert out_stream is not None
+                for item in pending:
+                    if last_at is not None and item.at - last_end > GAP_SECONDS:
+                        clip.gaps.append((float(last_end), float(item.at - last_end)))
+                    pts = max(last_pts + 1, round((item.at - origin) / OUT_TIME_BASE))
+                    packet = item.packet
+                    packet.stream = out_stream
+                    packet.time_base = OUT_TIME_BASE
+                    packet.pts = packet.dts = pts
+                    packet.duration = max(1, round(item.duration / OUT_TIME_BASE))
+                    output.mux(packet)
+                    last_pts, last_at = pts, item.at
+                    last_end = item.at + item.duration
+                    clip.frames += 1
+                    clip.keyframes += int(packet.is_keyframe)
+                    used = True
+                if progress is not None and last_at is not None:
+                    progress(min(1.0, max(0.0, (float(last_at) - start) / (end - start))))
+            if used:
+                clip.files.append(timeline.path)
+        clip.end = float(last_end)
+        if out_stream is None or clip.frames == 0:
+            with contextlib.suppress(av.FFmpegError, OSError):
+                output.close()  # nothing to write: the caller removes the file
+            return
+        output.close()
+    except BaseException:
+        with contextlib.suppress(av.FFmpegError, OSError):
+            output.close()
+        raise

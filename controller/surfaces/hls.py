@@ -1,0 +1,200 @@
+"""HLS playlists (RFC 8216) over the fragments already on disk: no second encoder, no remux.
+
+Every fragment vigil writes is a keyframe-aligned `moof`+`mdat` pair, so it is an HLS media
+segment as it stands (fMP4): the playlist names it by byte range (`EXT-X-BYTERANGE`) in its
+segment file, and the file's `ftyp`+`moov` by byte range as the init section (`EXT-X-MAP`).
+Each segment file starts its own timeline at 0 and has its own init section, so a new file
+is an `EXT-X-DISCONTINUITY`. The bytes come from `/hls/{path}`, which names every segment by
+its closed name: a closed segment whole, the segment being written (`NAME.mp4.partial` on
+disk) only up to the end of its last whole fragment.
+
+The live playlist (`/live.m3u8`) rolls over the newest segment files' whole fragments; its
+media sequence numbers are given out by `LiveSequence`, in the order fragments first
+appear, so they keep rising for every client of this process. The recorded playlist
+(`/vod.m3u8`) lists the fragments of a span and ends with `EXT-X-ENDLIST`. A merged hour is an
+ordinary MP4 (index at the front, no fragments): it is not in the recorded playlist; export
+a clip of it instead.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+from loguru import logger
+
+from controller.surfaces import fmp4
+from controller.surfaces.spans import Candidate, candidates, overlapping, segment_runs
+from hw.footage import PARTIAL_SUFFIX, final_path, footage_at, partial_at
+
+LIVE_FRAGMENTS = 6
+MAX_VOD_FRAGMENTS = 100_000
+REMEMBERED_FRAGMENTS = 4096
+VERSION = 7  # EXT-X-MAP without I-frames-only needs 6; fMP4 segments, 7
+CONTENT_TYPE = "application/vnd.apple.mpegurl"
+HLS_PREFIX = "hls/"
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One media segment of a playlist: a fragment of a segment file."""
+
+    relative: str  # the file below the root, as /hls/ names it
+    init_size: int
+    offset: int
+    size: int
+    seconds: float
+    starts_file: bool
+
+
+def _fragments_of(candidate: Candidate, root: Path) -> list[Entry]:
+    try:
+        scanned = fmp4.scan_fragmented(candidate.path)
+    except FileNotFoundError:
+        if candidate.kind != "open":
+            return []
+        closed = final_path(candidate.path)
+        try:
+            scanned = fmp4.scan_fragmented(closed)
+        except (OSError, fmp4.Mp4Error):
+            return []
+    except (OSError, fmp4.Mp4Error) as err:
+        logger.warning("segment unreadable for HLS path={} error={}", candidate.path, err)
+        return []
+    # The open segment by its closed name: the URI outlives the rename (see media_file).
+    relative = candidate.path.relative_to(root).as_posix().removesuffix(PARTIAL_SUFFIX)
+    return [Entry(relative, scanned.init_size, f.offset, f.size, f.duration / scanned.timescale, i == 0)
+            for i, f in enumerate(scanned.fragments)]
+
+
+class LiveSequence:
+    """Media sequence numbers for the live playlist: one per fragment, in order of appearance."""
+
+    def __init__(self) -> None:
+        self._numbers: OrderedDict[tuple[str, int], int] = OrderedDict()
+        self._next = 0
+        self._discontinuities: list[int] = []  # sequence numbers that start a new file
+        self._lock = threading.Lock()
+
+    def number(self, entry: Entry) -> int:
+        key = (entry.relative, entry.offset)
+        with self._lock:
+            found = self._numbers.get(key)
+            if found is not None:
+                return found
+            number = self._next
+            self._next += 1
+            self._numbers[key] = number
+            if entry.starts_file and number > 0:
+                self._discontinuities.append(number)
+            while len(self._numbers) > REMEMBERED_FRAGMENTS:
+                self._numbers.popitem(last=False)
+            return number
+
+    def discontinuities_before(self, number: int) -> int:
+        with self._lock:
+            return sum(1 for n in self._discontinuities if n < number)
+
+
+def _header(entries: list[Entry], *, sequence: int, discontinuity_sequence: int, ended: bool) -> list[str]:
+    longest = max((e.seconds for e in entries), default=1.0)
+    lines = ["#EXTM3U", f"#EXT-X-VERSION:{VERSION}",
+             f"#EXT-X-TARGETDURATION:{max(1, math.ceil(longest))}",
+             f"#EXT-X-MEDIA-SEQUENCE:{sequence}"]
+    if discontinuity_sequence:
+        lines.append(f"#EXT-X-DISCONTINUITY-SEQUENCE:{discontinuity_sequence}")
+    lines.append("#EXT-X-INDEPENDENT-SEGMENTS")
+    if ended:
+        lines.append("#EXT-X-PLAYLIST-TYPE:VOD")
+    return lines
+
+
+def _body(entries: list[Entry], first_is_discontinuity: bool) -> list[str]:
+    lines: list[str] = []
+    current_init: str | None = None
+    for index, entry in enumerate(entries):
+        if entry.relative != current_init:
+            if index > 0 or first_is_discontinuity:
+                lines.append("#EXT-X-DISCONTINUITY")
+            lines.append(f'#EXT-X-MAP:URI="{HLS_PREFIX}{entry.relative}",BYTERANGE="{entry.init_size}@0"')
+            current_init = entry.relative
+        lines.append(f"#EXTINF:{entry.seconds:.3f},")
+        lines.append(f"#EXT-X-BYTERANGE:{entry.size}@{entry.offset}")
+        lines.append(f"{HLS_PREFIX}{entry.relative}")
+    return lines
+
+
+def live_playlist(root: Path, sequence: LiveSequence, *, fragments: int = LIVE_FRAGMENTS) -> str | None:
+    """The live playlist over the newest whole fragments under `root`; None when there are none."""
+    files = [c for c in candidates(root) if c.kind in ("segment", "open")]
+    entries: list[Entry] = []
+    for candidate in reversed(files[-3:]):
+        entries[:0] = _fragments_of(candidate, root)
+        if len(entries) >= fragments:
+            break
+    entries = entries[-fragments:]
+    if not entries:
+        return None
+    numbers = [sequence.number(e) for e in entries]
+    first = numbers[0]
+    lines = _header(entries, sequence=first, discontinuity_sequence=sequence.discontinuities_before(first),
+                    ended=False)
+    lines += _body(entries, first_is_discontinuity=False)
+    return "\n".join(lines) + "\n"
+
+
+def vod_playlist(root: Path, start: float, end: float) -> str | None:
+    """The recorded playlist of the segments' fragments in [start, end); None when none."""
+    entries: list[Entry] = []
+    for candidate in overlapping(candidates(root), start, end):
+        if candidate.kind == "merged":
+            continue
+        try:
+            timeline = segment_runs(candidate.path, candidate.kind)
+        except (OSError, fmp4.Mp4Error):
+            continue
+        if not timeline.runs or timeline.runs[-1].end <= start or timeline.runs[0].start >= end:
+            continue
+        file_start = timeline.runs[0].start
+        elapsed = 0.0
+        for entry in _fragments_of(candidate, root):
+            t0 = file_start + elapsed
+            elapsed += entry.seconds
+            if t0 + entry.seconds > start and t0 < end:
+                entries.append(entry)
+        if len(entries) > MAX_VOD_FRAGMENTS:
+            break
+    if not entries:
+        return None
+    entries = entries[:MAX_VOD_FRAGMENTS]
+    lines = _header(entries, sequence=0, discontinuity_sequence=0, ended=True)
+    lines += _body(entries, first_is_discontinuity=False)
+    lines.append("#EXT-X-ENDLIST")
+    return "\n".join(lines) + "\n"
+
+
+def media_file(root: Path, relative: str) -> tuple[Path, int | None] | None:
+    """The file `/hls/{relative}` serves and how many of its bytes (None: all); None: no such.
+
+    `relative` names a segment by its closed name: the closed file whole, else the segment
+    still being written under that name up to its last whole fragment. So a playlist's URI
+    stays valid when the segment closes (the same bytes, renamed), and players that accept
+    only media extensions (ffmpeg) take it. Nothing else is served (merged hours, `.partial`
+    names, names vigil does not write, links, `..`): the same refusals as /recordings.
+    """
+    found = footage_at(root, relative)
+    if found is not None:
+        return (found.path, None) if found.kind == "segment" else None
+    partial = partial_at(root, relative + PARTIAL_SUFFIX) if not relative.endswith(PARTIAL_SUFFIX) else None
+    if partial is None:
+        return None
+    try:
+        return partial, fmp4.scan_fragmented(partial).length
+    except FileNotFoundError:
+        closed = footage_at(root, relative)  # closed between the two looks
+        return (closed.path, None) if closed is not None and closed.kind == "segment" else None
+    except (OSError, fmp4.Mp4Error):
+        return None
