@@ -6,7 +6,7 @@ set -euo pipefail
 
 declare -A package_of=(
   [mkfs.ext4]=e2fsprogs [mount]=mount [losetup]=mount [systemd-analyze]=systemd
-  [ffmpeg]=ffmpeg [fusermount3]=fuse3
+  [ffmpeg]=ffmpeg [fusermount3]=fuse3 [mosquitto]=mosquitto [mosquitto_passwd]=mosquitto
 )
 # Packages wanted as such (no command to look for): Debian's own Python with venv, numpy and
 # h5py, for the check that vigil installs beside a system numpy the way it does on Raspberry
@@ -14,7 +14,7 @@ declare -A package_of=(
 # python3-numpy's C API, as Raspberry Pi OS compiles simplejpeg for picamera2.
 packages=()
 case "${1:-test}" in
-  test) tools=(mkfs.ext4 mount losetup systemd-analyze fusermount3)
+  test) tools=(mkfs.ext4 mount losetup systemd-analyze fusermount3 mosquitto mosquitto_passwd)
         packages=(python3 python3-venv python3-numpy python3-h5py) ;;
   bench) tools=(ffmpeg) ;;
   *) echo "usage: $0 test|bench" >&2; exit 2 ;;
