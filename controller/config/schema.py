@@ -848,13 +848,16 @@ class MqttConfig(BaseModel):
     def _credentials_fit_together(self) -> MqttConfig:
         if self.password_file is not None and self.username is None:
             raise broken_rule("password_file", str(self.password_file),
-                              "a password needs a `username` to go with it")
+                              f"{show_value(str(self.password_file))} is set without a username; "
+                              "a password needs `username` to go with it")
         for key in ("ca_file", "certfile", "keyfile"):
             value = getattr(self, key)
             if value is not None and not self.tls:
-                raise broken_rule(key, str(value), f"{key} is only used with `tls: true`")
+                raise broken_rule(key, str(value), f"{show_value(str(value))} is set but tls is false; "
+                                  f"{key} is only used with `tls: true`")
         if self.keyfile is not None and self.certfile is None:
-            raise broken_rule("keyfile", str(self.keyfile), "a keyfile needs its `certfile`")
+            raise broken_rule("keyfile", str(self.keyfile), f"{show_value(str(self.keyfile))} is set "
+                              "without a certfile; a keyfile needs its `certfile`")
         return self
 
     def topic_base(self, unit_id: str) -> str:

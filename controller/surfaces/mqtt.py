@@ -164,6 +164,7 @@ class MqttSurface:
         self._connect_error: OSError | None = None
         self._warned_ignored = False
         self._warned_drop = False
+        self._state_lock = threading.Lock()  # the bus thread and the publisher both publish state
         self._last_state: str | None = None
         self._last_root: str | None = None
         self._last_frame: object = None
@@ -353,14 +354,17 @@ class MqttSurface:
             self._publish(topic, payload, retain=True)
         self.discovery_published += 1
 
-    def _publish_state(self, state: str, snap: StatusSnapshot) -> None:
+    def _publish_state(self, state: str, snap: StatusSnapshot, *, again: bool = False) -> None:
         root = str(snap.root) if snap.root is not None else "none"
-        if state != self._last_state:
-            self._publish(self.topics.state, state, retain=True)
-            self._last_state = state
-        if root != self._last_root:
-            self._publish(self.topics.root, root, retain=True)
-            self._last_root = root
+        with self._state_lock:
+            if again:  # retained again: the broker may have lost them
+                self._last_state = self._last_root = None
+            if state != self._last_state:
+                self._publish(self.topics.state, state, retain=True)
+                self._last_state = state
+            if root != self._last_root:
+                self._publish(self.topics.root, root, retain=True)
+                self._last_root = root
 
     def _publish_measured(self, snap: StatusSnapshot) -> None:
         health = snap.health
@@ -379,8 +383,7 @@ class MqttSurface:
     def _publish_everything(self) -> None:
         snap = self.controller.snapshot
         self.publish_discovery()
-        self._last_state = self._last_root = None  # retained again: the broker may have lost them
-        self._publish_state(snap.state, snap)
+        self._publish_state(snap.state, snap, again=True)
         self._publish_measured(snap)
         if snap.alerts:
             self._publish(self.topics.last_alert, json.dumps(snap.alerts[-1].as_dict()), retain=True)
@@ -398,9 +401,7 @@ class MqttSurface:
         self._publish(self.topics.camera, jpeg, qos=0)
 
     def _on_event(self, event: object) -> None:
-        """Bus events (this surface's own queue and thread)."""
-        if not self.is_connected:
-            return  # the reconnect publishes the state as it is then
+        """Bus events (this surface's own queue and thread); queued by paho while the broker is away."""
         if isinstance(event, StateChanged):
             self._publish_state(event.after, self.controller.snapshot)
         elif isinstance(event, AlertRaised):
