@@ -164,6 +164,7 @@ class MqttSurface:
         self._connect_error: OSError | None = None
         self._warned_ignored = False
         self._warned_drop = False
+        self._count_lock = threading.Lock()
         self._state_lock = threading.Lock()  # the bus thread and the publisher both publish state
         self._last_state: str | None = None
         self._last_root: str | None = None
@@ -209,12 +210,14 @@ class MqttSurface:
             return
         self._stop.set()
         self._wake.set()
+        # A command in hand is answered first (a reset that changed the mqtt section stops
+        # this surface while its own CommandDone is on the way), within the join's bound.
+        for thread in self._threads:
+            thread.join(JOIN_SECONDS)
         if self._subscription is not None:
             self.controller.bus.unsubscribe(self._subscription)
         if self._desk is not None:
             self._desk.close()
-        for thread in self._threads:
-            thread.join(JOIN_SECONDS)
         client = self._client
         if client is None:
             return
@@ -335,14 +338,17 @@ class MqttSurface:
         from paho.mqtt.enums import MQTTErrorCode
 
         info = client.publish(topic, payload, qos=self.config.qos if qos is None else qos, retain=retain)
-        if info.rc in (MQTTErrorCode.MQTT_ERR_QUEUE_SIZE, MQTTErrorCode.MQTT_ERR_NO_CONN):
-            self.dropped += 1
-            if not self._warned_drop:
-                self._warned_drop = True
-                logger.warning("MQTT broker away and {} messages queued: dropping new ones "
-                               "(counted in vigil_mqtt_dropped_total)", self.config.queue_messages)
-        else:
-            self.published += 1
+        dropped = info.rc in (MQTTErrorCode.MQTT_ERR_QUEUE_SIZE, MQTTErrorCode.MQTT_ERR_NO_CONN)
+        with self._count_lock:  # the bus thread, the publisher and the commander all publish
+            if dropped:
+                self.dropped += 1
+                warn, self._warned_drop = not self._warned_drop, True
+            else:
+                self.published += 1
+                warn = False
+        if warn:
+            logger.warning("MQTT broker away and {} messages queued: dropping new ones "
+                           "(counted in vigil_mqtt_dropped_total)", self.config.queue_messages)
 
     def publish_discovery(self) -> None:
         """The retained Home Assistant discovery configs (none when `mqtt.discovery` is false)."""

@@ -242,11 +242,13 @@ def test_online_is_retained_and_the_last_will_says_offline_after_kill_9(broker: 
                                                                        tmp_path: Path) -> None:
     config = tmp_path / "vigil.yaml"
     config.write_text(config_text(tmp_path / "rec", broker.port))
+    log = (tmp_path / "vigil.log").open("wb")  # a file, not a pipe nobody reads: it cannot fill up
     proc = subprocess.Popen([sys.executable, "-m", "controller.cli", "run", "--config", str(config)],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                            cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    log.close()
     try:
         online = watcher.on(TOPICS.availability, 60, payload=b"online")
-        assert online is not None, "vigil never said online"
+        assert online is not None, f"vigil never said online: {(tmp_path / 'vigil.log').read_text()[-3000:]}"
         late = Watcher(broker)
         try:
             retained = late.on(TOPICS.availability, WAIT_SECONDS)
@@ -310,6 +312,28 @@ def test_a_reset_command_passes_through_reset_and_is_answered(broker: Broker, wa
     since = watcher.mark()
     watcher.publish(TOPICS.command("merge"), "not-an-hour")
     assert "is not a UTC hour" in str(wait_result(watcher, "merge", since)["detail"])
+
+
+def test_a_reset_that_changed_the_mqtt_section_answers_then_reconnects_with_it(
+        broker: Broker, watcher: Watcher, start_unit: Callable[..., Unit], tmp_path: Path) -> None:
+    unit = start_unit(broker.port, mqtt={"commands": "true"})
+    assert wait_until(lambda: unit.mqtt.connects >= 1, WAIT_SECONDS)
+    renamed = Topics("site/renamed", "homeassistant")
+    (tmp_path / "vigil0.yaml").write_text(config_text(
+        unit.root, broker.port, mqtt={"commands": "true", "base_topic": renamed.base}))
+    since = watcher.mark()
+
+    watcher.publish(TOPICS.command("reset"), "")
+
+    answer = wait_result(watcher, "reset", since)  # answered by the surface that took it
+    assert answer["done"] is True and answer["state"] == "recording", answer
+    assert watcher.on(renamed.availability, WAIT_SECONDS, payload=b"online", since=since) is not None
+    assert watcher.on(TOPICS.availability, WAIT_SECONDS, payload=b"offline", since=since) is not None
+    assert unit.mqtt.topics == renamed
+    since = watcher.mark()
+    watcher.publish(renamed.command("stop"), "")
+    message = watcher.on(renamed.result, WAIT_SECONDS, since=since)
+    assert message is not None and json.loads(message.payload)["state"] == "idle"
 
 
 def test_with_commands_off_the_command_topic_is_ignored_and_logged_once(
@@ -401,8 +425,9 @@ def test_messages_queue_while_the_broker_is_away_and_the_excess_is_dropped_and_c
     try:
         assert wait_until(lambda: unit.mqtt.connects == 2, RECONNECT_MAX_SECONDS + 5)
         # What was kept is delivered after the reconnect.
-        first = watcher.wait_for(lambda m: m.topic == TOPICS.alerts, WAIT_SECONDS)
-        assert first is not None and json.loads(first.payload)["message"].startswith("test alert")
+        kept = watcher.wait_for(lambda m: m.topic == TOPICS.alerts
+                                and json.loads(m.payload)["message"].startswith("test alert"), WAIT_SECONDS)
+        assert kept is not None, [m.payload for m in watcher.messages if m.topic == TOPICS.alerts]
     finally:
         watcher.close()
 
