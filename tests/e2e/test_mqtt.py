@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,7 @@ from controller.surfaces.metrics import render_metrics
 from controller.surfaces.mqtt import RECONNECT_MAX_SECONDS, MqttSurface
 from tests.conftest import REPO
 from tests.e2e.conftest import RunningController
-from tests.e2e.mqtt_broker import Broker, Watcher, make_ca, make_server_tls
+from tests.e2e.mqtt_broker import Broker, Watcher, free_port, make_ca, make_server_tls
 from tests.helpers import gaps, recorded_numbers
 
 UNIT = "cam-test.1"
@@ -55,7 +56,7 @@ class Unit:
 
 
 def config_text(root: Path, port: int, *, mqtt: dict[str, object] | None = None,
-                faults: str = "") -> str:
+                faults: str = "", api: str = "api:\n  enabled: false") -> str:
     settings = {"enabled": "true", "host": "127.0.0.1", "port": port, "keepalive_seconds": KEEPALIVE_SECONDS,
                 "stats_seconds": 1, "camera_seconds": 1, **(mqtt or {})}
     lines = [f"unit:\n  id: {UNIT}", "camera:", "  backend: synthetic", "  width: 160", "  height: 120",
@@ -63,7 +64,7 @@ def config_text(root: Path, port: int, *, mqtt: dict[str, object] | None = None,
              "  fragment_seconds: 0.5", "  merge: 'off'", "storage:", "  retention_days: 0",
              "  reserve_mb: 0", "  reserve_percent: 0", "recovery:", "  backoff_seconds: 0.2",
              "  backoff_max_seconds: 0.5",
-             "api:\n  enabled: false", "gpio:\n  enabled: false", "mqtt:"]
+             api, "gpio:\n  enabled: false", "mqtt:"]
     lines += [f"  {key}: {value}" for key, value in settings.items()]
     return "\n".join(line for line in lines if line) + "\n"
 
@@ -233,6 +234,23 @@ def test_home_assistant_birth_message_republishes_discovery(
     # Home Assistant going offline is not a reason to announce anything.
     watcher.publish("homeassistant/status", "offline")
     assert unit.mqtt.births == 1
+
+
+def test_the_api_metrics_page_carries_the_mqtt_counters(broker: Broker,
+                                                        start_unit: Callable[..., Unit]) -> None:
+    api_port = free_port()
+    unit = start_unit(broker.port, api=f"api:\n  listen: 127.0.0.1:{api_port}")
+    assert wait_until(lambda: unit.mqtt.connects == 1, WAIT_SECONDS)
+
+    def page() -> str:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{api_port}/metrics", timeout=5) as answer:
+                return str(answer.read().decode())
+        except OSError:
+            return ""
+
+    assert wait_until(lambda: "vigil_mqtt_connected 1" in page(), WAIT_SECONDS), page()
+    assert "vigil_mqtt_dropped_total 0" in page()
 
 
 # --- availability ------------------------------------------------------------------------------

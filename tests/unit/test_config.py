@@ -1146,7 +1146,8 @@ def test_mqtt_is_off_by_default_and_its_base_topic_follows_the_unit_id() -> None
     ("mqtt:\n  enabled: true\n  base_topic: 'a/#'\n", 3,
      "mqtt.base_topic: 'a/#' is not valid: give a topic of 1 to 200 characters without the wildcards "
      "'+' and '#', without a '/' at either end and without empty levels"),
-    ("mqtt:\n  discovery_prefix: home//assistant\n", 2, "mqtt.discovery_prefix: 'home//assistant' is not valid"),
+    ("mqtt:\n  discovery_prefix: home//assistant\n", 2,
+     "mqtt.discovery_prefix: 'home//assistant' is not valid"),
     ("mqtt:\n  port: 0\n", 2, "mqtt.port: 0 is out of range; port must be a whole number from 1 to 65535"),
     ("mqtt:\n  qos: 3\n", 2, "mqtt.qos: 3 is out of range; qos must be a whole number from 0 to 2"),
     ("mqtt:\n  keepalive_seconds: 1\n", 2, "mqtt.keepalive_seconds: 1 is out of range"),
