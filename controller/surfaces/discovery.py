@@ -142,7 +142,7 @@ def entities(topics: Topics) -> list[Entity]:
             "name": "Reset", "command_topic": topics.command("reset"), "payload_press": "reset",
             "device_class": "restart"}, needs_commands=True),
         Entity("button", "merge", {
-            "name": "Merge closed hours", "command_topic": topics.command("merge"), "payload_press": "",
+            "name": "Merge closed hours", "command_topic": topics.command("merge"), "payload_press": "merge",
             "entity_category": "config"}, needs_commands=True),
     ]
 

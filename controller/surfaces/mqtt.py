@@ -478,7 +478,7 @@ class MqttSurface:
                 "detail": done.detail}
 
     def _merge(self, payload: str) -> dict[str, Any]:
-        hour = payload or None
+        hour = None if payload in ("", "merge") else payload  # the button presses `merge`: every hour
         if hour is not None:
             try:
                 if not HOUR_PATTERN.fullmatch(hour):

@@ -379,6 +379,18 @@ def test_with_commands_off_the_command_topic_is_ignored_and_logged_once(
         late.close()
 
 
+def test_an_unreadable_password_file_leaves_mqtt_off_and_recording_on(
+        broker: Broker, start_unit: Callable[..., Unit], tmp_path: Path, log_lines: list[str]) -> None:
+    missing = tmp_path / "no-such-password"
+    unit = start_unit(broker.port, mqtt={"username": "vigil", "password_file": str(missing)})
+    frames = unit.frames_recorded()
+
+    off = [line for line in log_lines if line.startswith("MQTT stays off")]
+    assert len(off) == 1 and f"cannot read mqtt.password_file {missing}" in off[0], off
+    assert unit.surfaces.metric_hooks == []
+    assert wait_until(lambda: unit.frames_recorded() > frames, WAIT_SECONDS), "recording stopped"
+
+
 # --- a broker that goes away or refuses -------------------------------------------------------
 
 
