@@ -43,6 +43,20 @@ def _run(args: argparse.Namespace) -> int:
         return EX_CONFIG
 
 
+def _mqtt_remove_discovery(args: argparse.Namespace) -> int:
+    from controller.config import ConfigError, load_config
+    from controller.surfaces.mqtt import remove_discovery
+
+    try:
+        loaded = load_config(args.config)
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        return EX_CONFIG
+    done, what = remove_discovery(loaded.config)
+    print(what, file=sys.stdout if done else sys.stderr)
+    return 0 if done else 1
+
+
 # `vigil status` follows the LSB convention for init-script status actions: 0 running (and
 # recording), 3 not running, 4 unknown; 1 (LSB: "dead, pid file exists") is used for
 # "running but not recording". 78 (EX_CONFIG) when the config cannot be read.
@@ -441,6 +455,17 @@ def build_parser() -> argparse.ArgumentParser:
     with_url(status)
     with_config(status)
     status.add_argument("--json", action="store_true", help="print the raw JSON")
+    mqtt = command("mqtt", "MQTT tools (see the README's MQTT section)", None)
+    mqtt_sub = mqtt.add_subparsers(dest="mqtt_command", required=True, metavar="ACTION")
+    remove = mqtt_sub.add_parser(
+        "remove-discovery", help="remove this unit from Home Assistant: publish an empty retained "
+                                 "discovery config for each of its entities; exit 1 when the "
+                                 "broker cannot be reached",
+        description="Remove this unit from Home Assistant: publish an empty retained discovery "
+                    "config for each of its entities (set mqtt.discovery: false first, or the "
+                    "running daemon announces the unit again when Home Assistant restarts).")
+    remove.set_defaults(handler=_mqtt_remove_discovery)
+    with_config(remove)
     reset = command("reset", "emergency reset of the running daemon: drop everything, reload "
                              "the config, start again", _reset)
     with_url(reset)

@@ -6,11 +6,11 @@ import signal
 import threading
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
-from controller.config import ApiConfig, ConfigError, LoadedConfig, VigilConfig, load_config
+from controller.config import ApiConfig, ConfigError, LoadedConfig, MqttConfig, VigilConfig, load_config
 from controller.core.controller import Controller, Parts
 from controller.core.events import ConfigReloaded
 from controller.core.ledger import DEFAULT_BUDGETS, Budget, ErrorLedger
@@ -19,10 +19,14 @@ from controller.memory import pin_mmap_threshold
 from controller.storage.housekeeping import StorageSettings
 from controller.storage.retention import RetentionPolicy
 from controller.surfaces.credentials import api_with_credential_token
+from controller.surfaces.metrics import MetricsHook
 from controller.surfaces.sdnotify import ServiceNotifier
 from hw.factory import CameraMaker, CameraSpec, Hardware, RecordingSpec
 from hw.gpio import GpioSpec, OperatorPanel, open_panel
 from states.recovering import RecoveryPolicy
+
+if TYPE_CHECKING:
+    from controller.surfaces.mqtt import MqttSurface
 
 API_START_TIMEOUT_SECONDS = 10.0
 EXIT_BACKEND_UNAVAILABLE = 78  # EX_CONFIG, as for a bad config: systemd does not restart it
@@ -135,9 +139,11 @@ class BackgroundApi:
     wait for the API, so the first fragment reaches the disk that much sooner.
     """
 
-    def __init__(self, config: ApiConfig, controller: Controller) -> None:
+    def __init__(self, config: ApiConfig, controller: Controller, *,
+                 metric_hooks: list[MetricsHook] | None = None) -> None:
         self._config = config
         self._controller = controller
+        self._metric_hooks = metric_hooks if metric_hooks is not None else []
         self._server: Any = None
         self._thread = threading.Thread(target=self._start, name="vigil-api-start", daemon=True)
 
@@ -145,6 +151,8 @@ class BackgroundApi:
         from controller.surfaces.api import start_api
 
         self._server = start_api(self._config, self._controller)  # None: disabled or port taken
+        if self._server is not None:
+            self._server.app.state.metric_hooks = self._metric_hooks  # shared: MQTT comes and goes
         if self._server is not None and self._config.token_file != self._server.app.state.tokens.token_file:
             self._server.app.state.tokens.reload(self._config.token_file)  # a reset came first
         if self._server is not None and (
@@ -170,12 +178,31 @@ class BackgroundApi:
             self._server.stop()
 
 
+def mqtt_from_config(config: VigilConfig, controller: Controller) -> MqttSurface | None:
+    """The MQTT surface the config describes, not started; None when MQTT is off.
+
+    The module (and paho-mqtt with it, at start) is imported only for a unit that uses MQTT.
+    """
+    if not config.mqtt.enabled:
+        return None
+    from importlib import metadata
+
+    from controller.surfaces.mqtt import MqttSurface
+
+    try:
+        version = metadata.version("vigil")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    return MqttSurface(config.mqtt, config.unit.id, controller, version=version)
+
+
 class Surfaces:
-    """The parts that live beside the controller: API, GPIO panel, systemd notifier.
+    """The parts that live beside the controller: API, GPIO panel, systemd notifier, MQTT.
 
     A reset that reloaded the config (ConfigReloaded) rebuilds the GPIO panel from the new
-    pins and swaps in the API token the new config names, without a restart. The API's
-    listen address is bound once; changing it needs a restart.
+    pins, swaps in the API token the new config names, and restarts MQTT when its settings
+    (or the unit id) changed, without a restart. The API's listen address is bound once;
+    changing it needs a restart.
     """
 
     def __init__(self, config: VigilConfig, controller: Controller) -> None:
@@ -183,7 +210,12 @@ class Surfaces:
         self.notifier = ServiceNotifier(controller)  # a no-op unless systemd set $NOTIFY_SOCKET
         self.gpio_spec = gpio_from_config(config)
         self.panel: OperatorPanel | None = self._open_panel(self.gpio_spec)
-        self.api = BackgroundApi(api_with_credential_token(config.api), controller)
+        self.metric_hooks: list[MetricsHook] = []
+        self.api = BackgroundApi(api_with_credential_token(config.api), controller,
+                                 metric_hooks=self.metric_hooks)
+        self.mqtt_settings: tuple[MqttConfig, str] = (config.mqtt, config.unit.id)
+        self.mqtt: MqttSurface | None = mqtt_from_config(config, controller)
+        self._started = False
         self._reloads = controller.bus.subscribe("reload-surfaces", self._on_reload, kinds=(ConfigReloaded,))
 
     def _open_panel(self, spec: GpioSpec) -> OperatorPanel | None:
@@ -202,16 +234,38 @@ class Surfaces:
             self.panel = self._open_panel(spec)
             self.gpio_spec = spec
         self.api.reload(api_with_credential_token(config.api))
+        settings = (config.mqtt, config.unit.id)
+        if settings != self.mqtt_settings:
+            logger.info("reset: MQTT settings changed; reconnecting")
+            self._stop_mqtt()
+            self.mqtt_settings = settings
+            self.mqtt = mqtt_from_config(config, self.controller)
+            if self._started:
+                self._start_mqtt()
+
+    def _start_mqtt(self) -> None:
+        if self.mqtt is not None and self.mqtt.start():
+            self.metric_hooks.append(self.mqtt.metrics)
+
+    def _stop_mqtt(self) -> None:
+        if self.mqtt is not None:
+            if self.mqtt.metrics in self.metric_hooks:
+                self.metric_hooks.remove(self.mqtt.metrics)
+            self.mqtt.stop()
+            self.mqtt = None
 
     def start(self) -> None:
+        self._started = True
         self.notifier.start()
         self.api.start()
+        self._start_mqtt()
 
     def stop(self) -> None:
         self.controller.bus.unsubscribe(self._reloads)
         self.notifier.close()
         if self.panel is not None:
             self.panel.close()
+        self._stop_mqtt()
         self.api.stop()
 
 

@@ -41,9 +41,11 @@ print("oldest versions installed:", ", ".join(l.strip() for l in open(sys.argv[1
 PY
 
 # The parts that lean on numpy, PyAV, pydantic and FastAPI: encoding, muxing, merging, the
-# config models, every camera backend, doctor, a recording process and the HTTP API.
+# config models, every camera backend, doctor, a recording process, the HTTP API, and paho-mqtt
+# 2.0's callbacks against a real mosquitto.
 "$venv/bin/python" -m pytest -q -n 2 -p no:randomly \
   tests/unit/test_encoder.py tests/unit/test_encoder_choice.py tests/unit/test_writer.py \
   tests/unit/test_merge.py tests/unit/test_config.py tests/unit/test_validate.py \
   tests/contract/test_camera_contract.py tests/contract/test_doctor.py \
-  tests/contract/test_picamera2_unavailable.py tests/e2e/test_run.py tests/e2e/test_api.py
+  tests/contract/test_picamera2_unavailable.py tests/e2e/test_run.py tests/e2e/test_api.py \
+  tests/e2e/test_mqtt.py

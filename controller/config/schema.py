@@ -775,6 +775,134 @@ class UnitConfig(BaseModel):
     )
 
 
+MQTT_TOPIC_MAX_CHARS = 200
+_MQTT_TOPIC_ERROR = "vigil_mqtt_topic"
+_MQTT_TOPIC_RULE = ("a topic of 1 to 200 characters without the wildcards '+' and '#', "
+                    "without a '/' at either end and without empty levels")
+
+
+def _mqtt_topic(value: object) -> object:
+    if value is None:
+        return value
+    _check_text(value)
+    if isinstance(value, str) and (
+        len(value) > MQTT_TOPIC_MAX_CHARS or "+" in value or "#" in value
+        or "" in value.split("/") or value.startswith("$")
+    ):
+        raise PydanticCustomError(_MQTT_TOPIC_ERROR, f"give {_MQTT_TOPIC_RULE}")
+    return value
+
+
+MqttTopic = Annotated[str, BeforeValidator(_mqtt_topic)]
+
+
+class MqttConfig(BaseModel):
+    """MQTT: state, health and alerts for a broker, Home Assistant discovery, opt-in commands."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    enabled: bool = Field(
+        default=False,
+        description="Publish to an MQTT broker (state, health, alerts, Home Assistant discovery).",
+    )
+    host: Text = Field(default="localhost", description="The broker's host name or IP address.")
+    port: WholeNumber = Field(
+        default=1883, ge=1, le=65535,
+        description="The broker's port: 1883 is plain MQTT, 8883 MQTT over TLS. From 1 to 65535.",
+    )
+    base_topic: MqttTopic | None = Field(
+        default=None,
+        description=(
+            "Topic under which this unit publishes (state, availability, commands). null means "
+            "`vigil/<unit.id>`."
+        ),
+    )
+    discovery_prefix: MqttTopic = Field(
+        default="homeassistant",
+        description="Home Assistant's MQTT discovery prefix (Home Assistant's own default).",
+    )
+    discovery: bool = Field(
+        default=True,
+        description=(
+            "Announce the unit to Home Assistant by MQTT discovery. To remove an announced "
+            "unit, set this to false and run `vigil mqtt remove-discovery`."
+        ),
+    )
+    keepalive_seconds: WholeNumber = Field(
+        default=60, ge=5, le=3600,
+        description=(
+            "MQTT keepalive, in seconds: the broker publishes the unit's last will (`offline`) "
+            "when it has heard nothing for 1.5 times this. From 5 to 3600."
+        ),
+    )
+    commands: bool = Field(
+        default=False,
+        description=(
+            "Accept start, stop, reset and merge on `<base_topic>/command/<name>`. Restrict "
+            "who may publish there with the broker's ACL (see the README's MQTT section)."
+        ),
+    )
+    qos: WholeNumber = Field(default=1, ge=0, le=2, description="QoS of everything published: 0, 1 or 2.")
+    stats_seconds: Number = Field(
+        default=30.0, ge=1, le=3600,
+        description=(
+            "How often measured values (health, fps, disk) are published at most, in seconds: "
+            "from 1 to 3600. State changes and alerts go out at once."
+        ),
+    )
+    camera_seconds: Number = Field(
+        default=5.0, ge=0, le=3600,
+        description=(
+            "How often the latest frame is published as a JPEG for Home Assistant's camera "
+            "entity, in seconds; 0 publishes none. From 0 to 3600."
+        ),
+    )
+    queue_messages: WholeNumber = Field(
+        default=1000, ge=1, le=100000,
+        description=(
+            "Messages kept while the broker is away; beyond that the newest are dropped "
+            "(counted in vigil_mqtt_dropped_total). From 1 to 100000."
+        ),
+    )
+    username: Text | None = Field(default=None, description="User name to log in with; null: anonymous.")
+    password_file: DirectoryPath | None = Field(
+        default=None,
+        description=(
+            "File holding the password for `username` (never the password itself in this file); "
+            "keep it readable by the vigil user only. null: no password."
+        ),
+    )
+    tls: bool = Field(default=False, description="Connect with TLS, checking the broker's certificate.")
+    ca_file: DirectoryPath | None = Field(
+        default=None,
+        description="CA certificate(s) that signed the broker's certificate; null: the system's CAs.",
+    )
+    certfile: DirectoryPath | None = Field(
+        default=None, description="Client certificate for brokers that want one (TLS); null: none.")
+    keyfile: DirectoryPath | None = Field(
+        default=None, description="The client certificate's private key; null: inside `certfile`.")
+
+    @model_validator(mode="after")
+    def _credentials_fit_together(self) -> MqttConfig:
+        if self.password_file is not None and self.username is None:
+            raise broken_rule("password_file", str(self.password_file),
+                              f"{show_value(str(self.password_file))} is set without a username; "
+                              "a password needs `username` to go with it")
+        for key in ("ca_file", "certfile", "keyfile"):
+            value = getattr(self, key)
+            if value is not None and not self.tls:
+                raise broken_rule(key, str(value), f"{show_value(str(value))} is set but tls is false; "
+                                  f"{key} is only used with `tls: true`")
+        if self.keyfile is not None and self.certfile is None:
+            raise broken_rule("keyfile", str(self.keyfile), f"{show_value(str(self.keyfile))} is set "
+                              "without a certfile; a keyfile needs its `certfile`")
+        return self
+
+    def topic_base(self, unit_id: str) -> str:
+        """The base topic: the configured one, or `vigil/<unit_id>`."""
+        return self.base_topic or f"vigil/{unit_id}"
+
+
 class VigilConfig(BaseModel):
     """Every setting of the recorder daemon; each section may be left out."""
 
@@ -807,6 +935,10 @@ class VigilConfig(BaseModel):
     gpio: GpioConfig = Field(
         default_factory=GpioConfig,
         description="The reset button and status LED on the Raspberry Pi's GPIO header.",
+    )
+    mqtt: MqttConfig = Field(
+        default_factory=MqttConfig,
+        description="Publishing to an MQTT broker, with Home Assistant discovery.",
     )
 
     @model_validator(mode="before")

@@ -295,6 +295,7 @@ def create_app(controller: Controller, *, token_file: Path | None,
     app.state.tokens = tokens
     app.state.footage = footage
     app.state.commands = commands
+    app.state.metric_hooks = []  # surfaces beside the API (MQTT) add their counters here
 
     def authorized(
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
@@ -368,8 +369,8 @@ def create_app(controller: Controller, *, token_file: Path | None,
             usage = _disk_usage(snap.root or snap.primary_root)
             if usage is not None:
                 disk_now = (usage["path"], usage["free_bytes"], usage["total_bytes"])
-        return PlainTextResponse(render_metrics(snap, version=version, disk_now=disk_now),
-                                 media_type=CONTENT_TYPE)
+        return PlainTextResponse(render_metrics(snap, version=version, disk_now=disk_now,
+                                                hooks=app.state.metric_hooks), media_type=CONTENT_TYPE)
 
     footage_responses: dict[int | str, dict[str, Any]] = {
         401: {"model": Problem, "description": "Missing or wrong viewer token."},

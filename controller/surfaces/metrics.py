@@ -9,7 +9,7 @@ left out rather than invented.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -24,6 +24,8 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 MERGE_OUTCOMES = ("merged", "failed", "aborted", "deferred")
 
 Labels = Mapping[str, str]
+# A surface that keeps counters of its own (MQTT) adds its families to the page with one of these.
+MetricsHook = Callable[["Exposition"], None]
 Sample = tuple[Labels, float]
 
 
@@ -51,8 +53,8 @@ class Exposition:
 
 
 def render_metrics(snap: StatusSnapshot, *, version: str = "",
-                   disk_now: tuple[str, int, int] | None = None) -> str:
-    """The metrics page for one status snapshot.
+                   disk_now: tuple[str, int, int] | None = None, hooks: Iterable[MetricsHook] = ()) -> str:
+    """The metrics page for one status snapshot, then what each of `hooks` adds.
 
     `disk_now` (root, free bytes, size in bytes) stands in for the disk sample before the
     housekeeper's first one.
@@ -132,6 +134,8 @@ def render_metrics(snap: StatusSnapshot, *, version: str = "",
     if snap.fps_achieved is not None:
         out.gauge("vigil_fps_achieved", "Frames per second the camera delivers, over the last seconds.",
                   snap.fps_achieved)
+    for hook in tuple(hooks):
+        hook(out)
     return out.text()
 
 

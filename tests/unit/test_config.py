@@ -1128,3 +1128,38 @@ def test_an_unknown_numeric_key_lists_the_keys_of_its_own_section(tmp_path: Path
     problem = only_problem(tmp_path, "camera:\n  1: 2\n")
 
     assert str(problem) == f"vigil.yaml:2: camera.1: unknown key; allowed keys in camera: {CAMERA_KEYS}"
+
+
+# --- mqtt --------------------------------------------------------------------------------------
+
+
+def test_mqtt_is_off_by_default_and_its_base_topic_follows_the_unit_id() -> None:
+    config = parse_config_text("unit:\n  id: cam1\n", "vigil.yaml")
+    assert config.mqtt.enabled is False and config.mqtt.commands is False
+    assert config.mqtt.topic_base(config.unit.id) == "vigil/cam1"
+    assert config.mqtt.discovery_prefix == "homeassistant"
+    chosen = parse_config_text("mqtt:\n  base_topic: site/door\n", "vigil.yaml")
+    assert chosen.mqtt.topic_base("cam1") == "site/door"
+
+
+@pytest.mark.parametrize(("text", "line", "message"), [
+    ("mqtt:\n  enabled: true\n  base_topic: 'a/#'\n", 3,
+     "mqtt.base_topic: 'a/#' is not valid: give a topic of 1 to 200 characters without the wildcards "
+     "'+' and '#', without a '/' at either end and without empty levels"),
+    ("mqtt:\n  discovery_prefix: home//assistant\n", 2,
+     "mqtt.discovery_prefix: 'home//assistant' is not valid"),
+    ("mqtt:\n  port: 0\n", 2, "mqtt.port: 0 is out of range; port must be a whole number from 1 to 65535"),
+    ("mqtt:\n  qos: 3\n", 2, "mqtt.qos: 3 is out of range; qos must be a whole number from 0 to 2"),
+    ("mqtt:\n  keepalive_seconds: 1\n", 2, "mqtt.keepalive_seconds: 1 is out of range"),
+    ("mqtt:\n  password_file: /etc/vigil/mqtt-password\n", 2,
+     "mqtt.password_file: '/etc/vigil/mqtt-password' is set without a username; a password needs "
+     "`username` to go with it"),
+    ("mqtt:\n  ca_file: /etc/ssl/ca.crt\n", 2,
+     "mqtt.ca_file: '/etc/ssl/ca.crt' is set but tls is false; ca_file is only used with `tls: true`"),
+    ("mqtt:\n  tls: true\n  keyfile: /k.pem\n", 3, "mqtt.keyfile: '/k.pem' is set without a certfile"),
+    ("mqtt:\n  password: hunter2\n", 2, "mqtt.password: unknown key"),
+])
+def test_mqtt_mistakes_are_reported_on_their_line(tmp_path: Path, text: str, line: int, message: str) -> None:
+    problem = only_problem(tmp_path, text)
+
+    assert str(problem).startswith(f"vigil.yaml:{line}: {message}"), str(problem)
