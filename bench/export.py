@@ -73,5 +73,9 @@ def main() -> None:
     print(run())
 
 
+def smoke() -> str:
+    return run(width=160, height=120, seconds=6.0, span=3.0, runs=1)
+
+
 if __name__ == "__main__":
     main()

@@ -1,7 +1,8 @@
 """A recording daemon for the kill -9 test: `vigil run`'s controller, plus a progress line.
 
-It prints how many frames the camera has delivered, every few milliseconds, so the test
-knows how many frames existed when it sent SIGKILL. Not a test module: run as a script.
+It prints, every few milliseconds, how many frames the camera has delivered and how many the
+writer has muxed (from the status snapshot), so the test knows what existed and what the
+recorder had taken in when it sent SIGKILL. Not a test module: run as a script.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ def main(config_path: str) -> int:
 
     def report() -> None:
         while True:
-            sys.stdout.write(f"captured {controller.snapshot.totals.frames_captured}\n")
+            totals = controller.snapshot.totals
+            sys.stdout.write(f"captured {totals.frames_captured} recorded {totals.frames_recorded} "
+                             f"dropped {totals.frames_dropped}\n")
             sys.stdout.flush()
             time.sleep(PRINT_EVERY_SECONDS)
 

@@ -76,7 +76,7 @@ class Broker:
     """mosquitto on 127.0.0.1:`port`, configured for one test."""
 
     def __init__(self, directory: Path, *, users: dict[str, str] | None = None,
-                 tls: Tls | None = None) -> None:
+                 tls: Tls | None = None, persistent: bool = False) -> None:
         self.binary = find_tool("mosquitto")
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
@@ -84,7 +84,10 @@ class Broker:
         self.tls = tls
         self.users = users
         self.log = directory / "mosquitto.log"
-        lines = [f"listener {self.port} 127.0.0.1", "persistence false", "log_dest stdout",
+        # persistent: sessions and their queued messages survive a stop (SIGTERM) and start.
+        persistence = (["persistence true", f"persistence_location {directory}/"] if persistent
+                       else ["persistence false"])
+        lines = [f"listener {self.port} 127.0.0.1", *persistence, "log_dest stdout",
                  "log_type all", "connection_messages true"]
         if os.geteuid() == 0:
             lines.append("user root")  # else mosquitto drops to a user that cannot read tmp_path
@@ -141,17 +144,22 @@ class Message:
 class Watcher:
     """A client subscribed to `#` that keeps every message it gets."""
 
-    def __init__(self, broker: Broker, *, user: tuple[str, str] | None = None, subscribe: str = "#") -> None:
+    def __init__(self, broker: Broker, *, user: tuple[str, str] | None = None, subscribe: str = "#",
+                 session: str | None = None) -> None:
+        """`session` names a persistent session: the broker keeps QoS 1 messages for it while
+        the watcher is away (with a persistent broker, across the broker's restart too)."""
         self.messages: list[Message] = []
         self._changed = threading.Condition()
         self._connected = threading.Event()
-        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"test-watcher-{id(self)}")
+        client_id = session or f"test-watcher-{id(self)}"
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                                  clean_session=session is None)
         if user is not None:
             self.client.username_pw_set(*user)
         if broker.tls is not None:
             self.client.tls_set(ca_certs=str(broker.tls.ca_file))
-        self.client.on_connect = lambda client, *_: (client.subscribe(subscribe, qos=1),
-                                                     self._connected.set())
+        self.client.on_connect = lambda client, *_: client.subscribe(subscribe, qos=1)
+        self.client.on_subscribe = lambda *_: self._connected.set()  # subscribed: nothing missed
         self.client.on_message = self._on_message
         self.client.connect("127.0.0.1", broker.port, keepalive=30)
         self.client.loop_start()

@@ -26,17 +26,22 @@ def test_kill_9_loses_at_most_the_open_fragment(tmp_path: Path) -> None:
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=REPO,
                             env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
     assert proc.stdout is not None
-    kill_after = time.monotonic() + random.uniform(3.0, 5.0)
-    captured = 0
+    # Kill at a random moment once recording is under way (however long start-up took).
+    kill_after: float | None = None
+    captured = recorded = dropped = 0
     for line in proc.stdout:
-        captured = int(line.split()[1])
-        if time.monotonic() >= kill_after:
+        fields = line.split()
+        captured, recorded, dropped = int(fields[1]), int(fields[3]), int(fields[5])
+        if kill_after is None and recorded >= FPS:
+            kill_after = time.monotonic() + random.uniform(1.0, 3.0)
+        if kill_after is not None and time.monotonic() >= kill_after:
             proc.send_signal(signal.SIGKILL)
             break
     proc.wait(10)
     assert proc.returncode == -signal.SIGKILL
     partials = list(root.rglob("*.mp4.partial"))
-    assert len(partials) == 1, partials
+    # One open segment, or none when the kill fell between one segment's close and the next one.
+    assert len(partials) <= 1, partials
 
     # Restart: start-up closes out the crash's .partial; autostart off so nothing new records.
     config.write_text(text + "  autostart: false\n")
@@ -50,19 +55,24 @@ def test_kill_9_loses_at_most_the_open_fragment(tmp_path: Path) -> None:
     assert restart.returncode == 0, out
 
     assert not list(root.rglob("*.partial"))
-    recovered = partials[0].with_name(partials[0].name.removesuffix(".partial"))
-    if "recovered partial segment" in out:
-        assert recovered in segments(root)
-    else:
-        # Killed before the new segment's first fragment was complete: nothing playable in it.
-        assert "held no whole fragment, removed" in out, out
-        assert not recovered.exists()
+    if partials:
+        recovered = partials[0].with_name(partials[0].name.removesuffix(".partial"))
+        if "recovered partial segment" in out:
+            assert recovered in segments(root)
+        else:
+            # Killed before the new segment's first fragment was complete: nothing playable in it.
+            assert "held no whole fragment, removed" in out, out
+            assert not recovered.exists()
     for path in segments(root):
         assert frame_numbers(path), f"{path} does not decode"
     numbers = recorded_numbers(root)
     assert numbers[0] == 0 and gaps(numbers) == []
-    # `captured` frames existed when the kill was sent (the harness prints every 5 ms, so at
-    # most one more was delivered after it); frames numbered up to captured - 1 existed.
-    lost_at_least = (captured - 1) - numbers[-1]
-    print(f"kill -9: {captured} frames captured, last recorded {numbers[-1]}, lost >= {lost_at_least}")
-    assert lost_at_least <= FPS * FRAGMENT_SECONDS + 1
+    # The writer had muxed `recorded` frames (0 .. recorded - 1 when none was dropped) when the
+    # kill was sent: of those, only the open fragment may be lost. Frames captured but still
+    # queued for the encoder are in flight, which depends on how busy the machine is: printed.
+    assert dropped == 0  # (a frame the queue dropped would also show as a gap above)
+    last_muxed = recorded - 1
+    lost_muxed = last_muxed - numbers[-1]
+    print(f"kill -9: {captured} captured, {recorded} muxed, last on disk {numbers[-1]}: "
+          f"{lost_muxed} muxed frames lost, {captured - 1 - numbers[-1]} counting those in flight")
+    assert lost_muxed <= FPS * FRAGMENT_SECONDS

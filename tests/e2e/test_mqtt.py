@@ -433,9 +433,19 @@ def test_broker_down_20_s_while_recording_loses_no_frame_and_everything_comes_ba
 
 
 def test_messages_queue_while_the_broker_is_away_and_the_excess_is_dropped_and_counted(
-        broker: Broker, start_unit: Callable[..., Unit]) -> None:
+        tmp_path: Path, start_unit: Callable[..., Unit]) -> None:
+    # A persistent broker and a persistent watcher session: whichever of vigil and the watcher
+    # reconnects first after the outage, the broker keeps what vigil sends for the watcher.
+    broker = Broker(tmp_path / "persistent-broker", persistent=True)
+    broker.start()
+    watcher = Watcher(broker, session="test-watcher-persistent")
     unit = start_unit(broker.port, mqtt={"queue_messages": 4, "stats_seconds": 3600, "camera_seconds": 0})
     assert wait_until(lambda: unit.mqtt.connects == 1, WAIT_SECONDS)
+    # The burst sent on connect (discovery, state, ...) must be acknowledged first: messages
+    # still waiting for their PUBACK when the broker goes would take the queue's 4 places.
+    # (paho has no public count of them; _out_messages is what max_queued_messages limits.)
+    assert wait_until(lambda: unit.mqtt._client is not None and not unit.mqtt._client._out_messages,
+                      WAIT_SECONDS)
     broker.stop()
     assert wait_until(lambda: not unit.mqtt.is_connected, WAIT_SECONDS)
     dropped_before = unit.mqtt.dropped
@@ -451,7 +461,6 @@ def test_messages_queue_while_the_broker_is_away_and_the_excess_is_dropped_and_c
     assert "vigil_mqtt_connected 0" in page
 
     broker.start()
-    watcher = Watcher(broker)
     try:
         assert wait_until(lambda: unit.mqtt.connects == 2, RECONNECT_MAX_SECONDS + 5)
         # What was kept is delivered after the reconnect.
@@ -460,6 +469,7 @@ def test_messages_queue_while_the_broker_is_away_and_the_excess_is_dropped_and_c
         assert kept is not None, [m.payload for m in watcher.messages if m.topic == TOPICS.alerts]
     finally:
         watcher.close()
+        broker.stop()
 
 
 def test_a_wrong_password_is_one_clear_log_line_and_recording_goes_on(
