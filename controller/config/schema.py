@@ -775,6 +775,39 @@ class UnitConfig(BaseModel):
     )
 
 
+DEFAULT_INTEGRITY_KEY_FILE = Path("/var/lib/vigil/integrity.key")
+
+
+class IntegrityConfig(BaseModel):
+    """Footage you can prove: a hash chain over every fragment, signed manifests, scrubbing."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    enabled: bool = Field(
+        default=True,
+        description=(
+            "Hash every fragment into a chain and write a signed manifest beside each closed "
+            "segment and merged hour (`NAME.mp4.manifest.json`), for `vigil verify`."
+        ),
+    )
+    key_file: DirectoryPath = Field(
+        default=DEFAULT_INTEGRITY_KEY_FILE,
+        description=(
+            "The unit's Ed25519 signing key (PEM). deploy/install.sh creates it; the daemon "
+            "creates it when it is missing (mode 0600). Keep it readable by the vigil user "
+            "only; `vigil key` prints its public key."
+        ),
+    )
+    scrub_hours: float = Field(
+        default=24.0, ge=0, le=8760,
+        description=(
+            "How often closed footage is hashed again against its manifests to catch a "
+            "failing card early (an alert on a mismatch), in hours: from 0 to 8760; 0 "
+            "turns scrubbing off. It runs in the housekeeping thread, a file at a time."
+        ),
+    )
+
+
 MQTT_TOPIC_MAX_CHARS = 200
 _MQTT_TOPIC_ERROR = "vigil_mqtt_topic"
 _MQTT_TOPIC_RULE = ("a topic of 1 to 200 characters without the wildcards '+' and '#', "
@@ -939,6 +972,10 @@ class VigilConfig(BaseModel):
     mqtt: MqttConfig = Field(
         default_factory=MqttConfig,
         description="Publishing to an MQTT broker, with Home Assistant discovery.",
+    )
+    integrity: IntegrityConfig = Field(
+        default_factory=IntegrityConfig,
+        description="Hash chain, signed manifests and scrubbing of the footage.",
     )
 
     @model_validator(mode="before")
