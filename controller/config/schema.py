@@ -779,7 +779,7 @@ DEFAULT_INTEGRITY_KEY_FILE = Path("/var/lib/vigil/integrity.key")
 
 
 class IntegrityConfig(BaseModel):
-    """Footage you can prove: a hash chain over every fragment, signed manifests, scrubbing."""
+    """Footage you can prove: a hash chain over every fragment, and signed manifests."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
@@ -796,14 +796,6 @@ class IntegrityConfig(BaseModel):
             "The unit's Ed25519 signing key (PEM). deploy/install.sh creates it; the daemon "
             "creates it when it is missing (mode 0600). Keep it readable by the vigil user "
             "only; `vigil key` prints its public key."
-        ),
-    )
-    scrub_hours: float = Field(
-        default=24.0, ge=0, le=8760,
-        description=(
-            "How often closed footage is hashed again against its manifests to catch a "
-            "failing card early (an alert on a mismatch), in hours: from 0 to 8760; 0 "
-            "turns scrubbing off. It runs in the housekeeping thread, a file at a time."
         ),
     )
 
@@ -975,7 +967,7 @@ class VigilConfig(BaseModel):
     )
     integrity: IntegrityConfig = Field(
         default_factory=IntegrityConfig,
-        description="Hash chain, signed manifests and scrubbing of the footage.",
+        description="Hash chain and signed manifests of the footage.",
     )
 
     @model_validator(mode="before")

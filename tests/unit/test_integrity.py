@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 from pathlib import Path
@@ -46,7 +47,7 @@ def test_every_closed_segment_has_a_signed_manifest_that_verifies(tmp_path: Path
     assert not any(".manifest" in str(f.path) for f in list_footage(tmp_path))
     # the chain continues from segment to segment
     manifests = [read_manifest(p) for p in files]
-    for before, after in zip(manifests, manifests[1:], strict=False):
+    for before, after in itertools.pairwise(manifests):
         assert before is not None and after is not None
         assert after["prev_link"] == before["links"][-1]["link"]
     assert main(["verify", str(tmp_path), "--key", signer.public_key]) == 0
@@ -155,7 +156,9 @@ def test_retention_deletes_the_manifest_with_its_segment(tmp_path: Path, signer:
     assert not list(tmp_path.rglob("*.manifest.json"))
 
 
-def test_the_key_is_made_once_owner_only_and_printed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_key_is_made_once_owner_only_and_printed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
     path = tmp_path / "state" / "integrity.key"
     key = load_or_create_key(path)
     assert path.stat().st_mode & 0o777 == 0o600
