@@ -160,6 +160,55 @@ EXIT_NOT_MERGED = 1
 EXIT_USAGE = 2
 
 
+EXIT_UNVERIFIED = 1
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from controller.verify import verify
+
+    key = args.key
+    if key is not None and Path(key).is_file():
+        key = Path(key).read_text().strip()
+    if key is not None and (len(key) != 64 or any(c not in "0123456789abcdefABCDEF" for c in key)):
+        print("vigil verify: --key: give the public key as `vigil key` prints it (64 hex digits), "
+              "or a file holding it", file=sys.stderr)
+        return EXIT_USAGE
+    missing = [p for p in args.paths if not Path(p).exists()]
+    if missing:
+        print(f"vigil verify: no such file or folder: {', '.join(missing)}", file=sys.stderr)
+        return EXIT_USAGE
+    report = verify([Path(p) for p in args.paths], key=key)
+    for finding in report.findings:
+        print(finding.describe())
+    for note in report.notes:
+        print(f"note: {note}")
+    verdict = "OK" if report.is_ok else ("NOTHING TO VERIFY" if report.files == 0 else "FAILED")
+    print(f"{verdict}: {report.files} file(s), {report.fragments} fragment(s), "
+          f"{len(report.findings)} problem(s)")
+    return 0 if report.is_ok else EXIT_UNVERIFIED
+
+
+def _key(args: argparse.Namespace) -> int:
+    from controller.config import ConfigError, load_config
+    from controller.keys import KeyError_, key_path, load_key, load_or_create_key, public_hex
+
+    try:
+        cfg = load_config(args.config).config
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        return EX_CONFIG
+    path = key_path(cfg.integrity.key_file)
+    try:
+        key = load_or_create_key(path) if args.create else load_key(path)
+    except KeyError_ as err:
+        print(f"vigil key: {err}", file=sys.stderr)
+        return 1
+    print(public_hex(key))
+    return 0
+
+
 def _merge(args: argparse.Namespace) -> int:
     import shutil
     import time
@@ -488,6 +537,18 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--token-file", metavar="FILE", type=_token_file_option,
                         help="the viewer token (default: api.viewer_token_file, then api.token_file)")
     with_config(export)
+    check_footage = command("verify", "check footage against its signed manifests (altered "
+                                      "fragments, breaks in the chain, bad signatures), offline; "
+                                      "exit 0 only when everything checks", _verify)
+    check_footage.add_argument("paths", nargs="+", metavar="PATH",
+                               help="segment or merged files, hour folders or a whole recording root")
+    check_footage.add_argument("--key", metavar="PUBKEY",
+                               help="the unit's public key (`vigil key`), or a file holding it; "
+                                    "default: every manifest must be signed by one same key")
+    key = command("key", "print the public key footage manifests are signed with", _key)
+    key.add_argument("--create", action="store_true",
+                     help="create the key pair at integrity.key_file when there is none")
+    with_config(key)
     return parser
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import threading
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,6 +15,7 @@ from controller.config import ApiConfig, ConfigError, LoadedConfig, MqttConfig, 
 from controller.core.controller import Controller, Parts
 from controller.core.events import ConfigReloaded
 from controller.core.ledger import DEFAULT_BUDGETS, Budget, ErrorLedger
+from controller.keys import KeyError_, key_path, load_or_create_key, signer_for
 from controller.logs import setup_logging
 from controller.memory import pin_mmap_threshold
 from controller.storage.housekeeping import StorageSettings
@@ -23,6 +25,7 @@ from controller.surfaces.metrics import MetricsHook
 from controller.surfaces.sdnotify import ServiceNotifier
 from hw.factory import CameraMaker, CameraSpec, Hardware, RecordingSpec
 from hw.gpio import GpioSpec, OperatorPanel, open_panel
+from hw.integrity import Signer
 from states.recovering import RecoveryPolicy
 
 if TYPE_CHECKING:
@@ -103,13 +106,32 @@ def gpio_from_config(config: VigilConfig) -> GpioSpec:
     return GpioSpec(**config.gpio.model_dump())
 
 
+def signer_from_config(config: VigilConfig) -> Signer | None:
+    """The manifests' signer: the key in `integrity.key_file`, made there when missing.
+
+    A key that cannot be read or made is logged and footage is recorded unsigned: the
+    recording matters more than its proof.
+    """
+    if not config.integrity.enabled:
+        return None
+    try:
+        key = load_or_create_key(key_path(config.integrity.key_file))
+    except KeyError_ as err:
+        logger.error("footage is recorded without signed manifests: {}", err)
+        return None
+    return signer_for(key, config.unit.id)
+
+
 def parts_from_config(config: VigilConfig, *, source: str = "",
                       makers: Mapping[str, CameraMaker] | None = None) -> Parts:
     """Every part the controller runs with, built from one validated config."""
     recov = config.recovery
-    return Parts(hardware=hardware_from_config(config, makers=makers), policy=policy_from_config(config),
+    hardware = hardware_from_config(config, makers=makers)
+    hardware.signer = signer_from_config(config)
+    storage = replace(storage_from_config(config), signer=hardware.signer)
+    return Parts(hardware=hardware, policy=policy_from_config(config),
                  autostart=config.recording.autostart, budgets=budgets_from_config(config),
-                 max_abandoned=recov.max_abandoned_calls, storage=storage_from_config(config),
+                 max_abandoned=recov.max_abandoned_calls, storage=storage,
                  config=config, source=source)
 
 

@@ -12,6 +12,7 @@ from hw.camera import Camera, CameraMode
 from hw.encoder import LIBX264, EncoderChoice, H264Encoder, choose_encoder, probe_m2m_encoder
 from hw.errors import BackendUnavailable, CameraUnavailable, EncoderError
 from hw.filecam import FileCamera
+from hw.integrity import Chain, Signer, newest_link
 from hw.picam import PicameraMaker
 from hw.pipeline import ErrorSink, RecordingOutput, RecordingPipeline
 from hw.probe import BackendProbe
@@ -144,6 +145,9 @@ class Hardware:
     # Why the configured backend's library cannot load here ("" when it can): `vigil run`
     # exits with EX_CONFIG on it rather than crash-looping under systemd.
     unavailable: str = ""
+    # Signs each closed segment's manifest (hw.integrity); None records without manifests.
+    signer: Signer | None = None
+    _chain: Chain | None = field(default=None, init=False, repr=False)
     _encoder_choice: EncoderChoice | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -161,7 +165,19 @@ class Hardware:
     def rebuilt(self) -> Hardware:
         """A fresh factory for the same specs: backend detection runs again."""
         return Hardware(self.camera, self.recording, faults=self.faults, makers=self.makers,
-                        encoder_probe=self.encoder_probe)
+                        encoder_probe=self.encoder_probe, signer=self.signer)
+
+    @property
+    def chain(self) -> Chain:
+        """The fragment chain of this factory's writers: on first use it continues from the
+        newest manifest under the roots (start-up recovery has written those of a crash)."""
+        if self._chain is None:
+            rec = self.recording
+            last = newest_link((rec.root, *rec.fallback_roots))
+            self._chain = Chain() if last is None else Chain(last, continues_from=last)
+            if last is not None:
+                logger.info("fragment chain continues from link={}", last.hex())
+        return self._chain
 
     @property
     def encoder_choice(self) -> EncoderChoice:
@@ -226,7 +242,8 @@ class Hardware:
             writer = SegmentWriter(root, width=mode.width, height=mode.height, fps=mode.fps,
                                    segment_seconds=rec.segment_seconds, when_error=when_error,
                                    when_segment_closed=when_segment_closed,
-                                   fallback_roots=rec.fallback_roots)
+                                   fallback_roots=rec.fallback_roots, signer=self.signer,
+                                   chain=self.chain if self.signer is not None else None)
             encoder = self.make_encoder(mode) if mode.output == "frames" else None
         validator = FrameValidator(mode, frozen_seconds=self.camera.frozen_seconds)
         return RecordingPipeline(camera, writer, encoder=encoder, validator=validator,

@@ -7,6 +7,8 @@ upload all ask here.
     ROOT/YYYY-MM-DD/HH/YYYYMMDDTHHMMSSZ[-N].mp4.partial  the segment being written
     ROOT/YYYY-MM-DD/HH[-N].mp4                           a merged hour
     ROOT/YYYY-MM-DD/.HH[-N].mp4.merging                  a merge in progress
+    ...NAME.mp4.manifest.json                            a file's signed manifest (hw.integrity),
+                                                          part of it: deleted and moved with it
 
 `-N` is taken when a name is already used: nothing is ever overwritten. Times come from
 these names, never from file mtimes (a copied or restored card keeps its names but not its
@@ -16,6 +18,7 @@ a link or a foreign file inside the root is someone else's, and vigil leaves it 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import stat
@@ -389,3 +392,23 @@ def same_filesystem(path: Path, root: Path) -> bool:
         return os.lstat(path).st_dev == os.stat(root).st_dev
     except OSError:
         return False
+
+
+MANIFEST_SUFFIX = ".manifest.json"
+
+
+def manifest_path(footage: Path) -> Path:
+    """NAME.mp4.manifest.json: the signed manifest beside a segment or merged hour."""
+    return footage.with_name(footage.name + MANIFEST_SUFFIX)
+
+
+def remove_manifest(footage: Path) -> None:
+    """Delete `footage`'s manifest (it goes with its file); nothing when there is none."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(manifest_path(footage))
+
+
+def move_manifest(footage: Path, to: Path) -> None:
+    """Rename `footage`'s manifest to go with `to` (its file, renamed); nothing when none."""
+    with contextlib.suppress(FileNotFoundError):
+        os.rename(manifest_path(footage), manifest_path(to))

@@ -16,6 +16,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+import av
 from loguru import logger
 
 from hw.footage import (
@@ -26,7 +27,8 @@ from hw.footage import (
     partial_segments,
     unique_segment_path,
 )
-from hw.writer import fsync_directory
+from hw.integrity import CHAIN_TAG, TIME_BASE, ManifestBuilder, Signer, pieces, write_manifest
+from hw.writer import START_TAG, fsync_directory
 
 HEADER_BYTES = 8
 LARGE_HEADER_BYTES = 16
@@ -97,8 +99,51 @@ def is_vigil_fragmented_mp4(path: Path) -> bool:
     return True
 
 
-def recover_partial(partial: Path) -> RecoveredPartial:
-    """Trim one `.partial` to its last whole fragment and close it under its final name."""
+def rebuild_manifest(path: Path, signer: Signer, *, fsync: bool = True,
+                     footage: Path | None = None) -> bool:
+    """Hash the whole fragments of `path` (a trimmed segment) into the manifest of `footage`
+    (default: `path`), continuing from the link the segment names in its `vigil_chain` tag.
+
+    The spans come from the fragments' own timestamps, as the writer computed them. False
+    (no manifest) for a segment without the tag: one written before integrity was on.
+    """
+    try:
+        with av.open(str(path)) as container:
+            tags = container.metadata
+            if CHAIN_TAG not in tags or START_TAG not in tags:
+                return False
+            prev, base = bytes.fromhex(tags[CHAIN_TAG]), float(tags[START_TAG])
+            stream = container.streams.video[0]
+            time_base = stream.time_base
+            assert time_base is not None
+            spans = [(round(p.pts * time_base * TIME_BASE), round((p.pts + (p.duration or 0))
+                      * time_base * TIME_BASE)) for p in container.demux(stream) if p.pts is not None]
+    except (av.FFmpegError, ValueError, IndexError) as err:
+        logger.error("cannot rebuild the manifest of path={}: {}", path, err)
+        return False
+    data = path.read_bytes()
+    found, _ = pieces(data, 0, with_init=True)
+    builder = ManifestBuilder(prev, base)
+    index = 0
+    for piece in found:
+        if piece.frames == 0:
+            builder.add(piece, 0, 0)
+            continue
+        group = spans[index:index + piece.frames]
+        index += piece.frames
+        if not group:
+            break
+        builder.add(piece, group[0][0], group[-1][1])
+    target = footage or path
+    write_manifest(target, builder.manifest(target, len(data), signer, None), fsync=fsync)
+    return True
+
+
+def recover_partial(partial: Path, *, signer: Signer | None = None) -> RecoveredPartial:
+    """Trim one `.partial` to its last whole fragment and close it under its final name.
+
+    With a `signer`, its whole fragments are hashed into a manifest first (`rebuild_manifest`).
+    """
     size = partial.stat().st_size
     if not is_vigil_fragmented_mp4(partial):
         logger.error("partial segment is not a vigil fragmented MP4, left alone path={}", partial)
@@ -116,6 +161,8 @@ def recover_partial(partial: Path) -> RecoveredPartial:
     final = final_path(partial)
     if final.exists() or final.is_symlink():
         final = unique_segment_path(partial.parent, final.name.removesuffix(SEGMENT_SUFFIX))
+    if signer is not None:
+        rebuild_manifest(partial, signer, footage=final)
     os.rename(partial, final)
     fsync_directory(partial.parent)
     logger.info("recovered partial segment path={} fragments={} kept_bytes={} dropped_bytes={}",
@@ -123,14 +170,15 @@ def recover_partial(partial: Path) -> RecoveredPartial:
     return RecoveredPartial(partial, final, kept, size - kept, fragments)
 
 
-def recover_partials(root: Path, *, skip: set[Path] | None = None) -> list[RecoveredPartial]:
+def recover_partials(root: Path, *, skip: set[Path] | None = None,
+                     signer: Signer | None = None) -> list[RecoveredPartial]:
     """Recover every `.partial` segment under `root` except those in `skip` (open right now)."""
     results = []
     for partial in partial_segments(root):
         if skip and partial in skip:
             continue
         try:
-            results.append(recover_partial(partial))
+            results.append(recover_partial(partial, signer=signer))
         except OSError as err:
             logger.error("could not recover partial segment path={} error={}; left in place",
                          partial, err)
@@ -147,7 +195,8 @@ class CloseOuts:
     kept, so a card that comes back gets its segment closed out.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, signer: Signer | None = None) -> None:
+        self.signer = signer
         self._lock = threading.Lock()
         self._pending: list[Path] = []
         self.closed_out = 0
@@ -175,7 +224,7 @@ class CloseOuts:
         done: list[RecoveredPartial] = []
         for partial in self.pending:
             try:
-                result = recover_partial(partial)
+                result = recover_partial(partial, signer=self.signer)
             except FileNotFoundError:
                 if is_real_directory(partial.parent):
                     self._forget(partial)

@@ -32,6 +32,7 @@ from loguru import logger
 from hw.camera import EncodedPacket
 from hw.errors import StorageError, StorageFull
 from hw.footage import SEGMENT_SUFFIX, partial_path, segment_dir, segment_stem, unique_segment_path
+from hw.integrity import CHAIN_TAG, Chain, ManifestBuilder, Signer, pieces, write_manifest
 
 MUX_TIME_BASE = Fraction(1, 90_000)
 MOVFLAGS = "frag_keyframe+empty_moov+default_base_moof+use_metadata_tags"
@@ -124,7 +125,7 @@ class ClosedSegment:
 class _OpenSegment:
     def __init__(
         self, path: Path, packet: EncodedPacket, width: int, height: int, fps: float,
-        opener: FileOpener,
+        opener: FileOpener, chain_head: bytes | None = None,
     ) -> None:
         self.path = path
         self.partial = partial_path(path)
@@ -144,7 +145,14 @@ class _OpenSegment:
             )
             started = datetime.fromtimestamp(packet.wallclock, UTC)
             self.container.metadata["creation_time"] = started.isoformat(timespec="microseconds")
-            self.container.metadata[START_TAG] = f"{packet.wallclock:.6f}"
+            start_tag = f"{packet.wallclock:.6f}"
+            self.container.metadata[START_TAG] = start_tag
+            # The chain: the link this segment continues from, in the file itself, so that
+            # recovery can rebuild the manifest of a segment a crash left unfinished.
+            self.builder: ManifestBuilder | None = None
+            if chain_head is not None:
+                self.container.metadata[CHAIN_TAG] = chain_head.hex()
+                self.builder = ManifestBuilder(chain_head, float(start_tag))
             self.stream = self.container.add_mux_stream(
                 "h264", rate=Fraction(fps).limit_denominator(1001), width=width, height=height
             )
@@ -155,6 +163,24 @@ class _OpenSegment:
                 self.partial.unlink()  # nothing is in it yet
             raise
         self.frame_ticks = max(1, round(MUX_TIME_BASE.denominator / fps))
+        self.hashed_bytes = 0  # how much of the file the chain covers
+        self.fragment_start_ticks = 0  # the open fragment's first pts
+        self.previous_ticks = self.last_ticks = 0  # the pts muxed before the last, and the last
+
+    def hash_durable(self, size: int, end_ticks: int) -> bytes | None:
+        """Hash what became durable since the last call (the init section, the finished
+        fragment) into the chain; returns the new head. Bytes from the page cache."""
+        if self.builder is None or size <= self.hashed_bytes:
+            return None
+        data = os.pread(self.file.fileno(), size - self.hashed_bytes, self.hashed_bytes)
+        found, covered = pieces(data, self.hashed_bytes, with_init=self.hashed_bytes == 0)
+        for piece in found:
+            if piece.frames == 0:
+                self.builder.add(piece, 0, 0)
+            else:
+                self.builder.add(piece, self.fragment_start_ticks, end_ticks)
+        self.hashed_bytes += covered
+        return self.builder.head
 
     def mux(self, packet: EncodedPacket) -> None:
         pts = round((packet.timestamp - self.start_timestamp) * MUX_TIME_BASE.denominator)
@@ -167,6 +193,7 @@ class _OpenSegment:
         self.container.mux(av_packet)
         self.frames += 1
         self.last_timestamp = packet.timestamp
+        self.previous_ticks, self.last_ticks = self.last_ticks, pts
 
     def fsync(self) -> None:
         os.fsync(self.file.fileno())
@@ -212,8 +239,14 @@ class SegmentWriter:
         when_error: Callable[[str, str], None] | None = None,
         fallback_roots: tuple[Path, ...] = (),
         hold_on_full: bool = True,
+        signer: Signer | None = None,
+        chain: Chain | None = None,
     ) -> None:
         self.root = Path(root)
+        # Integrity (hw.integrity): with a signer, every fragment is chained and each closed
+        # segment gets a signed manifest; the chain is shared across writers of one daemon.
+        self.signer = signer
+        self.chain = chain if chain is not None else Chain()
         # Where footage goes when `root` becomes unusable mid-run (a segment whose folder
         # vanished, a full disk that nothing clears): the config's fallback roots.
         self.fallback_roots = tuple(Path(r) for r in fallback_roots)
@@ -318,7 +351,14 @@ class SegmentWriter:
             if self.fsync_enabled:
                 seg.fsync()
             seg.durable_bytes = os.fstat(seg.file.fileno()).st_size
+            self._chain(seg, seg.durable_bytes, seg.previous_ticks + seg.frame_ticks)
+            seg.fragment_start_ticks = seg.last_ticks
             self._unsaved = [packet]
+
+    def _chain(self, seg: _OpenSegment, size: int, end_ticks: int) -> None:
+        head = seg.hash_durable(size, end_ticks)
+        if head is not None:
+            self.chain.head = head
 
     # -- a full disk: hold the footage in memory, write it out once there is room ----
 
@@ -427,7 +467,7 @@ class SegmentWriter:
         from hw.recovery import recover_partial  # hw.recovery builds on this module
 
         try:
-            recover_partial(partial)
+            recover_partial(partial, signer=self.signer)
         except FileNotFoundError:
             return
         except OSError as err:
@@ -489,7 +529,8 @@ class SegmentWriter:
         directory = segment_dir(root, wallclock)
         make_dirs_durably(directory)
         path = unique_segment_path(directory, segment_stem(wallclock))
-        seg = _OpenSegment(path, packet, self.width, self.height, self.fps, self._opener)
+        seg = _OpenSegment(path, packet, self.width, self.height, self.fps, self._opener,
+                           chain_head=self.chain.head if self.signer is not None else None)
         if self.fsync_enabled:
             try:
                 fsync_directory(directory)
@@ -515,11 +556,15 @@ class SegmentWriter:
             seg.file.close()
             seg.partial.unlink(missing_ok=True)
             return None
+        size = os.fstat(seg.file.fileno()).st_size
+        self._chain(seg, size, seg.last_ticks + seg.frame_ticks)
         if seg.partial.exists():
+            self._write_manifest(seg, size)  # before the rename: a closed segment has one
             seg.file.close()
             os.rename(seg.partial, seg.path)
         else:
             self._save_orphan(seg)
+            self._write_manifest(seg, size)
         self._open = None
         if self.fsync_enabled:
             fsync_directory(seg.path.parent)
@@ -534,6 +579,12 @@ class SegmentWriter:
         if self.when_segment_closed is not None:
             self.when_segment_closed(closed)
         return closed
+
+    def _write_manifest(self, seg: _OpenSegment, size: int) -> None:
+        if seg.builder is None or self.signer is None:
+            return
+        manifest = seg.builder.manifest(seg.path, size, self.signer, self.chain.take_continues_from())
+        write_manifest(seg.path, manifest, fsync=self.fsync_enabled)
 
     def _save_orphan(self, seg: _OpenSegment) -> None:
         """The segment's file was unlinked while open: write its content out again, into

@@ -84,7 +84,7 @@ class Unit(GuardWork):
         self.owned_threads: list[threading.Thread] = []
         self.abandoned_paths: list[Path] = []
         # Segments whose close-out the storage refused; the housekeeper retries them.
-        self.closeouts = CloseOuts()
+        self.closeouts = CloseOuts(hardware.signer)
         self.recovery_attempts = 0
         self.recoveries_attempted = 0
         # The stable-time rule (states/recovering.py): when the current recording began, and

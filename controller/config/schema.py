@@ -775,6 +775,29 @@ class UnitConfig(BaseModel):
     )
 
 
+class IntegrityConfig(BaseModel):
+    """Footage you can prove: a hash chain over every fragment, and signed manifests."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    enabled: bool = Field(
+        default=True,
+        description=(
+            "Hash every fragment into a chain and write a signed manifest beside each closed "
+            "segment and merged hour (`NAME.mp4.manifest.json`), for `vigil verify`."
+        ),
+    )
+    key_file: DirectoryPath | None = Field(
+        default=None,
+        description=(
+            "The unit's Ed25519 signing key (PEM), created (mode 0600) when it is missing. null "
+            "keeps it in the service's state directory (`$STATE_DIRECTORY/integrity.key`, "
+            "/var/lib/vigil under the systemd unit), else `~/.local/state/vigil/integrity.key`. "
+            "Keep it readable by the vigil user only; `vigil key` prints its public key."
+        ),
+    )
+
+
 MQTT_TOPIC_MAX_CHARS = 200
 _MQTT_TOPIC_ERROR = "vigil_mqtt_topic"
 _MQTT_TOPIC_RULE = ("a topic of 1 to 200 characters without the wildcards '+' and '#', "
@@ -939,6 +962,10 @@ class VigilConfig(BaseModel):
     mqtt: MqttConfig = Field(
         default_factory=MqttConfig,
         description="Publishing to an MQTT broker, with Home Assistant discovery.",
+    )
+    integrity: IntegrityConfig = Field(
+        default_factory=IntegrityConfig,
+        description="Hash chain and signed manifests of the footage.",
     )
 
     @model_validator(mode="before")

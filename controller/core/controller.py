@@ -233,6 +233,7 @@ class Controller:
             since=self.state_since,
             heartbeat=self.heartbeat,
             backend=unit.hardware.backend,
+            public_key=unit.hardware.signer.public_key if unit.hardware.signer is not None else None,
             configured_fps=unit.hardware.camera.fps,
             fps_achieved=self._health_sampler.achieved_fps,
             run=run,
@@ -329,7 +330,7 @@ class Controller:
         """Close out what a crash left behind, then start recording if the config says so."""
         rec = self.unit.hardware.recording
         for root in (rec.root, *rec.fallback_roots):
-            recover_partials(root)
+            recover_partials(root, signer=self.unit.hardware.signer)
         if self.unit.autostart:
             self.post("start")
 

@@ -81,6 +81,7 @@ class StatusSnapshot:
     latest_frame: Frame | None
     no_frame_reason: str  # why there is no latest frame, when there is none
     is_running: bool
+    public_key: str | None = None  # the key footage manifests are signed with (hex), if any
 
     @property
     def is_recording(self) -> bool:
@@ -96,6 +97,7 @@ class StatusSnapshot:
             "state": self.state,
             "since": self.since,
             "backend": self.backend,
+            "public_key": self.public_key,
             "configured_fps": self.configured_fps,
             "fps_achieved": self.fps_achieved,
             **self.run.as_dict(),

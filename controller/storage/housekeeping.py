@@ -48,6 +48,7 @@ from controller.storage.merge import (
 )
 from controller.storage.retention import RetentionPolicy, RetentionReport, enforce_retention, inode_usage
 from hw.footage import HourFolder, hour_key, parse_hour
+from hw.integrity import Signer
 from hw.recovery import CloseOuts
 from hw.storage import MIN_FREE_BYTES, MIN_FREE_INODES
 
@@ -90,6 +91,7 @@ class StorageSettings:
     retention: RetentionPolicy = field(default_factory=RetentionPolicy)
     check_seconds: float = CHECK_SECONDS
     sample_seconds: float = SAMPLE_SECONDS
+    signer: Signer | None = None  # signs merged hours' manifests (hw.integrity)
 
 
 def lower_thread_priority() -> str:
@@ -417,7 +419,7 @@ class StorageHousekeeper:
             results = merge_hour(
                 hour, verify=self.settings.merge_verify, should_abort=self._abort_check(hour.date_dir),
                 reserve_bytes=self._reserve_for(hour.date_dir), skip=frozenset(self._unreadable),
-                unreadable=self._unreadable,
+                unreadable=self._unreadable, signer=self.settings.signer,
             )
         except MergeAborted:
             self.merge_counts["aborted"] += 1
@@ -455,7 +457,7 @@ class StorageHousekeeper:
                         [root], hour=hour, now=self._clock(), verify=self.settings.merge_verify,
                         open_segments=list(self._open_segments()), lock_timeout=0,
                         should_abort=self._abort_check(root), reserve_bytes=self._reserve_for,
-                        missing_ok=True,
+                        missing_ok=True, signer=self.settings.signer,
                     ))
                 if hour is not None and not results and not any(
                         has_footage_of(root, hour) for root in roots):

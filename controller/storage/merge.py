@@ -50,6 +50,8 @@ from hw.footage import (
     segment_start,
     segments_in,
 )
+from hw.footage import remove_manifest as remove_manifest_of
+from hw.integrity import FORMAT, Signer, read_manifest, sha256_file, sign_manifest, write_manifest
 from hw.writer import START_TAG, fsync_directory
 
 VerifyMode = Literal["full", "keyframes"]
@@ -411,7 +413,7 @@ def merge_hour(
     hour: HourFolder, *, verify: VerifyMode = "full", fsync: bool = True,
     should_abort: AbortCheck | None = None, when_step: StepHook | None = None,
     reserve_bytes: int = 0, skip: frozenset[Path] = frozenset(),
-    unreadable: set[Path] | None = None,
+    unreadable: set[Path] | None = None, signer: Signer | None = None,
 ) -> list[MergedHour]:
     """Merge the closed segments of `hour` into merged file(s); returns what was written.
 
@@ -433,7 +435,7 @@ def merge_hour(
     results = []
     for run in _runs(infos):
         results.append(_merge_run(hour, run, verify=verify, fsync=fsync, should_abort=should_abort,
-                                  when_step=when_step, reserve_bytes=reserve_bytes))
+                                  when_step=when_step, reserve_bytes=reserve_bytes, signer=signer))
     _remove_if_empty(hour, fsync=fsync)
     return results
 
@@ -441,6 +443,7 @@ def merge_hour(
 def _merge_run(
     hour: HourFolder, infos: list[_SegmentInfo], *, verify: VerifyMode, fsync: bool,
     should_abort: AbortCheck | None, when_step: StepHook | None, reserve_bytes: int,
+    signer: Signer | None = None,
 ) -> MergedHour:
     started = time.monotonic()
     needed = sum(info.path.stat().st_size for info in infos)
@@ -461,10 +464,14 @@ def _merge_run(
         _step(when_step, "verified")
         if final.exists():  # the lock keeps others out; a name taken meanwhile is still not ours
             raise MergeError(f"{final} appeared during the merge; leaving the segments as they are")
+        if signer is not None:
+            _write_merged_manifest(final, temp, [info.path for info in infos], signer, fsync=fsync)
         os.rename(temp, final)
     except BaseException:
         with contextlib.suppress(OSError):
             temp.unlink(missing_ok=True)
+            if not final.exists():
+                remove_manifest_of(final)
         raise
     if fsync:
         fsync_directory(hour.date_dir)
@@ -481,6 +488,25 @@ def _merge_run(
     return result
 
 
+def _write_merged_manifest(final: Path, temp: Path, sources: Sequence[Path], signer: Signer, *,
+                           fsync: bool) -> None:
+    """The merged file's manifest, before its rename: the sources' manifests as they are
+    (their links and signatures), and the merged file's own hash, signed. Only when every
+    source has one: a manifest that covered part of the hour would prove too little."""
+    manifests = [read_manifest(p) for p in sources]
+    if any(m is None for m in manifests):
+        logger.warning("hour merged without a manifest: a source segment has none path={}", final)
+        return
+    body = {
+        "format": FORMAT, "kind": "merged", "unit": signer.unit, "file": final.name,
+        "size": temp.stat().st_size, "sha256": sha256_file(temp),
+        "start": manifests[0]["start"] if manifests[0] else None,
+        "end": manifests[-1]["end"] if manifests[-1] else None,
+        "sources": manifests,
+    }
+    write_manifest(final, sign_manifest(body, signer), fsync=fsync)
+
+
 def _step(hook: StepHook | None, step: Step) -> None:
     if hook is not None:
         hook(step)
@@ -490,6 +516,7 @@ def _remove_sources(hour: HourFolder, paths: Sequence[Path], *, fsync: bool,
                     when_step: StepHook | None) -> None:
     for path in paths:
         path.unlink(missing_ok=True)
+        remove_manifest_of(path)  # its links live on in the merged hour's manifest
         _step(when_step, "segment_removed")
     if fsync:
         fsync_directory(hour.path)
@@ -560,6 +587,7 @@ def reconcile_hour(hour: HourFolder, *, verify: VerifyMode = "full", fsync: bool
                 logger.error("merged file from an interrupted merge does not verify; removing it, "
                              "the segments stay and the hour is merged again: {}", err)
                 merged.unlink(missing_ok=True)
+                remove_manifest_of(merged)
                 if fsync:
                     fsync_directory(hour.date_dir)
             else:
@@ -638,7 +666,7 @@ def force_merge(
     roots: Sequence[Path], *, hour: float | None, now: float, verify: VerifyMode = "full",
     open_segments: Sequence[Path] = (), lock_timeout: float | None = None,
     should_abort: AbortCheck | None = None, reserve_bytes: Callable[[Path], int] | None = None,
-    missing_ok: bool = False,
+    missing_ok: bool = False, signer: Signer | None = None,
 ) -> list[MergedHour]:
     """Merge the hour starting at `hour` (UTC seconds), or every closed hour, in `roots` now.
 
@@ -668,7 +696,7 @@ def force_merge(
                 if is_real_directory(folder.path):
                     reserve = reserve_bytes(root) if reserve_bytes is not None else 0
                     results.extend(merge_hour(folder, verify=verify, should_abort=should_abort,
-                                              reserve_bytes=reserve))
+                                              reserve_bytes=reserve, signer=signer))
     if hour is not None and not missing_ok and not any(has_footage_of(r, hour) for r in roots):
         raise NothingToMerge(f"no footage of hour {hour_key(hour)} under "
                              f"{', '.join(str(r) for r in roots)}")

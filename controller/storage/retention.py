@@ -31,6 +31,7 @@ from hw.footage import (
     date_dirs,
     hour_folders,
     list_footage,
+    remove_manifest,
 )
 from hw.writer import fsync_directory
 
@@ -195,6 +196,7 @@ def _delete(item: Footage, reason: str, report: RetentionReport, device: int) ->
                            "filesystem", item.path)
             return 0
         item.path.unlink()
+        remove_manifest(item.path)  # the manifest goes with its footage
     except FileNotFoundError:
         return 0
     except OSError as err:

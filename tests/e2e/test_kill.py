@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+from controller.verify import verify
+from hw.integrity import read_manifest
 from tests.e2e.test_run import write_config
 from tests.helpers import frame_numbers, gaps, recorded_numbers, segments
 
@@ -59,6 +61,12 @@ def test_kill_9_loses_at_most_the_open_fragment(tmp_path: Path) -> None:
         recovered = partials[0].with_name(partials[0].name.removesuffix(".partial"))
         if "recovered partial segment" in out:
             assert recovered in segments(root)
+            # Its manifest was rebuilt from its whole fragments: everything verifies, chained.
+            report = verify([root])
+            assert report.is_ok, report.findings
+            manifest = read_manifest(recovered)
+            assert manifest is not None
+            assert sum(e["frames"] for e in manifest["links"]) == len(frame_numbers(recovered))
         else:
             # Killed before the new segment's first fragment was complete: nothing playable in it.
             assert "held no whole fragment, removed" in out, out

@@ -17,6 +17,8 @@ RUN_SECONDS = 8.0
 def write_config(path: Path, root: Path, **camera: object) -> Path:
     cam = {"backend": "synthetic", "width": 640, "height": 480, "fps": 30, **camera}
     lines = ["camera:"] + [f"  {k}: {v}" for k, v in cam.items()]
+    # The signing key in the test's own folder, never the machine's /var/lib/vigil.
+    lines += ["integrity:", f"  key_file: {path.parent / 'integrity.key'}"]
     lines += ["recording:", f"  root: {root}", "  segment_seconds: 2", "  fragment_seconds: 1"]
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -1,0 +1,171 @@
+"""Integrity: the fragment chain, signed manifests and `vigil verify`, on real segments."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from controller.cli import main
+from controller.keys import create_key, load_or_create_key, public_hex, signer_for
+from controller.storage.merge import merge_hour
+from controller.storage.retention import RetentionPolicy, enforce_retention
+from controller.verify import verify
+from hw.footage import hour_folders, list_footage, manifest_path, segments_in
+from hw.integrity import Signer, read_manifest
+from hw.recovery import recover_partial
+from hw.writer import SegmentWriter
+from tests.helpers import frame_numbers
+from tests.unit.test_writer import MODE, START, packets
+
+
+@pytest.fixture
+def signer() -> Signer:
+    return signer_for(Ed25519PrivateKey.generate(), "unit-a")
+
+
+def record(root: Path, signer: Signer, count: int = 150, wall_start: float = START) -> SegmentWriter:
+    w = SegmentWriter(root, width=MODE.width, height=MODE.height, fps=MODE.fps, segment_seconds=1.0,
+                      fsync=False, signer=signer)
+    for p in packets(count, wall_start=wall_start):
+        w.write(p)
+    w.close()
+    return w
+
+
+def test_every_closed_segment_has_a_signed_manifest_that_verifies(tmp_path: Path, signer: Signer) -> None:
+    record(tmp_path, signer)
+    files = [f.path for f in list_footage(tmp_path)]
+    assert len(files) == 5 and all(manifest_path(p).is_file() for p in files)
+    report = verify([tmp_path], key=signer.public_key)
+    assert report.findings == [] and report.is_ok
+    assert report.files == 5 and report.fragments == 15  # each 1 s segment: init + two 0.5 s fragments
+    assert not any(".manifest" in str(f.path) for f in list_footage(tmp_path))
+    # the chain continues from segment to segment
+    manifests = [read_manifest(p) for p in files]
+    for before, after in itertools.pairwise(manifests):
+        assert before is not None and after is not None
+        assert after["prev_link"] == before["links"][-1]["link"]
+    assert main(["verify", str(tmp_path), "--key", signer.public_key]) == 0
+
+
+def test_a_flipped_byte_names_that_fragment_and_its_span_only(tmp_path: Path, signer: Signer) -> None:
+    record(tmp_path, signer)
+    target = [f.path for f in list_footage(tmp_path)][2]
+    manifest = read_manifest(target)
+    assert manifest is not None
+    entry = manifest["links"][2]  # the segment's second fragment
+    data = bytearray(target.read_bytes())
+    data[entry["offset"] + entry["length"] // 2] ^= 0x01
+    target.write_bytes(bytes(data))
+    report = verify([tmp_path], key=signer.public_key)
+    assert len(report.findings) == 1, report.findings
+    finding = report.findings[0]
+    assert (finding.kind, finding.path) == ("altered", target)
+    assert (finding.start, finding.end) == (entry["start"], entry["end"])
+    assert main(["verify", str(tmp_path)]) == 1
+
+
+def test_a_segment_deleted_mid_hour_is_a_break_with_its_span(tmp_path: Path, signer: Signer) -> None:
+    record(tmp_path, signer)
+    files = [f.path for f in list_footage(tmp_path)]
+    before, gone, after = (read_manifest(p) for p in files[1:4])
+    assert before and gone and after
+    files[2].unlink()
+    manifest_path(files[2]).unlink()
+    report = verify([files[0].parent], key=signer.public_key)
+    assert [f.kind for f in report.findings] == ["break"]
+    assert report.findings[0].path == files[3]
+    assert (report.findings[0].start, report.findings[0].end) == (before["end"], after["start"])
+    assert report.findings[0].start <= gone["start"] and gone["end"] <= report.findings[0].end
+
+
+def test_a_segment_replaced_by_another_recording_fails_the_signature(tmp_path: Path, signer: Signer) -> None:
+    record(tmp_path / "a", signer)
+    forger = signer_for(Ed25519PrivateKey.generate(), "unit-a")
+    record(tmp_path / "b", forger)  # the same length, same times, another key
+    a = [f.path for f in list_footage(tmp_path / "a")][1]
+    b = [f.path for f in list_footage(tmp_path / "b")][1]
+    assert a.stat().st_size != 0 and a.relative_to(tmp_path / "a") == b.relative_to(tmp_path / "b")
+    shutil.copy(b, a)
+    shutil.copy(manifest_path(b), manifest_path(a))
+    report = verify([tmp_path / "a"], key=signer.public_key)
+    kinds = {f.kind for f in report.findings if f.path == a}
+    assert "signature" in kinds, report.findings
+    # without --key the odd one out is still caught: one unit, one key
+    assert any(f.kind == "signature" for f in verify([tmp_path / "a"]).findings)
+    # and a forged manifest (hashes of the new file, the old key copied in) does not check
+    m = read_manifest(a)
+    assert m is not None
+    m["public_key"] = signer.public_key
+    manifest_path(a).write_text(json.dumps(m))
+    assert any(f.kind == "signature" and f.path == a
+               for f in verify([tmp_path / "a"], key=signer.public_key).findings)
+
+
+def test_a_recovered_partial_verifies_up_to_its_last_whole_fragment(tmp_path: Path, signer: Signer) -> None:
+    w = SegmentWriter(tmp_path, width=MODE.width, height=MODE.height, fps=MODE.fps, segment_seconds=60,
+                      fsync=False, signer=signer)
+    for p in packets(50):
+        w.write(p)
+    head = w.chain.head
+    assert w.open_path is not None
+    on_disk = w.open_path.read_bytes()  # what a kill -9 now leaves: the open fragment is not there
+    partial = w.abandon()
+    assert partial is not None
+    partial.write_bytes(on_disk)
+    with open(partial, "ab") as f:
+        f.write(b"\x00\x00\x10\x00moof" + b"\x01" * 100)  # a torn fragment after the whole ones
+    result = recover_partial(partial, signer=signer)
+    assert result.result is not None and result.fragments == 3
+    manifest = read_manifest(result.result)
+    assert manifest is not None
+    assert manifest["links"][-1]["link"] == head.hex()  # the writer's chain, rebuilt exactly
+    assert sum(e["frames"] for e in manifest["links"]) == len(frame_numbers(result.result)) == 45
+    assert verify([tmp_path], key=signer.public_key).is_ok
+
+
+def test_a_merged_hour_verifies_against_the_same_key(tmp_path: Path, signer: Signer) -> None:
+    record(tmp_path, signer)
+    (hour,) = hour_folders(tmp_path)
+    (merged,) = merge_hour(hour, fsync=False, signer=signer)
+    assert not hour.path.exists()  # the segments and their manifests are gone with them
+    manifest = read_manifest(merged.path)
+    assert manifest is not None and manifest["kind"] == "merged" and len(manifest["sources"]) == 5
+    report = verify([tmp_path], key=signer.public_key)
+    assert report.is_ok, report.findings
+    assert report.fragments == 10
+    # a changed frame in the merged hour is found and named by its source fragment's span
+    data = bytearray(merged.path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    merged.path.write_bytes(bytes(data))
+    findings = verify([tmp_path], key=signer.public_key).findings
+    assert len(findings) == 1 and findings[0].kind == "altered" and findings[0].start is not None
+
+
+def test_retention_deletes_the_manifest_with_its_segment(tmp_path: Path, signer: Signer) -> None:
+    record(tmp_path, signer)
+    (hour,) = hour_folders(tmp_path)
+    enforce_retention([tmp_path], RetentionPolicy(retention_days=1, reserve_mb=0, reserve_percent=0),
+                      now=START + 10 * 86400)
+    assert not segments_in(hour.path)
+    assert not list(tmp_path.rglob("*.manifest.json"))
+
+
+def test_the_key_is_made_once_owner_only_and_printed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = tmp_path / "state" / "integrity.key"
+    key = load_or_create_key(path)
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert public_hex(load_or_create_key(path)) == public_hex(key)
+    with pytest.raises(FileExistsError):
+        create_key(path)
+    config = tmp_path / "vigil.yaml"
+    config.write_text(f"integrity:\n  key_file: {path}\n")
+    assert main(["key", "--config", str(config)]) == 0
+    assert capsys.readouterr().out.strip() == public_hex(key)
