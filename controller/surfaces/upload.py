@@ -98,7 +98,11 @@ def in_window(hours: str | None, now: datetime) -> bool:
 
 
 class RateLimiter:
-    """A token bucket: at most `rate` bytes a second on average, bursts of one read chunk."""
+    """A token bucket: at most `rate` bytes a second on average over a second or more.
+
+    It starts empty and holds at most one second of tokens, so the time a request spends
+    waiting for the server (not sending) is made up within that second, and no more.
+    """
 
     def __init__(self, rate: float, *, clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep) -> None:
@@ -114,44 +118,13 @@ class RateLimiter:
             return
         with self._lock:
             now = self._clock()
-            self._tokens = min(float(READ_CHUNK), self._tokens + (now - self._last) * self.rate)
+            capacity = max(float(READ_CHUNK), self.rate)
+            self._tokens = min(capacity, self._tokens + (now - self._last) * self.rate)
             self._last = now
             self._tokens -= n
             wait = -self._tokens / self.rate if self._tokens < 0 else 0.0
         if wait > 0:
             self._sleep(wait)
-
-
-class ThrottledBody:
-    """A part's bytes as a file for botocore, handed out no faster than the limiter allows."""
-
-    def __init__(self, data: bytes, limiter: RateLimiter, counter: Callable[[int], None]) -> None:
-        self._data = data
-        self._pos = 0
-        self._limiter = limiter
-        self._counter = counter
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-    def read(self, amt: int | None = None) -> bytes:
-        size = len(self._data) - self._pos if amt is None or amt < 0 else amt
-        size = min(size, READ_CHUNK, len(self._data) - self._pos)
-        if size <= 0:
-            return b""
-        self._limiter.take(size)
-        chunk = self._data[self._pos:self._pos + size]
-        self._pos += size
-        self._counter(size)
-        return chunk
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        base = {0: 0, 1: self._pos, 2: len(self._data)}[whence]
-        self._pos = max(0, min(len(self._data), base + offset))
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
 
 
 def make_client(settings: UploadSettings) -> Any:
@@ -411,7 +384,14 @@ class Uploader:
             self._client = self._client_factory(self.settings)
         return self._client
 
-    def _count_sent(self, n: int) -> None:
+    def _pay(self, n: int) -> None:
+        """Wait until the bandwidth cap lets `n` bytes go (in read-chunk steps), and count them.
+
+        botocore may read a file-like body more than once (length, signing), so the request
+        gets plain bytes and the limiter is paid here, once per byte sent.
+        """
+        for offset in range(0, n, READ_CHUNK):
+            self.limiter.take(min(READ_CHUNK, n - offset))
         self.stats.sent_bytes += n
 
     def upload(self, item: UploadItem) -> None:
@@ -458,8 +438,8 @@ class Uploader:
 
     def _put_whole(self, item: UploadItem, digest: str) -> None:
         data = item.path.read_bytes()
-        body = ThrottledBody(data, self.limiter, self._count_sent)
-        self.client().put_object(Bucket=self.settings.bucket, Key=item.key, Body=body,
+        self._pay(len(data))
+        self.client().put_object(Bucket=self.settings.bucket, Key=item.key, Body=data,
                                  ContentLength=len(data), ContentType="video/mp4",
                                  ChecksumSHA256=digest)
         self.stats.parts_sent += 1
@@ -485,9 +465,9 @@ class Uploader:
                 data = f.read(part_bytes)
                 if b64(hashlib.sha256(data).digest()) != digest:
                     raise UploadError(f"{item.path} changed while it was uploaded")
-                body = ThrottledBody(data, self.limiter, self._count_sent)
+                self._pay(len(data))
                 reply = client.upload_part(Bucket=bucket, Key=item.key, UploadId=item.upload_id,
-                                           PartNumber=number, Body=body, ContentLength=len(data),
+                                           PartNumber=number, Body=data, ContentLength=len(data),
                                            ChecksumSHA256=digest)
                 echoed = reply.get("ChecksumSHA256")
                 if echoed is not None and echoed != digest:
