@@ -29,7 +29,9 @@ from hw.integrity import Signer
 from states.recovering import RecoveryPolicy
 
 if TYPE_CHECKING:
+    from controller.config import UploadConfig
     from controller.surfaces.mqtt import MqttSurface
+    from controller.surfaces.upload import Uploader, UploadSettings
 
 API_START_TIMEOUT_SECONDS = 10.0
 EXIT_BACKEND_UNAVAILABLE = 78  # EX_CONFIG, as for a bad config: systemd does not restart it
@@ -218,6 +220,38 @@ def mqtt_from_config(config: VigilConfig, controller: Controller) -> MqttSurface
     return MqttSurface(config.mqtt, config.unit.id, controller, version=version)
 
 
+def upload_settings_from_config(config: VigilConfig) -> UploadSettings | None:
+    """What the config's `upload` section asks of the uploader; None when upload is off."""
+    up: UploadConfig = config.upload
+    if not up.enabled or up.bucket is None:
+        return None
+    from controller.surfaces.upload import UploadSettings
+
+    return UploadSettings(
+        bucket=up.bucket, key_prefix=up.key_prefix(config.unit.id), endpoint_url=up.endpoint_url,
+        region=up.region, credentials_file=up.credentials_file, profile=up.profile,
+        bandwidth_bytes_per_second=up.bandwidth_bytes_per_second, hours=up.hours, order=up.order,
+        delete_after_upload=up.delete_after_upload, part_bytes=up.part_bytes,
+        timeout_seconds=up.timeout_seconds, retry_max_seconds=up.retry_max_seconds, verify=up.verify,
+    )
+
+
+def uploader_from_config(config: VigilConfig, controller: Controller) -> Uploader | None:
+    """The uploader the config describes, not started; None when upload is off (boto3 unloaded)."""
+    settings = upload_settings_from_config(config)
+    if settings is None:
+        return None
+    from controller.surfaces.upload import Uploader
+
+    alerts = controller.alerts
+
+    def alert(is_failing: bool, message: str) -> None:
+        alerts.condition("upload", "endpoint", is_failing, message)
+
+    return Uploader(settings, roots=lambda: controller.snapshot.footage_roots,
+                    open_segments=lambda: controller.snapshot.open_segments, alert=alert)
+
+
 class Surfaces:
     """The parts that live beside the controller: API, GPIO panel, systemd notifier, MQTT.
 
@@ -237,6 +271,9 @@ class Surfaces:
                                  metric_hooks=self.metric_hooks)
         self.mqtt_settings: tuple[MqttConfig, str] = (config.mqtt, config.unit.id)
         self.mqtt: MqttSurface | None = mqtt_from_config(config, controller)
+        self.upload_settings = upload_settings_from_config(config)
+        self.uploader: Uploader | None = uploader_from_config(config, controller)
+        self._uploads: Any = None
         self._started = False
         self._reloads = controller.bus.subscribe("reload-surfaces", self._on_reload, kinds=(ConfigReloaded,))
 
@@ -264,6 +301,40 @@ class Surfaces:
             self.mqtt = mqtt_from_config(config, self.controller)
             if self._started:
                 self._start_mqtt()
+        upload = upload_settings_from_config(config)
+        if upload != self.upload_settings:
+            logger.info("reset: upload settings changed; restarting the uploader")
+            self._stop_uploader()
+            self.upload_settings = upload
+            self.uploader = uploader_from_config(config, self.controller)
+            if self._started:
+                self._start_uploader()
+
+    def _start_uploader(self) -> None:
+        uploader = self.uploader
+        if uploader is None:
+            return
+        from controller.core.events import HourMerged, SegmentClosed
+
+        housekeeper = self.controller.housekeeper
+        housekeeper.is_uploaded = uploader.queue.is_uploaded
+        self._uploads = self.controller.bus.subscribe("upload", uploader.when_event,
+                                                      kinds=(SegmentClosed, HourMerged), maxsize=1024)
+        uploader.start()
+        self.metric_hooks.append(uploader.metrics)
+
+    def _stop_uploader(self) -> None:
+        uploader = self.uploader
+        if uploader is None:
+            return
+        if self._uploads is not None:
+            self.controller.bus.unsubscribe(self._uploads)
+            self._uploads = None
+        self.controller.housekeeper.is_uploaded = None
+        if uploader.metrics in self.metric_hooks:
+            self.metric_hooks.remove(uploader.metrics)
+        uploader.stop()
+        self.uploader = None
 
     def _start_mqtt(self) -> None:
         if self.mqtt is not None and self.mqtt.start():
@@ -281,6 +352,7 @@ class Surfaces:
         self.notifier.start()
         self.api.start()
         self._start_mqtt()
+        self._start_uploader()
 
     def stop(self) -> None:
         self.controller.bus.unsubscribe(self._reloads)
@@ -288,6 +360,7 @@ class Surfaces:
         if self.panel is not None:
             self.panel.close()
         self._stop_mqtt()
+        self._stop_uploader()
         self.api.stop()
 
 

@@ -926,6 +926,139 @@ class MqttConfig(BaseModel):
         return self.base_topic or f"vigil/{unit_id}"
 
 
+UploadOrder = Literal["newest-first", "oldest-first"]
+UPLOAD_HOUR = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]):([0-5]\d)$")
+S3_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+MIB_BYTES = 1024 * 1024
+
+
+class UploadConfig(BaseModel):
+    """Offload: closed footage to S3-compatible object storage, multipart, verified, resumable."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    enabled: bool = Field(
+        default=False,
+        description=(
+            "Upload closed footage (segments and merged hours) to S3-compatible object storage "
+            "(AWS S3, MinIO, Garage, Backblaze B2, Wasabi). Needs boto3 (`pip install boto3`)."
+        ),
+    )
+    endpoint_url: Text | None = Field(
+        default=None,
+        description=(
+            "The storage service's address, such as https://minio.example.net:9000; null means "
+            "AWS S3 itself (the endpoint of `region`)."
+        ),
+    )
+    bucket: Text | None = Field(
+        default=None,
+        description="The bucket to upload to (it must exist): required when `enabled` is true.",
+    )
+    region: Text | None = Field(
+        default=None,
+        description="The bucket's region, such as eu-west-1; null takes it from the AWS configuration.",
+    )
+    prefix: Text | None = Field(
+        default=None,
+        description=(
+            "Key prefix of every object; the rest of the key is the file's path under the "
+            "recording root (`YYYY-MM-DD/HH/YYYYMMDDTHHMMSSZ.mp4`, `YYYY-MM-DD/HH.mp4`). null "
+            "means `<unit.id>/`."
+        ),
+    )
+    credentials_file: DirectoryPath | None = Field(
+        default=None,
+        description=(
+            "An AWS shared-credentials file (`[default]` with aws_access_key_id and "
+            "aws_secret_access_key) to use; null uses the standard AWS chain (environment, "
+            "~/.aws/credentials, instance roles). Credentials never go in this file."
+        ),
+    )
+    profile: Text | None = Field(
+        default=None, description="The profile to take from the credentials; null: `default`.")
+    bandwidth_bytes_per_second: Number = Field(
+        default=0, ge=0, le=10_000_000_000,
+        description=(
+            "Most bytes per second to upload, averaged over a few seconds; 0 is no limit. "
+            "On a shared uplink, leave room for everything else."
+        ),
+    )
+    hours: Text | None = Field(
+        default=None,
+        description=(
+            "Upload only within these hours of the day, local time, as HH:MM-HH:MM (may wrap "
+            "past midnight, such as 22:00-06:00); null uploads at any time. `vigil upload now` "
+            "ignores it."
+        ),
+    )
+    order: UploadOrder = Field(
+        default="newest-first",
+        description=(
+            "Which pending footage goes first: `newest-first` (what an incident needs) or "
+            "`oldest-first`."
+        ),
+    )
+    delete_after_upload: bool = Field(
+        default=False,
+        description=(
+            "Delete local footage as soon as its copy in the bucket is verified, freeing the card. "
+            "False keeps it until retention deletes it (uploaded footage first)."
+        ),
+    )
+    part_mb: Number = Field(
+        default=8.0, ge=5, le=512,
+        description=(
+            "Size of one multipart part in MiB, from 5 (S3's minimum) to 512; also the memory "
+            "one upload holds. Smaller files go up in one request."
+        ),
+    )
+    timeout_seconds: Number = Field(
+        default=30.0, gt=0, le=600,
+        description="Connect and read timeout of one request to the storage service, in seconds.",
+    )
+    verify: Literal["checksum", "download"] = Field(
+        default="checksum",
+        description=(
+            "How an uploaded object is checked before it counts as done: `checksum` compares the "
+            "SHA-256 checksums the bucket keeps (S3 additional checksums) with the file's; "
+            "`download` reads the object back and compares it, for servers that store a sent "
+            "checksum without checking it."
+        ),
+    )
+    retry_max_seconds: Number = Field(
+        default=300.0, ge=1, le=86400,
+        description=(
+            "Longest wait between retries while the storage service fails, in seconds; waits "
+            "start at 1 s and double, with random jitter."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _complete_when_enabled(self) -> UploadConfig:
+        if self.enabled and self.bucket is None:
+            raise broken_rule("bucket", None, "is required when upload.enabled is true")
+        if self.bucket is not None and not S3_BUCKET.match(self.bucket):
+            raise broken_rule("bucket", self.bucket, f"{show_value(self.bucket)} is not a bucket name: "
+                              "3 to 63 lower-case letters, digits, '.' or '-'")
+        if self.hours is not None and not UPLOAD_HOUR.match(self.hours):
+            raise broken_rule("hours", self.hours, f"{show_value(self.hours)} is not a window of the "
+                              "day; write it as HH:MM-HH:MM, such as 22:00-06:00")
+        if self.endpoint_url is not None and not re.match(r"^https?://[^/\s]+", self.endpoint_url):
+            raise broken_rule("endpoint_url", self.endpoint_url,
+                              f"{show_value(self.endpoint_url)} is not an http:// or https:// address")
+        return self
+
+    @property
+    def part_bytes(self) -> int:
+        return int(self.part_mb * MIB_BYTES)
+
+    def key_prefix(self, unit_id: str) -> str:
+        """The prefix of every key: the configured one (with a '/' at its end), or `<unit_id>/`."""
+        prefix = self.prefix if self.prefix is not None else unit_id
+        return prefix if not prefix or prefix.endswith("/") else prefix + "/"
+
+
 class VigilConfig(BaseModel):
     """Every setting of the recorder daemon; each section may be left out."""
 
@@ -966,6 +1099,10 @@ class VigilConfig(BaseModel):
     integrity: IntegrityConfig = Field(
         default_factory=IntegrityConfig,
         description="Hash chain and signed manifests of the footage.",
+    )
+    upload: UploadConfig = Field(
+        default_factory=UploadConfig,
+        description="Uploading closed footage to S3-compatible object storage.",
     )
 
     @model_validator(mode="before")

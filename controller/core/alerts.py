@@ -19,8 +19,9 @@ from typing import Any, Literal
 
 from loguru import logger
 
-AlertKind = Literal["state_change", "fault", "recovery", "low_disk", "flapping"]
-ALERT_KINDS: tuple[AlertKind, ...] = ("state_change", "fault", "recovery", "low_disk", "flapping")
+AlertKind = Literal["state_change", "fault", "recovery", "low_disk", "flapping", "upload", "footage_lost"]
+ALERT_KINDS: tuple[AlertKind, ...] = ("state_change", "fault", "recovery", "low_disk", "flapping", "upload",
+                                      "footage_lost")
 DEFAULT_CAPACITY = 100
 
 

@@ -160,6 +160,7 @@ class Controller:
             when_disk_low_changed=self._disk_low_changed, publish=self.bus.publish,
             closeouts=self.unit.closeouts,
         )
+        self.housekeeper.when_footage_lost = self._footage_lost
         self.snapshot: StatusSnapshot = self._build_snapshot()
 
     def __repr__(self) -> str:
@@ -282,6 +283,11 @@ class Controller:
         # The encode thread calls this; publishing never blocks it.
         self.bus.publish(SegmentClosed(closed.path, closed.frames, closed.started_wallclock,
                                        closed.duration_seconds, closed.size_bytes))
+
+    def _footage_lost(self, path: Path, reason: str) -> None:
+        """Retention deleted footage that was not in the bucket yet (housekeeping thread)."""
+        logger.error("footage lost before upload: {} ({})", path, reason)
+        self.alerts.record("footage_lost", f"footage lost before upload: {path} deleted ({reason})")
 
     def _disk_low_changed(self, disk: object) -> None:
         path = getattr(disk, "path", "")

@@ -170,6 +170,10 @@ class StorageHousekeeper:
         self.last_retention: RetentionReport | None = None
         self.merged: deque[MergedHour] = deque(maxlen=MERGES_KEPT)
         self.merge_counts: Counter[str] = Counter()
+        # Set by the uploader (daemon.py): which footage is verified in the bucket, and who
+        # hears of footage retention had to delete before it was uploaded.
+        self.is_uploaded: Callable[[Path], bool] | None = None
+        self.when_footage_lost: Callable[[Path, str], None] | None = None
 
     def __repr__(self) -> str:
         state = "running" if self.is_running else "stopped"
@@ -324,7 +328,12 @@ class StorageHousekeeper:
             self.last_retention = enforce_retention(
                 roots, self.settings.retention, now=self._clock(), open_segments=open_segments,
                 headroom_bytes=headroom, headroom_inodes=headroom_inodes, by_age=due,
+                is_uploaded=self.is_uploaded,
             )
+            lost = self.when_footage_lost
+            for deletion in self.last_retention.deletions:
+                if deletion.uploaded is False and lost is not None:
+                    lost(deletion.path, deletion.reason)
             if self._publish is not None:
                 for deletion in self.last_retention.deletions:
                     self._publish(FootageDeleted(deletion.path, deletion.bytes, deletion.reason))

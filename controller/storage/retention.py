@@ -8,6 +8,11 @@ most half of its inodes: a card full of small files is as full as one out of byt
 oldest footage on it is deleted. Never deleted: the open segment
 (a `.partial`, which is not footage yet) and the newest closed segment of a root that is
 being recorded into, so the footage just before the open one stays whole.
+
+With upload on, `is_uploaded` says which files are already verified in the bucket: the
+free-space rule deletes those first (oldest first), and footage not yet uploaded only when
+the reserve cannot be held otherwise; each such deletion is marked (`uploaded` False) so the
+housekeeper can raise "footage lost before upload".
 """
 
 from __future__ import annotations
@@ -80,6 +85,7 @@ class Deletion:
     path: Path
     bytes: int
     reason: str
+    uploaded: bool | None = None  # None: upload is off
 
 
 @dataclass
@@ -125,12 +131,14 @@ def enforce_retention(
     by_age: bool = True,
     disk_usage: Callable[[Path], tuple[int, int, int]] = shutil.disk_usage,
     inodes: Callable[[Path], tuple[int, int]] = inode_usage,
+    is_uploaded: Callable[[Path], bool] | None = None,
 ) -> RetentionReport:
     """Delete footage under `roots` that the policy no longer keeps; returns what it did.
 
     `headroom_bytes` and `headroom_inodes` are kept free on top of the reserves (what will
     be written before the next check, or room to record again after ENOSPC); `by_age` False
     runs only the free-space rules (the quick pass after a storage_full error).
+    `is_uploaded` (upload on): the free-space rule takes uploaded footage first.
     """
     report = RetentionReport()
     protected = protected_paths(roots, open_segments)
@@ -146,8 +154,11 @@ def enforce_retention(
                 item = footage.pop(0)
                 reason = (f"older than retention_days={policy.retention_days:g} "
                           f"(hour ended {_utc(item.hour_end)})")
-                if _delete(item, reason, report, device):
+                if _delete(item, reason, report, device, is_uploaded):
                     touched.add(item.path.parent)
+        if is_uploaded is not None:
+            # Off the unit already: those go first; the rest keep their oldest-first order.
+            footage.sort(key=lambda f: (not is_uploaded(f.path), f.sort_key))
         total, _, free = disk_usage(group[0])
         reserve = policy.reserve_bytes(total)
         target = reserve + headroom_bytes
@@ -163,7 +174,7 @@ def enforce_retention(
             else:
                 reason = (f"free inodes {free_inodes} below the reserve {reserve_inodes}"
                           + (f" + {headroom_inodes} headroom" if headroom_inodes else ""))
-            freed = _delete(item, reason + f" on the filesystem of {group[0]}", report, device)
+            freed = _delete(item, reason + f" on the filesystem of {group[0]}", report, device, is_uploaded)
             if freed:
                 touched.add(item.path.parent)
                 # Counted as freed even if someone still holds the file open (space not yet
@@ -183,7 +194,8 @@ def enforce_retention(
     return report
 
 
-def _delete(item: Footage, reason: str, report: RetentionReport, device: int) -> int:
+def _delete(item: Footage, reason: str, report: RetentionReport, device: int,
+            is_uploaded: Callable[[Path], bool] | None = None) -> int:
     """Unlink one file; the bytes it held on disk, or 0 when it could not be deleted.
 
     Only a regular file on the root's own filesystem (`device`): a mount or a link inside
@@ -195,6 +207,7 @@ def _delete(item: Footage, reason: str, report: RetentionReport, device: int) ->
             logger.warning("retention left alone path={}: not a regular file on the root's "
                            "filesystem", item.path)
             return 0
+        uploaded = is_uploaded(item.path) if is_uploaded is not None else None
         item.path.unlink()
         remove_manifest(item.path)  # the manifest goes with its footage
     except FileNotFoundError:
@@ -205,7 +218,7 @@ def _delete(item: Footage, reason: str, report: RetentionReport, device: int) ->
     size = st.st_blocks * 512 or st.st_size
     logger.warning("retention deleted {} path={} bytes={} reason: {}", item.kind, item.path, st.st_size,
                    reason)
-    report.deletions.append(Deletion(item.path, size, reason))
+    report.deletions.append(Deletion(item.path, size, reason, uploaded))
     return size
 
 

@@ -1,0 +1,252 @@
+"""The durable upload queue: one small JSON file per footage file, beside the footage.
+
+Each root keeps its queue in ROOT/.vigil-upload/ (a dot folder: the footage walker in
+hw/footage.py ignores it), so an item lives on the same card as the file it stands for. An
+item is written as the segment writer writes: to a temporary file, fsynced, renamed over
+the old one, and the folder fsynced, so a kill -9 or a power cut leaves either the old or
+the new record, never half of one. An item holds what a restart needs to resume a multipart
+upload: the upload id and each stored part's number, SHA-256 and ETag.
+
+An item is `pending` until its object is verified in the bucket, then `done`; a done item is
+kept while its file exists, so retention can ask whether a file is already off the unit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from loguru import logger
+
+from hw.footage import list_footage
+from hw.writer import fsync_directory
+
+QUEUE_DIR_NAME = ".vigil-upload"
+ITEM_SUFFIX = ".json"
+TEMP_SUFFIX = ".tmp"
+ItemState = Literal["pending", "done"]
+Order = Literal["newest-first", "oldest-first"]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredPart:
+    """One part the bucket holds for an unfinished multipart upload."""
+
+    number: int
+    sha256: str  # base64, as S3 spells ChecksumSHA256
+    etag: str
+
+
+@dataclass
+class UploadItem:
+    """One footage file on its way to the bucket (or already there: state `done`)."""
+
+    root: str
+    relative: str  # YYYY-MM-DD/HH/NAME.mp4 or YYYY-MM-DD/HH.mp4
+    key: str
+    start: float  # the footage's start (UTC seconds), for the order
+    size: int
+    mtime_ns: int
+    enqueued_at: float
+    state: ItemState = "pending"
+    upload_id: str | None = None
+    part_size: int = 0
+    parts: list[StoredPart] = field(default_factory=list)
+    checksum: str | None = None  # the verified object's checksum, once done
+    verified_by: str | None = None  # how: "checksum" (the bucket's SHA-256s) or "download"
+    done_at: float | None = None
+    attempts: int = 0
+
+    @property
+    def path(self) -> Path:
+        return Path(self.root) / self.relative
+
+    def as_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> UploadItem:
+        data: dict[str, Any] = json.loads(text)
+        data["parts"] = [StoredPart(**p) for p in data.get("parts", [])]
+        return cls(**data)
+
+
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    files: int
+    bytes: int
+    oldest_age_seconds: float  # 0 when nothing is pending
+
+
+def item_file(root: Path, relative: str) -> Path:
+    digest = hashlib.sha256(relative.encode()).hexdigest()[:32]
+    return root / QUEUE_DIR_NAME / (digest + ITEM_SUFFIX)
+
+
+def write_durably(path: Path, text: str) -> None:
+    """temp -> fsync -> rename -> fsync of the folder: the writer's discipline (hw/writer.py)."""
+    temp = path.with_name(path.name + TEMP_SUFFIX)
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, text.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(temp, path)
+    fsync_directory(path.parent)
+
+
+class UploadQueue:
+    """Every upload item of a set of roots, on disk and in memory; safe from any thread."""
+
+    def __init__(self, *, key_prefix: str, order: Order = "newest-first",
+                 clock: Any = time.time) -> None:
+        self.key_prefix = key_prefix
+        self.order = order
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._items: dict[Path, UploadItem] = {}
+        self._loaded: set[Path] = set()
+        self.broken_records = 0
+
+    def __repr__(self) -> str:
+        return f"<UploadQueue items={len(self._items)} backlog={self.backlog()}>"
+
+    # -- loading and feeding ---------------------------------------------------------
+
+    def load(self, root: Path) -> None:
+        """Read ROOT's queue folder once (a restart resumes from it)."""
+        if root in self._loaded:
+            return
+        folder = root / QUEUE_DIR_NAME
+        try:
+            folder.mkdir(exist_ok=True)
+            entries = list(folder.iterdir())
+        except OSError as err:
+            logger.error("upload queue folder {} is unusable: {}", folder, err)
+            return
+        for entry in entries:
+            if entry.name.endswith(TEMP_SUFFIX):
+                with contextlib.suppress(OSError):
+                    entry.unlink()  # a write a crash interrupted: the old record still stands
+                continue
+            if not entry.name.endswith(ITEM_SUFFIX):
+                continue
+            try:
+                item = UploadItem.from_json(entry.read_text())
+            except (OSError, ValueError, TypeError) as err:
+                self.broken_records += 1
+                logger.error("upload queue record {} is unreadable ({}); the file is queued again",
+                             entry, err)
+                with contextlib.suppress(OSError):
+                    entry.unlink()
+                continue
+            item.root = str(root)  # the root may have been mounted elsewhere since
+            with self._lock:
+                self._items[item.path] = item
+        self._loaded.add(root)
+
+    def add(self, root: Path, path: Path) -> UploadItem | None:
+        """Queue the closed footage file `path` under `root` (again, if it changed); None if gone."""
+        try:
+            st = path.stat()
+            relative = path.relative_to(root).as_posix()
+        except (OSError, ValueError):
+            return None
+        with self._lock:
+            known = self._items.get(path)
+            if known is not None and known.size == st.st_size and known.mtime_ns == st.st_mtime_ns:
+                return known
+        footage = next((f for f in list_footage(root) if f.path == path), None)
+        start = footage.start if footage is not None else st.st_mtime
+        item = UploadItem(root=str(root), relative=relative, key=self.key_prefix + relative, start=start,
+                          size=st.st_size, mtime_ns=st.st_mtime_ns, enqueued_at=self._clock())
+        self.save(item)
+        return item
+
+    def scan(self, roots: Iterable[Path], open_segments: Sequence[Path] = ()) -> int:
+        """Queue closed footage no record covers (events a crash lost) and forget vanished files;
+        how many were queued."""
+        added = 0
+        open_set = set(open_segments)
+        for root in roots:
+            if not root.is_dir():
+                continue
+            self.load(root)
+            for footage in list_footage(root):
+                if footage.path in open_set:
+                    continue
+                with self._lock:
+                    known = footage.path in self._items
+                if not known and self.add(root, footage.path) is not None:
+                    added += 1
+        for item in self.items():
+            if not item.path.exists() and Path(item.root).is_dir():
+                self.forget(item)
+        return added
+
+    # -- reading ---------------------------------------------------------------------
+
+    def items(self) -> list[UploadItem]:
+        with self._lock:
+            return list(self._items.values())
+
+    def get(self, path: Path) -> UploadItem | None:
+        with self._lock:
+            return self._items.get(path)
+
+    def pending(self) -> list[UploadItem]:
+        """Pending items in upload order (a started multipart upload first: it is half paid)."""
+        items = [i for i in self.items() if i.state == "pending"]
+        newest = self.order == "newest-first"
+        items.sort(key=lambda i: (i.upload_id is None, -i.start if newest else i.start, i.relative))
+        return items
+
+    def is_uploaded(self, path: Path) -> bool:
+        """Whether `path` is in the bucket, verified, as it is on disk now."""
+        item = self.get(path)
+        if item is None or item.state != "done":
+            return False
+        try:
+            st = path.stat()
+        except OSError:
+            return False
+        return st.st_size == item.size and st.st_mtime_ns == item.mtime_ns
+
+    def backlog(self, now: float | None = None) -> Backlog:
+        pending = [i for i in self.items() if i.state == "pending"]
+        if not pending:
+            return Backlog(0, 0, 0.0)
+        now = self._clock() if now is None else now
+        return Backlog(len(pending), sum(i.size for i in pending),
+                       max(0.0, now - min(i.enqueued_at for i in pending)))
+
+    # -- writing ---------------------------------------------------------------------
+
+    def save(self, item: UploadItem) -> None:
+        """Make `item` durable (OSError if its root cannot be written), then keep it."""
+        root = Path(item.root)
+        (root / QUEUE_DIR_NAME).mkdir(exist_ok=True)
+        write_durably(item_file(root, item.relative), item.as_json())
+        with self._lock:
+            self._items[item.path] = item
+
+    def forget(self, item: UploadItem) -> None:
+        with self._lock:
+            self._items.pop(item.path, None)
+        record = item_file(Path(item.root), item.relative)
+        try:
+            record.unlink()
+            fsync_directory(record.parent)
+        except FileNotFoundError:
+            pass
+        except OSError as err:
+            logger.warning("could not remove upload record {}: {}", record, err)
