@@ -90,8 +90,10 @@ def hardware_from_config(config: VigilConfig, *, makers: Mapping[str, CameraMake
 def storage_from_config(config: VigilConfig) -> StorageSettings:
     """The housekeeper's settings from a config's `recording.merge*` and `storage` keys."""
     rec, storage = config.recording, config.storage
+    scrub = config.integrity.scrub_hours * 3600 if config.integrity.enabled else 0.0
     return StorageSettings(merge=rec.merge, merge_verify=rec.merge_verify,
-                           check_seconds=storage.check_seconds, retention=retention_from_config(config))
+                           check_seconds=storage.check_seconds, retention=retention_from_config(config),
+                           scrub_seconds=scrub)
 
 
 def budgets_from_config(config: VigilConfig) -> dict[str, Budget]:

@@ -19,8 +19,9 @@ from typing import Any, Literal
 
 from loguru import logger
 
-AlertKind = Literal["state_change", "fault", "recovery", "low_disk", "flapping"]
-ALERT_KINDS: tuple[AlertKind, ...] = ("state_change", "fault", "recovery", "low_disk", "flapping")
+AlertKind = Literal["state_change", "fault", "recovery", "low_disk", "flapping", "footage_altered"]
+ALERT_KINDS: tuple[AlertKind, ...] = ("state_change", "fault", "recovery", "low_disk", "flapping",
+                                      "footage_altered")
 DEFAULT_CAPACITY = 100
 
 

@@ -247,3 +247,41 @@ def test_vigil_export_writes_the_clip_manifest_beside_the_file(
     assert main(["export", "--root", str(root), "--config", str(config), "--start",
                  "2026-09-21T14:13:21Z", "--duration", "2", "-o", str(out)]) == 1
     capsys.readouterr()
+
+
+def test_the_scrub_raises_one_alert_per_altered_file(tmp_path: Path, signer: Signer) -> None:
+    import threading
+
+    from controller.core.alerts import AlertLog
+    from controller.storage.housekeeping import StorageHousekeeper, StorageSettings
+
+    record(tmp_path, signer)
+    files = [f.path for f in list_footage(tmp_path)]
+    target = files[3]
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    target.write_bytes(bytes(data))
+    alerts = AlertLog()
+    raised: list[object] = []
+    seen = threading.Event()
+
+    def when_alert(alert: object) -> None:
+        raised.append(alert)
+        seen.set()
+
+    alerts.when_alert = when_alert
+    settings = StorageSettings(merge="off", retention=RetentionPolicy(retention_days=0, reserve_mb=0,
+                               reserve_percent=0), sample_seconds=0.01, scrub_seconds=0.001, signer=signer)
+    keeper = StorageHousekeeper(settings, roots=lambda: [tmp_path], active_root=lambda: tmp_path,
+                                open_segments=list,
+                                when_footage_altered=lambda p, d: alerts.record("footage_altered", f"{p}: {d}"))
+    keeper.start()
+    try:
+        assert seen.wait(30)
+        with keeper._done:  # several whole scrubs later, still the one alert
+            assert keeper._done.wait_for(lambda: keeper.scrubs_done >= 3, 30)
+    finally:
+        assert keeper.stop(5)
+    assert [a.kind for a in alerts.recent(10)] == ["footage_altered"]
+    assert str(target) in alerts.recent(10)[0].message
+    assert keeper.scrubbed_files >= 3 * len(files)
