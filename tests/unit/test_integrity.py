@@ -272,9 +272,9 @@ def test_the_scrub_raises_one_alert_per_altered_file(tmp_path: Path, signer: Sig
     alerts.when_alert = when_alert
     settings = StorageSettings(merge="off", retention=RetentionPolicy(retention_days=0, reserve_mb=0,
                                reserve_percent=0), sample_seconds=0.01, scrub_seconds=0.001, signer=signer)
-    keeper = StorageHousekeeper(settings, roots=lambda: [tmp_path], active_root=lambda: tmp_path,
-                                open_segments=list,
-                                when_footage_altered=lambda p, d: alerts.record("footage_altered", f"{p}: {d}"))
+    keeper = StorageHousekeeper(
+        settings, roots=lambda: [tmp_path], active_root=lambda: tmp_path, open_segments=list,
+        when_footage_altered=lambda p, d: alerts.record("footage_altered", f"{p}: {d}"))
     keeper.start()
     try:
         assert seen.wait(30)
