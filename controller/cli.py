@@ -11,6 +11,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from controller.config import ApiConfig, VigilConfig
+    from hw.integrity import Signer
 
 EX_CONFIG = 78  # sysexits.h: the systemd unit does not restart on this
 
@@ -179,7 +180,22 @@ def _verify(args: argparse.Namespace) -> int:
     if missing:
         print(f"vigil verify: no such file or folder: {', '.join(missing)}", file=sys.stderr)
         return EXIT_USAGE
-    report = verify([Path(p) for p in args.paths], key=key)
+    from controller.surfaces.export import parse_time
+
+    bounds: dict[str, float | None] = {"since": None, "until": None}
+    for name in bounds:
+        text = getattr(args, name)
+        if text is not None:
+            try:
+                bounds[name] = parse_time(text)
+            except ValueError as err:
+                print(f"vigil verify: --{name}: {err}", file=sys.stderr)
+                return EXIT_USAGE
+    since, until = bounds["since"], bounds["until"]
+    if since is not None and until is not None and until <= since:
+        print("vigil verify: --until must be after --since", file=sys.stderr)
+        return EXIT_USAGE
+    report = verify([Path(p) for p in args.paths], key=key, since=since, until=until)
     for finding in report.findings:
         print(finding.describe())
     for note in report.notes:
@@ -288,15 +304,19 @@ def _export(args: argparse.Namespace) -> int:
         ExportError,
         NoFootage,
         SpanTooLong,
+        clip_manifest,
         export_clip,
         resolve_span,
         utc_text,
     )
+    from hw.footage import manifest_path
+    from hw.integrity import write_manifest
 
     out = Path(args.output)
-    if out.exists() or out.is_symlink():
-        print(f"vigil export: {out} exists; vigil never overwrites a file", file=sys.stderr)
-        return 1
+    for taken in (out, manifest_path(out)):
+        if taken.exists() or taken.is_symlink():
+            print(f"vigil export: {taken} exists; vigil never overwrites a file", file=sys.stderr)
+            return 1
     try:
         offline = (args.root or args.url) and not args.config
         cfg = VigilConfig() if offline else load_config(args.config).config
@@ -325,20 +345,38 @@ def _export(args: argparse.Namespace) -> int:
             temp.unlink(missing_ok=True)
             print(f"vigil export: {err}", file=sys.stderr)
             return 1
-    bar.done()
+        bar.done()
+        # Signed when this machine holds the unit's key (integrity.key_file); never made here.
+        signer = _existing_signer(cfg)
+        write_manifest(out, clip_manifest(clip, signer, name=out.name))
     os.rename(temp, out)
     print(f"{out}: {clip.describe()}")
+    print(f"{manifest_path(out)}: its manifest" + ("" if signer else " (unsigned: no key here)"))
     return 0
+
+
+def _existing_signer(cfg: VigilConfig) -> Signer | None:
+    from controller.keys import KeyError_, key_path, load_key, signer_for
+
+    if not cfg.integrity.enabled:
+        return None
+    try:
+        return signer_for(load_key(key_path(cfg.integrity.key_file)), cfg.unit.id)
+    except KeyError_:
+        return None
 
 
 def _export_over_api(args: argparse.Namespace, cfg: VigilConfig, out: Path, temp: Path,
                      bar: _ProgressBar) -> int:
     import http.client
+    import json
     import os
     import urllib.parse
     from pathlib import Path
 
     from controller.client import base_url, read_token
+    from hw.footage import manifest_path
+    from hw.integrity import write_manifest
 
     url = args.url or base_url(cfg.api.listen)
     files = [Path(args.token_file)] if args.token_file else [cfg.api.viewer_token_file, cfg.api.token_file]
@@ -374,9 +412,25 @@ def _export_over_api(args: argparse.Namespace, cfg: VigilConfig, out: Path, temp
             temp.unlink(missing_ok=True)
             print(f"vigil export: the answer ended after {got} of {total} bytes", file=sys.stderr)
             return 1
+        manifest_url = response.headers.get("X-Vigil-Manifest")
+        manifest = None
+        if manifest_url:
+            conn.request("GET", f"{parsed.path.rstrip('/')}{manifest_url}", headers=headers)
+            answer = conn.getresponse()
+            raw = answer.read(64 * 1024 * 1024)
+            try:
+                manifest = json.loads(raw) if answer.status == 200 else None
+            except ValueError:
+                manifest = None
+            if not isinstance(manifest, dict):
+                print(f"vigil export: the clip's manifest answered {answer.status}", file=sys.stderr)
+        if isinstance(manifest, dict):
+            write_manifest(out, manifest)
         os.rename(temp, out)
         print(f"{out}: {response.headers.get('X-Vigil-Frames')} frames from "
               f"{response.headers.get('X-Vigil-Start')} to {response.headers.get('X-Vigil-End')}")
+        if isinstance(manifest, dict):
+            print(f"{manifest_path(out)}: its manifest")
         return 0
     except (OSError, http.client.HTTPException) as err:
         temp.unlink(missing_ok=True)
@@ -545,6 +599,11 @@ def build_parser() -> argparse.ArgumentParser:
     check_footage.add_argument("--key", metavar="PUBKEY",
                                help="the unit's public key (`vigil key`), or a file holding it; "
                                     "default: every manifest must be signed by one same key")
+    check_footage.add_argument("--since", metavar="TIME",
+                               help="check only footage that ends at or after TIME (ISO 8601, UTC "
+                                    "when no offset is given)")
+    check_footage.add_argument("--until", metavar="TIME",
+                               help="check only footage that starts before TIME (ISO 8601)")
     key = command("key", "print the public key footage manifests are signed with", _key)
     key.add_argument("--create", action="store_true",
                      help="create the key pair at integrity.key_file when there is none")

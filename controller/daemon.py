@@ -92,8 +92,10 @@ def hardware_from_config(config: VigilConfig, *, makers: Mapping[str, CameraMake
 def storage_from_config(config: VigilConfig) -> StorageSettings:
     """The housekeeper's settings from a config's `recording.merge*` and `storage` keys."""
     rec, storage = config.recording, config.storage
+    scrub = config.integrity.scrub_hours * 3600 if config.integrity.enabled else 0.0
     return StorageSettings(merge=rec.merge, merge_verify=rec.merge_verify,
-                           check_seconds=storage.check_seconds, retention=retention_from_config(config))
+                           check_seconds=storage.check_seconds, retention=retention_from_config(config),
+                           scrub_seconds=scrub)
 
 
 def budgets_from_config(config: VigilConfig) -> dict[str, Budget]:
@@ -164,9 +166,10 @@ class BackgroundApi:
     """
 
     def __init__(self, config: ApiConfig, controller: Controller, *,
-                 metric_hooks: list[MetricsHook] | None = None) -> None:
+                 metric_hooks: list[MetricsHook] | None = None, signer: Signer | None = None) -> None:
         self._config = config
         self._controller = controller
+        self._signer = signer  # signs exported clips' manifests
         self._metric_hooks = metric_hooks if metric_hooks is not None else []
         self._server: Any = None
         self._thread = threading.Thread(target=self._start, name="vigil-api-start", daemon=True)
@@ -174,7 +177,7 @@ class BackgroundApi:
     def _start(self) -> None:
         from controller.surfaces.api import start_api
 
-        self._server = start_api(self._config, self._controller)  # None: disabled or port taken
+        self._server = start_api(self._config, self._controller, self._signer)  # None: disabled or port taken
         if self._server is not None:
             self._server.app.state.metric_hooks = self._metric_hooks  # shared: MQTT comes and goes
         if self._server is not None and self._config.token_file != self._server.app.state.tokens.token_file:
@@ -267,8 +270,9 @@ class Surfaces:
         self.gpio_spec = gpio_from_config(config)
         self.panel: OperatorPanel | None = self._open_panel(self.gpio_spec)
         self.metric_hooks: list[MetricsHook] = []
+        # The same key the recording signs with (loaded again: the unit is the controller's).
         self.api = BackgroundApi(api_with_credential_token(config.api), controller,
-                                 metric_hooks=self.metric_hooks)
+                                 metric_hooks=self.metric_hooks, signer=signer_from_config(config))
         self.mqtt_settings: tuple[MqttConfig, str] = (config.mqtt, config.unit.id)
         self.mqtt: MqttSurface | None = mqtt_from_config(config, controller)
         self.upload_settings = upload_settings_from_config(config)

@@ -79,9 +79,25 @@ def _start_of(path: Path, manifest: dict[str, Any] | None) -> float:
     return segment_start(path.name) or 0.0
 
 
-def verify(paths: Sequence[Path], *, key: str | None = None) -> Report:
+def _end_of(path: Path, manifest: dict[str, Any] | None) -> float:
+    if manifest is not None and isinstance(manifest.get("end"), (int, float)):
+        return float(manifest["end"])
+    return _start_of(path, manifest)
+
+
+def verify(paths: Sequence[Path], *, key: str | None = None, since: float | None = None,
+           until: float | None = None) -> Report:
+    """Check `paths`; with `since`/`until` (UTC seconds) only files whose span overlaps
+    [since, until) are checked, each one whole (and the chain between those)."""
     report = Report()
     items = [(p, read_manifest(p)) for p in footage_files(paths)]
+    if since is not None or until is not None:
+        lo = float("-inf") if since is None else since
+        hi = float("inf") if until is None else until
+        kept = [item for item in items if _end_of(*item) >= lo and _start_of(*item) < hi]
+        if len(kept) < len(items):
+            report.notes.append(f"{len(items) - len(kept)} file(s) outside the span not checked")
+        items = kept
     items.sort(key=lambda item: (_start_of(*item), item[0].name))
     trusted = key.lower() if key else None
     chain: list[tuple[Path, dict[str, Any]]] = []  # segment manifests in order, for the chain
@@ -90,6 +106,9 @@ def verify(paths: Sequence[Path], *, key: str | None = None) -> Report:
         if manifest is None:
             report.findings.append(Finding("no_manifest", path, "no manifest beside it (or unreadable)"))
             continue
+        if manifest.get("kind") == "clip":
+            trusted = _check_clip(report, path, manifest, trusted)
+            continue  # a clip stands alone: not part of the unit's chain
         trusted = _check_signature(report, path, manifest, trusted)
         if manifest.get("kind") == "merged":
             sources = [m for m in manifest.get("sources") or [] if isinstance(m, dict)]
@@ -209,6 +228,65 @@ def _check_merged(report: Report, path: Path, manifest: dict[str, Any],
     if not whole_ok and not altered:
         report.findings.append(Finding("altered", path, "the file's bytes differ from the manifest's "
                                        "hash (its container boxes, not its frames)"))
+
+
+def _check_clip(report: Report, path: Path, manifest: dict[str, Any], trusted: str | None) -> str | None:
+    """An exported clip: its signature, its own hash, its sources' links (each run chains from
+    the link named before it), and its frames against those fragments' payload hashes."""
+    if manifest.get("signature"):
+        trusted = _check_signature(report, path, manifest, trusted, what="clip manifest")
+    else:
+        report.findings.append(Finding("signature", path, "the clip manifest is unsigned (exported "
+                                       "without the unit's key): its origin cannot be proven"))
+    try:
+        digest = sha256_file(path)
+        size = path.stat().st_size
+    except OSError as err:
+        report.findings.append(Finding("unreadable", path, f"{err}"))
+        return trusted
+    sources = [s for s in manifest.get("sources") or [] if isinstance(s, dict)]
+    fragments: list[tuple[dict[str, Any], dict[str, Any]]] = []
+    for source in sources:
+        if source.get("links") is None:
+            report.notes.append(f"{path}: frames from {source.get('file')} have no recorded manifest "
+                                "(the open segment, or footage from before integrity was on)")
+            continue
+        try:
+            _check_links(report, path, source)
+        except (KeyError, TypeError, ValueError) as err:
+            report.findings.append(Finding("unreadable", path, f"clip manifest: {err}"))
+            return trusted
+        fragments.extend((source, e) for e in source["links"] if int(e["frames"]) > 0)
+    altered = 0
+    unchecked = 0
+    try:
+        with av.open(str(path)) as container:
+            packets = (bytes(p) for p in container.demux(video=0) if p.dts is not None)
+            for source, entry in fragments:
+                got = list(itertools.islice(packets, int(entry["frames"])))
+                if len(got) < int(entry["frames"]):
+                    unchecked += 1  # the clip ends inside this fragment: no hash covers a part
+                    continue
+                report.fragments += 1
+                if hashlib.sha256(b"".join(got)).hexdigest() != entry["data_sha256"]:
+                    altered += 1
+                    report.findings.append(Finding(
+                        "altered", path, f"the frames of {source.get('file')}'s fragment at byte "
+                        f"{entry['offset']} ({entry['frames']} frames) do not match their hash",
+                        entry["start"], entry["end"]))
+            if next(packets, None) is not None and fragments:
+                altered += 1
+                report.findings.append(Finding("altered", path, "holds frames its manifest does not list"))
+    except (av.FFmpegError, OSError) as err:
+        report.findings.append(Finding("unreadable", path, f"does not demux: {err}"))
+        return trusted
+    if unchecked:
+        report.notes.append(f"{path}: its last fragment is cut by the clip's end; covered by the "
+                            "clip's hash, not by a recorded one")
+    if (digest != manifest.get("sha256") or size != manifest.get("size")) and not altered:
+        report.findings.append(Finding("altered", path, "the clip's bytes differ from the manifest's "
+                                       "hash (its container boxes, not its frames)"))
+    return trusted
 
 
 def _check_chain(report: Report, chain: list[tuple[Path, dict[str, Any]]]) -> None:

@@ -796,6 +796,14 @@ class IntegrityConfig(BaseModel):
             "Keep it readable by the vigil user only; `vigil key` prints its public key."
         ),
     )
+    scrub_hours: float = Field(
+        default=24.0, ge=0, le=24 * 365,
+        description=(
+            "Every this many hours the housekeeper re-hashes all closed footage against its "
+            "manifests, at the lowest CPU and I/O priority, and raises one `footage_altered` "
+            "alert per file whose bytes no longer match (SD card rot). 0 turns the scrub off."
+        ),
+    )
 
 
 MQTT_TOPIC_MAX_CHARS = 200

@@ -19,9 +19,10 @@ from typing import Any, Literal
 
 from loguru import logger
 
-AlertKind = Literal["state_change", "fault", "recovery", "low_disk", "flapping", "upload", "footage_lost"]
+AlertKind = Literal["state_change", "fault", "recovery", "low_disk", "flapping", "upload", "footage_lost",
+                    "footage_altered"]
 ALERT_KINDS: tuple[AlertKind, ...] = ("state_change", "fault", "recovery", "low_disk", "flapping", "upload",
-                                      "footage_lost")
+                                      "footage_lost", "footage_altered")
 DEFAULT_CAPACITY = 100
 
 

@@ -159,6 +159,9 @@ class Controller:
             bytes_written=lambda: self.snapshot.run.bytes_written,
             when_disk_low_changed=self._disk_low_changed, publish=self.bus.publish,
             closeouts=self.unit.closeouts,
+            # AlertLog is safe from any thread; its alert goes on the bus (AlertRaised).
+            when_footage_altered=lambda path, detail: self.alerts.record(
+                "footage_altered", f"{path} no longer matches its manifest: {detail}"),
         )
         self.housekeeper.when_footage_lost = self._footage_lost
         self.snapshot: StatusSnapshot = self._build_snapshot()

@@ -5,7 +5,11 @@ touches closed footage (it asks the controller which segment is open). Each pass
 close-outs of segments whose close failed, retention when the free space or the free inodes
 are short (or a storage_full error asked for it), a disk
 sample, forced merges asked for through `request_merge`, and every `check_seconds` the
-age rule and the merge of closed hours. A merge gives way at once to a shutdown or to a
+age rule and the merge of closed hours. Every `scrub_seconds` (integrity.scrub_hours) a
+scrub re-hashes the closed footage against its manifests (controller/verify.py), a few
+hundred MB a pass so merges and retention never wait long behind it, and reports each file
+found altered once (`when_footage_altered`: the controller raises a footage_altered alert).
+A merge gives way at once to a shutdown or to a
 request for space: it is aborted (its temporary file removed, the segments untouched) and
 tried again later.
 """
@@ -67,6 +71,8 @@ HEADROOM_SAMPLES = 2
 MERGE_SPACE_CHECK_SECONDS = 1.0
 MERGE_ATTEMPTS = 3
 MERGES_KEPT = 100  # the newest merge results kept for status and tests
+SCRUB_BYTES_PER_PASS = 256 * 1024 * 1024  # then the pass ends; the scrub goes on in the next
+SCRUB_FINDINGS = ("altered", "signature")  # what a scrub calls altered footage
 
 # Linux ioprio_set(2): no libc wrapper, so the raw syscall; numbers per architecture.
 IOPRIO_SET_SYSCALL = {"x86_64": 251, "aarch64": 30, "armv7l": 314, "armv6l": 314, "i686": 289,
@@ -92,6 +98,7 @@ class StorageSettings:
     check_seconds: float = CHECK_SECONDS
     sample_seconds: float = SAMPLE_SECONDS
     signer: Signer | None = None  # signs merged hours' manifests (hw.integrity)
+    scrub_seconds: float = 0.0  # how often closed footage is re-hashed; 0: never
 
 
 def lower_thread_priority() -> str:
@@ -139,8 +146,15 @@ class StorageHousekeeper:
         when_disk_low_changed: Callable[[DiskStatus], None] | None = None,
         publish: Callable[[object], None] | None = None,
         closeouts: CloseOuts | None = None,
+        when_footage_altered: Callable[[Path, str], object] | None = None,
     ) -> None:
         self.settings = settings
+        self._when_footage_altered = when_footage_altered
+        self._scrub_queue: list[Path] = []
+        self._next_scrub = time.monotonic() + settings.scrub_seconds
+        self._altered: set[Path] = set()  # reported once each
+        self.scrubbed_files = 0
+        self.scrubs_done = 0
         self._closeouts = closeouts
         self._publish = publish
         self._roots = roots
@@ -346,10 +360,55 @@ class StorageHousekeeper:
             written = self._bytes_written() if self._bytes_written is not None else None
             self.monitor.sample(active, written)
         self._run_merge_requests(roots)
+        self._scrub(roots, open_segments)
         if due:
             self._next_check = time.monotonic() + self.settings.check_seconds
             if self.settings.merge == "hourly":
                 self._merge_closed_hours(roots)
+
+    def _scrub(self, roots: Sequence[Path], open_segments: Sequence[Path]) -> None:
+        """Re-hash the next files of the scrub (one started when it is due) against their manifests."""
+        from controller.verify import footage_files, verify
+        from hw.footage import manifest_path
+
+        every = self.settings.scrub_seconds
+        if every <= 0:
+            self._scrub_queue.clear()
+            return
+        if not self._scrub_queue:
+            if time.monotonic() < self._next_scrub:
+                return
+            self._next_scrub = time.monotonic() + every
+            skip = set(open_segments)
+            self._scrub_queue = [p for p in footage_files(roots) if p not in skip]
+            self._scrub_queue.reverse()  # popped from the end: oldest first
+            if not self._scrub_queue:
+                self.scrubs_done += 1
+                return
+        signer = self.settings.signer
+        budget = SCRUB_BYTES_PER_PASS
+        while self._scrub_queue and budget > 0 and not self._stop.is_set() and not self._reclaim.is_set():
+            path = self._scrub_queue.pop()
+            if not manifest_path(path).is_file():
+                continue  # gone meanwhile (merged, retention) or recorded without integrity
+            try:
+                budget -= path.stat().st_size
+            except OSError:
+                continue
+            report = verify([path], key=signer.public_key if signer is not None else None)
+            self.scrubbed_files += 1
+            found = [f for f in report.findings if f.kind in SCRUB_FINDINGS]
+            if not found or not path.exists() or path in self._altered:
+                continue
+            self._altered.add(path)
+            detail = "; ".join(f.describe() for f in found[:3]) + (
+                f" (and {len(found) - 3} more)" if len(found) > 3 else "")
+            logger.error("scrub: footage altered since it was recorded path={} {}", path, detail)
+            if self._when_footage_altered is not None:
+                self._when_footage_altered(path, detail)
+        if not self._scrub_queue:
+            self.scrubs_done += 1
+            logger.info("scrub done files={} altered={}", self.scrubbed_files, len(self._altered))
 
     def _clean_up_once(self, roots: Sequence[Path]) -> None:
         for root in roots:

@@ -48,6 +48,7 @@ from controller.surfaces.export import (
     ExportError,
     NoFootage,
     SpanTooLong,
+    clip_manifest,
     export_clip,
     parse_time,
     resolve_span,
@@ -70,6 +71,7 @@ from controller.surfaces.recordings import (
 from controller.surfaces.spans import MAX_SPANS, Span, TimelineCache, nearest_spans, recorded_spans
 from hw.camera import Frame
 from hw.errors import EncoderError, VigilError
+from hw.integrity import Signer
 from hw.snapshot import encode_jpeg
 
 API_THREAD_NAME = "vigil-api"
@@ -82,6 +84,7 @@ HOUR_FORMAT = "%Y-%m-%dT%H"
 HOUR_PATTERN = r"^\d{4}-\d{2}-\d{2}T\d{2}$"
 DEFAULT_EXPORT_MAX_SECONDS = 1800.0
 MAX_CONCURRENT_EXPORTS = 2
+KEPT_CLIP_MANIFESTS = 64  # the manifests of the latest exports, fetched by X-Vigil-Manifest
 SPANS_DEFAULT_SECONDS = 86400.0
 SPANS_MAX_SECONDS = 366 * 86400
 VOD_MAX_SECONDS = 86400.0
@@ -269,15 +272,18 @@ _bearer = HTTPBearer(auto_error=False, description="The token in the file named 
 def create_app(controller: Controller, *, token_file: Path | None,
                root_provider: RootProvider | None = None, viewer_token_file: Path | None = None,
                public_footage: bool = False,
-               export_max_seconds: float = DEFAULT_EXPORT_MAX_SECONDS) -> FastAPI:
+               export_max_seconds: float = DEFAULT_EXPORT_MAX_SECONDS,
+               signer: Signer | None = None) -> FastAPI:
     """The API for `controller`, serving recordings below `root_provider()` (default: the
     root the snapshot says recording goes to); footage needs the token in
-    `viewer_token_file` or `token_file` unless `public_footage`."""
+    `viewer_token_file` or `token_file` unless `public_footage`; exported clips' manifests
+    are signed by `signer` (hw.integrity) when given."""
     tokens = TokenGate(token_file)
     footage = FootageGate(viewer_token_file, public=public_footage)
     timelines = TimelineCache()
     live_sequence = LiveSequence()
     exports = threading.BoundedSemaphore(MAX_CONCURRENT_EXPORTS)
+    clip_manifests = ClipManifests(KEPT_CLIP_MANIFESTS)
     commands = CommandDesk(controller, name="api-actions")
     snapshots = SnapshotCache()
     version = _version()
@@ -457,9 +463,29 @@ def create_app(controller: Controller, *, token_file: Path | None,
             raise HTTPException(429, detail=f"at most {MAX_CONCURRENT_EXPORTS} exports at once; "
                                             "try again", headers={"Retry-After": "5"})
         try:
-            return _send_export(footage_root(), t0, t1, timelines)
+            return _send_export(footage_root(), t0, t1, timelines, signer, clip_manifests)
         finally:
             exports.release()
+
+    @app.get(
+        "/export/manifest/{sha256}",
+        dependencies=viewer_only,
+        responses={
+            **footage_responses,
+            200: {"description": "The manifest of a clip this daemon exported (the X-Vigil-Manifest "
+                  "URL beside it): which fragments of which segments it holds, its SHA-256, signed"},
+            404: {"model": Problem, "description": "No recent export has that hash."},
+        },
+        summary="The manifest of an exported clip, by the clip's SHA-256",
+    )
+    def export_manifest(sha256: str) -> JSONResponse:
+        if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+            _invalid("sha256", sha256, "the clip's SHA-256: 64 lowercase hex digits")
+        manifest = clip_manifests.get(sha256)
+        if manifest is None:
+            raise HTTPException(404, detail=f"no manifest for {sha256}: only the latest "
+                                            f"{KEPT_CLIP_MANIFESTS} exports' are kept; export again")
+        return JSONResponse(manifest)
 
     @app.get("/live.m3u8", response_class=Response, dependencies=viewer_only,
              responses={**footage_responses, 200: {"content": {CONTENT_TYPE_M3U8: {}}},
@@ -638,8 +664,32 @@ def span_out(span: Span, root: Path) -> SpanOut:
                    files=files)
 
 
-def _send_export(root: Path, start: float, end: float, cache: TimelineCache) -> Response:
-    """Assemble the clip in a private temporary directory, then stream it from an unlinked file."""
+class ClipManifests:
+    """The manifests of the latest exported clips, by the clip's SHA-256 (bounded, thread-safe)."""
+
+    def __init__(self, keep: int) -> None:
+        self.keep = keep
+        self._lock = threading.Lock()
+        self._items: dict[str, dict[str, Any]] = {}
+
+    def put(self, manifest: dict[str, Any]) -> str:
+        key = str(manifest["sha256"])
+        with self._lock:
+            self._items.pop(key, None)
+            self._items[key] = manifest
+            while len(self._items) > self.keep:
+                del self._items[next(iter(self._items))]
+        return key
+
+    def get(self, sha256: str) -> dict[str, Any] | None:
+        with self._lock:
+            return self._items.get(sha256)
+
+
+def _send_export(root: Path, start: float, end: float, cache: TimelineCache,
+                 signer: Signer | None = None, manifests: ClipManifests | None = None) -> Response:
+    """Assemble the clip in a private temporary directory, then stream it from an unlinked file;
+    its manifest is kept in `manifests`, named by the X-Vigil-Manifest header."""
     workdir = Path(tempfile.mkdtemp(prefix="vigil-export-"))
     try:
         out = workdir / "clip.mp4"
@@ -655,17 +705,28 @@ def _send_export(root: Path, start: float, end: float, cache: TimelineCache) -> 
             logger.error("export failed: {}", err)
             raise HTTPException(503, detail=f"the clip could not be written: {err.strerror or err}",
                                 headers={"Retry-After": "5"}) from err
+        name = f"vigil-{utc_text(clip.start)}-{utc_text(clip.end)}.mp4".replace(":", "")
+        sha256 = None
+        if manifests is not None:
+            try:
+                sha256 = manifests.put(clip_manifest(clip, signer, name=name))
+            except OSError as err:
+                logger.error("export failed: its manifest could not be made: {}", err)
+                raise HTTPException(503, detail=f"the clip's manifest could not be made: "
+                                                f"{err.strerror or err}") from err
         fd = os.open(out, os.O_RDONLY | os.O_CLOEXEC)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)  # an open descriptor keeps the clip readable
     size = os.fstat(fd).st_size
-    name = f"vigil-{utc_text(clip.start)}-{utc_text(clip.end)}.mp4".replace(":", "")
     headers = {
         "Content-Disposition": f'attachment; filename="{name}"',
         "X-Vigil-Start": utc_text(clip.start), "X-Vigil-End": utc_text(clip.end),
         "X-Vigil-Frames": str(clip.frames), "X-Vigil-Gaps": str(len(clip.gaps)),
         "Cache-Control": "no-store",
     }
+    if sha256 is not None:
+        headers["X-Vigil-Manifest"] = f"/export/manifest/{sha256}"
+        headers["X-Vigil-Sha256"] = sha256
     return serve_descriptor(fd, size, media_type="video/mp4", headers=headers)
 
 
@@ -1228,14 +1289,15 @@ def recording_root_of(controller: Controller) -> RootProvider:
     return root
 
 
-def start_api(config: ApiConfig, controller: Controller) -> ApiServer | None:
+def start_api(config: ApiConfig, controller: Controller, signer: Signer | None = None) -> ApiServer | None:
     """The running API as configured, or None (disabled, or its address unusable: logged)."""
     if not config.enabled:
         logger.info("HTTP API disabled (api.enabled: false)")
         return None
     host, port = parse_listen(config.listen)
     app = create_app(controller, token_file=config.token_file, viewer_token_file=config.viewer_token_file,
-                     public_footage=config.public_footage, export_max_seconds=config.export_max_seconds)
+                     public_footage=config.public_footage, export_max_seconds=config.export_max_seconds,
+                     signer=signer)
     server = ApiServer(app, host, port)
     try:
         server.start()

@@ -13,6 +13,13 @@ The open segment is never read where the writer is writing: its whole fragments 
 copied to a private file (as hw/recovery.py `playable_length` counts them), and that copy
 is read. The reading pieces are the hourly merge's (controller/storage/merge.py): the
 `vigil_start` tag gives each file's wall clock, and the output is the same faststart MP4.
+
+A clip carries proof of where it came from (`clip_manifest`, hw.integrity's format, kind
+"clip"): for each segment its frames came from, the links of that segment's manifest that
+cover the clip's span (with the link before them, so they chain) and that manifest's
+signature; the clip's own SHA-256 and size; signed with the unit's key when there is one.
+Stream copy keeps each frame's bytes, so `vigil verify CLIP` checks the clip's frames
+against the recorded fragments' payload hashes too (controller/verify.py).
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 from loguru import logger
@@ -43,6 +51,7 @@ from controller.surfaces.spans import (
 )
 from hw.errors import VigilError
 from hw.footage import final_path
+from hw.integrity import FORMAT, Signer, read_manifest, sha256_file, sign_manifest
 from hw.writer import START_TAG
 
 OUT_TIME_BASE = Fraction(1, 90_000)
@@ -351,3 +360,49 @@ def _write_clip(timelines: list, start: float, end: float, out_path: Path,  # ty
         with contextlib.suppress(av.FFmpegError, OSError):
             output.close()
         raise
+
+
+def _source_manifests(path: Path) -> list[dict[str, Any]] | None:
+    """The segment manifests behind one file a clip read (a merged hour's: its sources)."""
+    manifest = read_manifest(final_path(path))
+    if manifest is None:
+        return None
+    if manifest.get("kind") == "merged":
+        return [m for m in manifest.get("sources") or [] if isinstance(m, dict)]
+    return [manifest]
+
+
+def clip_manifest(clip: Clip, signer: Signer | None, *, name: str | None = None) -> dict[str, Any]:
+    """The manifest of `clip`: which fragments of which segments it holds, and its hash.
+
+    A fragment is listed when its span overlaps the clip's; a file read without a manifest
+    (the open segment, footage from before integrity was on) is listed with `links: null`.
+    Signed when `signer` is given; otherwise `public_key` and `signature` are absent.
+    `name` is the clip's file name when it is renamed after this (default: its own).
+    """
+    sources: list[dict[str, Any]] = []
+    for path in clip.files:
+        manifests = _source_manifests(path)
+        if manifests is None:
+            sources.append({"file": final_path(path).name, "links": None, "signature": None})
+            continue
+        for manifest in manifests:
+            links = manifest.get("links") or []
+            chosen = [i for i, e in enumerate(links) if e.get("frames", 0) > 0
+                      and float(e["end"]) > clip.start and float(e["start"]) < clip.end]
+            if not chosen:
+                continue
+            first = chosen[0]
+            prev = links[first - 1]["link"] if first > 0 else manifest.get("prev_link")
+            sources.append({"file": manifest.get("file"), "signature": manifest.get("signature"),
+                            "public_key": manifest.get("public_key"), "prev_link": prev,
+                            "links": links[first:chosen[-1] + 1]})
+    body: dict[str, Any] = {
+        "format": FORMAT, "kind": "clip", "file": name or clip.path.name, "size": clip.path.stat().st_size,
+        "sha256": sha256_file(clip.path), "start": clip.start, "end": clip.end, "frames": clip.frames,
+        "sources": sources,
+    }
+    if signer is None:
+        return body
+    body["unit"] = signer.unit
+    return sign_manifest(body, signer)

@@ -437,3 +437,44 @@ def test_the_hls_route_serves_no_merged_hour_and_no_link(live: Live, tmp_path: P
                  "2001-01-01/00/20010101T000001Z.mp4"):
         reply = get(live.server, f"/hls/{path}", bearer(VIEWER))
         assert reply.status == 404 and b"SECRET" not in reply.body
+
+
+def test_an_exported_clip_over_http_carries_its_signed_manifest(live: Live, tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from controller.keys import signer_for
+    from controller.verify import verify
+    from hw.footage import manifest_path
+    from tests.unit.test_integrity import START
+    from tests.unit.test_integrity import record as record_signed
+
+    signer = signer_for(Ed25519PrivateKey.generate(), "unit-a")
+    root = tmp_path / "signed"
+    record_signed(root, signer)  # 5 s of 1 s segments, each with its signed manifest
+    server = ApiServer(create_app(live.controller, token_file=None, root_provider=lambda: root,
+                                  viewer_token_file=tmp_path / "none", public_footage=True, signer=signer),
+                       "127.0.0.1", 0)
+    server.start()
+    try:
+        reply = get(server, f"/export?start={iso(START + 1.2)}&end={iso(START + 3.7)}")
+        assert reply.status == 200, reply.body
+        url = reply.headers["x-vigil-manifest"]
+        assert url == f"/export/manifest/{reply.headers['x-vigil-sha256']}"
+        answer = get(server, url)
+        assert answer.status == 200, answer.body
+        manifest = answer.json()
+        assert manifest["kind"] == "clip" and manifest["public_key"] == signer.public_key
+        assert len(manifest["sources"]) == 3  # seconds 1, 2 and 3
+        assert get(server, "/export/manifest/" + "0" * 64).status == 404
+        assert get(server, "/export/manifest/not-a-hash").status == 422
+        # vigil export over the API writes both, and the clip verifies
+        out = tmp_path / "clip.mp4"
+        code = cli.main(["export", "--url", f"http://127.0.0.1:{server.port}", "--start", iso(START + 1.2),
+                         "--end", iso(START + 3.7), "-o", str(out)])
+        assert code == 0, capsys.readouterr().err
+        assert manifest_path(out).is_file()
+        report = verify([out], key=signer.public_key)
+        assert report.is_ok, [f.describe() for f in report.findings]
+    finally:
+        assert server.stop()

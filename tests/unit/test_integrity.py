@@ -169,3 +169,119 @@ def test_the_key_is_made_once_owner_only_and_printed(
     config.write_text(f"integrity:\n  key_file: {path}\n")
     assert main(["key", "--config", str(config)]) == 0
     assert capsys.readouterr().out.strip() == public_hex(key)
+
+
+def test_verify_since_until_checks_only_the_footage_in_the_span(tmp_path: Path, signer: Signer) -> None:
+    record(tmp_path, signer)
+    files = [f.path for f in list_footage(tmp_path)]
+    target = files[4]  # the last second: altered, outside the span asked for below
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    target.write_bytes(bytes(data))
+    assert verify([tmp_path], key=signer.public_key).findings  # the whole root: found
+    inside = verify([tmp_path], key=signer.public_key, since=START + 1.2, until=START + 2.8)
+    assert inside.is_ok, inside.findings
+    assert inside.files == 2  # the segments of seconds 1 and 2 only
+    since, until = "2026-09-21T14:13:21.2Z", "2026-09-21T14:13:22.8"
+    assert main(["verify", str(tmp_path), "--since", since, "--until", until]) == 0
+    assert main(["verify", str(tmp_path), "--since", since]) == 1  # reaches the altered one
+    assert main(["verify", str(tmp_path), "--since", "yesterday"]) == 2
+    assert main(["verify", str(tmp_path), "--since", until, "--until", since]) == 2
+
+
+def test_an_exported_clip_verifies_and_a_flipped_byte_in_it_is_reported(
+    tmp_path: Path, signer: Signer, capsys: pytest.CaptureFixture[str],
+) -> None:
+    from controller.surfaces.export import clip_manifest, export_clip
+    from hw.integrity import write_manifest
+
+    root = tmp_path / "rec"
+    record(root, signer, count=300)  # 10 s of 1 s segments
+    (hour,) = hour_folders(root)
+    merge_hour(hour, fsync=False, signer=signer)  # the clip crosses a merged hour's sources
+    record(root, signer, count=90, wall_start=START + 10)
+    out = tmp_path / "clip.mp4"
+    work = tmp_path / "work"
+    work.mkdir()
+    clip = export_clip(root, START + 8.2, START + 11.7, out, workdir=work)
+    manifest = clip_manifest(clip, signer)
+    write_manifest(out, manifest, fsync=False)
+    files = [s["file"] for s in manifest["sources"]]
+    assert len(files) == 4 and len(set(files)) == 4, files  # seconds 8, 9 (merged) and 10, 11
+    assert all(s["links"] and s["signature"] for s in manifest["sources"])
+    report = verify([out], key=signer.public_key)
+    assert report.is_ok, [f.describe() for f in report.findings]
+    assert report.fragments >= 6  # the clip's whole fragments, checked frame by frame
+    # another key: the signature does not check against it
+    other = signer_for(Ed25519PrivateKey.generate(), "unit-a")
+    assert any(f.kind == "signature" for f in verify([out], key=other.public_key).findings)
+    # one flipped byte in the clip's frames: reported as altered with the fragment's span
+    data = bytearray(out.read_bytes())
+    data[len(data) * 2 // 3] ^= 0x01
+    out.write_bytes(bytes(data))
+    findings = verify([out], key=signer.public_key).findings
+    assert [f.kind for f in findings] == ["altered"], findings
+    assert findings[0].start is not None and START + 8 <= findings[0].start < START + 12
+    assert main(["verify", str(out), "--key", signer.public_key]) == 1
+    capsys.readouterr()
+
+
+def test_vigil_export_writes_the_clip_manifest_beside_the_file(
+    tmp_path: Path, signer: Signer, capsys: pytest.CaptureFixture[str],
+) -> None:
+    key = tmp_path / "integrity.key"
+    unit = signer_for(create_key(key), "unit-a")
+    root = tmp_path / "rec"
+    record(root, unit)
+    config = tmp_path / "vigil.yaml"
+    config.write_text(f"unit:\n  id: unit-a\nintegrity:\n  key_file: {key}\n")
+    out = tmp_path / "clip.mp4"
+    assert main(["export", "--root", str(root), "--config", str(config), "--start",
+                 "2026-09-21T14:13:21Z", "--duration", "2", "-o", str(out)]) == 0
+    manifest = read_manifest(out)
+    assert manifest is not None and manifest["kind"] == "clip" and manifest["file"] == "clip.mp4"
+    assert manifest["public_key"] == unit.public_key
+    assert main(["verify", str(out), "--key", unit.public_key]) == 0
+    # never over an existing manifest
+    out.unlink()
+    assert main(["export", "--root", str(root), "--config", str(config), "--start",
+                 "2026-09-21T14:13:21Z", "--duration", "2", "-o", str(out)]) == 1
+    capsys.readouterr()
+
+
+def test_the_scrub_raises_one_alert_per_altered_file(tmp_path: Path, signer: Signer) -> None:
+    import threading
+
+    from controller.core.alerts import AlertLog
+    from controller.storage.housekeeping import StorageHousekeeper, StorageSettings
+
+    record(tmp_path, signer)
+    files = [f.path for f in list_footage(tmp_path)]
+    target = files[3]
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    target.write_bytes(bytes(data))
+    alerts = AlertLog()
+    raised: list[object] = []
+    seen = threading.Event()
+
+    def when_alert(alert: object) -> None:
+        raised.append(alert)
+        seen.set()
+
+    alerts.when_alert = when_alert
+    settings = StorageSettings(merge="off", retention=RetentionPolicy(retention_days=0, reserve_mb=0,
+                               reserve_percent=0), sample_seconds=0.01, scrub_seconds=0.001, signer=signer)
+    keeper = StorageHousekeeper(
+        settings, roots=lambda: [tmp_path], active_root=lambda: tmp_path, open_segments=list,
+        when_footage_altered=lambda p, d: alerts.record("footage_altered", f"{p}: {d}"))
+    keeper.start()
+    try:
+        assert seen.wait(30)
+        with keeper._done:  # several whole scrubs later, still the one alert
+            assert keeper._done.wait_for(lambda: keeper.scrubs_done >= 3, 30)
+    finally:
+        assert keeper.stop(5)
+    assert [a.kind for a in alerts.recent(10)] == ["footage_altered"]
+    assert str(target) in alerts.recent(10)[0].message
+    assert keeper.scrubbed_files >= 3 * len(files)
