@@ -189,12 +189,33 @@ class RecordingPipeline:
             if self._encode.is_alive():
                 abandoned.append(self._encode.name)
         closed = None
+        finish = getattr(self.camera, "finish_encoding", None)
+        tail: list[EncodedPacket] = []
+        if finish is not None:
+            # A camera with its own encoder (picamera2's LibavH264Encoder: libx264 holds a few
+            # frames for its threads) hands those over when it stops encoding: they go into
+            # the segment before it closes. Stopping may hang like the rest of the close.
+            flushed = threading.Event()
+
+            def finish_and_close() -> None:
+                try:
+                    tail.extend(finish())
+                finally:
+                    flushed.set()
+                self.camera.close()
+
+            if not close_with_timeout(finish_and_close, max(0.5, deadline - time.monotonic()),
+                                      name="vigil-camera-close", hung=self._hung_closes):
+                abandoned.append("vigil-camera-close")
+            if not flushed.is_set():
+                tail = []
         if self._encode.is_alive():
             self.writer.abandon()
         else:
-            closed = self._close_writer()
-        if not close_with_timeout(self.camera.close, max(0.5, deadline - time.monotonic()),
-                                  name="vigil-camera-close", hung=self._hung_closes):
+            closed = self._close_writer(tail)
+        if finish is None and not close_with_timeout(
+                self.camera.close, max(0.5, deadline - time.monotonic()),
+                name="vigil-camera-close", hung=self._hung_closes):
             abandoned.append("vigil-camera-close")
         for name in abandoned:
             logger.error("abandoned a hung call thread={} (it may still hold the device)", name)
@@ -209,11 +230,15 @@ class RecordingPipeline:
                 if time.monotonic() > deadline:
                     return
 
-    def _close_writer(self) -> object | None:
+    def _close_writer(self, tail: list[EncodedPacket] | None = None) -> object | None:
         try:
             if self.encoder is not None and not self._output_failed.is_set():
                 for packet in self.encoder.flush():
                     self.writer.write(packet)
+            if tail and not self._output_failed.is_set():
+                for packet in tail:
+                    self.writer.write(packet)
+                self.stats.frames_recorded += len(tail)
             return self.writer.close()
         except (StorageError, EncoderError) as err:
             self.when_error(err.category, f"closing segment: {err}")

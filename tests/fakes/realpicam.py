@@ -51,6 +51,7 @@ class RealPicamera2:
     system: object  # tests.fakes.libcamera.system.CameraSystem
     dma_heap: object  # tests.fakes.dma_heap.DmaHeapKernel
     version: str
+    threads_before: set[int | None]
 
     def install_camera(self, sensor: str = "imx708", **kwargs: float):  # type: ignore[no-untyped-def]
         return self.system.install_camera(sensor, **kwargs)  # type: ignore[attr-defined]
@@ -62,8 +63,9 @@ def _purge() -> None:
             del sys.modules[name]
 
 
-def _fake_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith("libcamera-fake")]
+def _new_threads(real: RealPicamera2) -> list[threading.Thread]:
+    """Threads started since the library loaded (picamera2's, the fake's, vigil's) still alive."""
+    return [t for t in threading.enumerate() if t.ident not in real.threads_before]
 
 
 def _close_open_cameras(pc2: ModuleType) -> list[str]:
@@ -80,6 +82,7 @@ def _close_open_cameras(pc2: ModuleType) -> list[str]:
 
 def load(platform: str = "pisp") -> RealPicamera2:
     """Import the genuine picamera2 over the fakes (see the module docstring)."""
+    threads_before = {t.ident for t in threading.enumerate()}
     if not (REAL_DIR / "picamera2" / "__init__.py").exists():
         pytest.skip(f"the genuine picamera2 is not installed in {REAL_DIR} (`make test` installs "
                     "it from tests/requirements-picamera2.txt)")
@@ -104,7 +107,7 @@ def load(platform: str = "pisp") -> RealPicamera2:
                               importlib.import_module("picamera2.allocators.dmaallocator"))
     system = importlib.import_module("tests.fakes.libcamera.system").SYSTEM
     system.reset()
-    return RealPicamera2(pc2, system, kernel, _dist_version())
+    return RealPicamera2(pc2, system, kernel, _dist_version(), threads_before)
 
 
 def _dist_version() -> str:
@@ -112,19 +115,36 @@ def _dist_version() -> str:
     return found[0].name.removeprefix("picamera2-").removesuffix(".dist-info") if found else "?"
 
 
+def _stop_event_loop(pc2: ModuleType) -> None:
+    """End picamera2's CameraManager thread, which outlives a camera whose close() failed.
+
+    The genuine close() raises before `_cm.cleanup()` when libcamera's stop() fails (a
+    vanished camera: "No such device"), so the listener keeps polling; on a Pi it lives on
+    for the next Picamera2. Between tests it must not.
+    """
+    cm = pc2.Picamera2._cm
+    with cm._lock:
+        cm.cameras.clear()
+        cm.running = False
+    thread = getattr(cm, "thread", None)
+    if thread is not None:
+        thread.join(THREAD_EXIT_TIMEOUT_S)
+
+
 def unload(real: RealPicamera2) -> None:
     hung = _close_open_cameras(real.module)
     real.system.reset()  # type: ignore[attr-defined] - also releases stops held by a fault
     hung += _close_open_cameras(real.module)
+    _stop_event_loop(real.module)
     deadline = time.monotonic() + THREAD_EXIT_TIMEOUT_S
-    while _fake_threads() and time.monotonic() < deadline:
-        _fake_threads()[0].join(max(0.0, deadline - time.monotonic()))
-    leaked = [t.name for t in _fake_threads()]
+    while _new_threads(real) and time.monotonic() < deadline:
+        _new_threads(real)[0].join(max(0.0, deadline - time.monotonic()))
+    leaked = [t.name for t in _new_threads(real)]
     if str(REAL_DIR) in sys.path:
         sys.path.remove(str(REAL_DIR))
     _purge()
     assert not hung, f"Picamera2 objects whose close() hung at teardown: {hung}"
-    assert not leaked, f"fake libcamera threads still running after teardown: {leaked}"
+    assert not leaked, f"threads still running after teardown: {leaked}"
 
 
 @pytest.fixture

@@ -95,8 +95,8 @@ class Size:
 
 
 class SizeRange:
-    def __init__(self, min: Size | None = None, max: Size | None = None,  # noqa: A002
-                 hStep: int = 1, vStep: int = 1) -> None:  # noqa: N803
+    def __init__(self, min: Size | None = None, max: Size | None = None,
+                 hStep: int = 1, vStep: int = 1) -> None:
         self.min = min if min is not None else Size()
         self.max = max if max is not None else self.min
         self.hStep, self.vStep = hStep, vStep
@@ -182,34 +182,34 @@ class ColorSpace:
         return (self.primaries, self.transferFunction, self.ycbcrEncoding, self.range)
 
     @staticmethod
-    def Raw() -> ColorSpace:  # noqa: N802 - the binding's names
+    def Raw() -> ColorSpace:
         c = ColorSpace
         return c(c.Primaries.Raw, c.TransferFunction.Linear, c.YcbcrEncoding.Null, c.Range.Full)
 
     @staticmethod
-    def Srgb() -> ColorSpace:  # noqa: N802
+    def Srgb() -> ColorSpace:
         c = ColorSpace
         return c(c.Primaries.Rec709, c.TransferFunction.Srgb, c.YcbcrEncoding.Null, c.Range.Full)
 
     @staticmethod
-    def Sycc() -> ColorSpace:  # noqa: N802
+    def Sycc() -> ColorSpace:
         c = ColorSpace
         return c(c.Primaries.Rec709, c.TransferFunction.Srgb, c.YcbcrEncoding.Rec601, c.Range.Full)
 
     @staticmethod
-    def Smpte170m() -> ColorSpace:  # noqa: N802
+    def Smpte170m() -> ColorSpace:
         c = ColorSpace
         return c(c.Primaries.Smpte170m, c.TransferFunction.Rec709, c.YcbcrEncoding.Rec601,
                  c.Range.Limited)
 
     @staticmethod
-    def Rec709() -> ColorSpace:  # noqa: N802
+    def Rec709() -> ColorSpace:
         c = ColorSpace
         return c(c.Primaries.Rec709, c.TransferFunction.Rec709, c.YcbcrEncoding.Rec709,
                  c.Range.Limited)
 
     @staticmethod
-    def Rec2020() -> ColorSpace:  # noqa: N802
+    def Rec2020() -> ColorSpace:
         c = ColorSpace
         return c(c.Primaries.Rec2020, c.TransferFunction.Rec709, c.YcbcrEncoding.Rec2020,
                  c.Range.Limited)

@@ -158,20 +158,20 @@ def _populate(klass: type, table: list[tuple[str, ControlType, int, list[str]]],
             setattr(klass, f"{name}Enum", enum.IntEnum(f"{name}Enum", {v: i for i, v in enumerate(values)}))
 
 
-class controls:  # noqa: N801 - the binding's class name
+class controls:
     """libcamera.controls: ControlIds as static attributes; vendors `draft` and `rpi` inside."""
 
-    class draft:  # noqa: N801
+    class draft:
         pass
 
-    class rpi:  # noqa: N801
+    class rpi:
         pass
 
 
-class properties:  # noqa: N801
+class properties:
     """libcamera.properties: the camera's static properties."""
 
-    class draft:  # noqa: N801
+    class draft:
         pass
 
 

@@ -127,7 +127,7 @@ def py_to_control_value(ob: Any, type_: ControlType) -> Any:
 class ControlInfo:
     """py_main.cpp pyControlInfo: min, max, default, values."""
 
-    def __init__(self, min: Any, max: Any, default: Any = None, values: list[Any] | None = None) -> None:  # noqa: A002
+    def __init__(self, min: Any, max: Any, default: Any = None, values: list[Any] | None = None) -> None:
         self._min, self._max, self._default = min, max, default
         self._values = list(values or [])
 
@@ -423,7 +423,8 @@ class CameraConfiguration:
             return CameraConfiguration.Status.Invalid
         self._mode = mode
         for s in raw:
-            if (s.size.width, s.size.height) != (mode.width, mode.height) or str(s.pixel_format) != mode.format:
+            wanted = (s.size.width, s.size.height, str(s.pixel_format))
+            if wanted != (mode.width, mode.height, mode.format):
                 status = CameraConfiguration.Status.Adjusted
             s.size, s.pixel_format = Size(mode.width, mode.height), PixelFormat(mode.format)
             s.color_space = ColorSpace.Raw()
@@ -445,7 +446,8 @@ class CameraConfiguration:
             stride, frame_size = _layout(str(s.pixel_format), s.size.width, s.size.height)
             if s.stride and s.stride >= stride:
                 stride = s.stride
-                frame_size = stride * s.size.height * (3 if PIXEL_FORMATS[str(s.pixel_format)][2] == "yuv420" else 2) // 2
+                planar = PIXEL_FORMATS[str(s.pixel_format)][2] == "yuv420"
+                frame_size = stride * s.size.height * (3 if planar else 2) // 2
             s.stride, s.frame_size = stride, frame_size
             if s.buffer_count <= 0:
                 s.buffer_count = 4
@@ -497,7 +499,7 @@ class Request:
     def has_pending_buffers(self) -> bool:
         return self._status == Request.Status.Pending and bool(self._buffers)
 
-    def set_control(self, id: ControlId, value: Any) -> None:  # noqa: A002
+    def set_control(self, id: ControlId, value: Any) -> None:
         self._controls[id] = py_to_control_value(value, id.type)
 
     @property
@@ -607,7 +609,8 @@ class Camera:
             c["Sharpness"]: ControlInfo(0.0, 16.0, 1.0),
             c["ColourGains"]: ControlInfo(0.0, 32.0, None),
             c["ColourTemperature"]: ControlInfo(100, 100_000, None),
-            c["ScalerCrop"]: ControlInfo(Rectangle(0, 0, 64, 64), Rectangle(*mode.crop), Rectangle(*mode.crop)),
+            c["ScalerCrop"]: ControlInfo(Rectangle(0, 0, 64, 64), Rectangle(*mode.crop),
+                                         Rectangle(*mode.crop)),
             c["FrameDurationLimits"]: ControlInfo(mode.min_frame_us, s.max_frame_us, 33333),
             c["NoiseReductionMode"]: ControlInfo(0, 4, 0),
             c["HdrMode"]: ControlInfo(0, 4, 0),
@@ -699,8 +702,9 @@ class Camera:
         self._thread = threading.Thread(target=self._run, args=(self._stopping,),
                                         name=f"{THREAD_PREFIX}-{self._hardware.sensor.model}", daemon=True)
         self._manager._running.add(self)
-        self._thread.start()
+        self._hardware.streaming += 1
         self._hardware.record("start", f"frame_limits={self._frame_limits}")
+        self._thread.start()
 
     def stop(self) -> None:
         if self.is_disconnected:
@@ -710,6 +714,7 @@ class Camera:
             return
         self._hardware.wait_stop_gate()
         self._end_thread()
+        self._hardware.clear_stall()  # a stopped and restarted sensor streams again
         with self._lock:
             cancelled, self._queue = self._queue, []
         for request in cancelled:
@@ -718,6 +723,8 @@ class Camera:
         self._hardware.record("stop", f"cancelled={len(cancelled)}")
 
     def _end_thread(self) -> None:
+        if self._thread is not None:
+            self._hardware.streaming -= 1
         self._stopping.set()
         with self._lock:
             self._queued.notify_all()
@@ -750,7 +757,7 @@ class Camera:
 
     def _run(self, stopping: threading.Event) -> None:
         hardware = self._hardware
-        due = time.monotonic()
+        due = time.monotonic() + self._frame_seconds()  # the first frame ends one period after start
         quiet_since: float | None = None
         while not stopping.is_set():
             delay = due - time.monotonic()
@@ -761,6 +768,7 @@ class Camera:
             if self.is_disconnected:
                 return  # unplugged: nothing more completes
             if hardware.is_stalled:
+                hardware.frame_completed()  # nothing in flight: a pending unplug lands now
                 if quiet_since is None:
                     quiet_since = time.monotonic()
                 elif quiet_since != -1.0 and time.monotonic() - quiet_since >= hardware.dequeue_timeout_s:
@@ -793,6 +801,7 @@ class Camera:
             request._sequence = self._sequence
             self._sequence += 1
             self._finish(request, Request.Status.Complete, FrameMetadata.Status.Success, timestamp)
+            hardware.frame_completed()
 
     def _finish(self, request: Request, status: Request.Status, frame_status: FrameMetadata.Status,
                 timestamp: int) -> None:

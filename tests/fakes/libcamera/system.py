@@ -17,7 +17,8 @@ reports exactly these rates.
 
 Faults (what the real stack does, and what the fake does instead):
 - frontend_timeout(): the sensor stops sending; the pipeline handler logs "Camera frontend
-  has timed out!" after its dequeue timer, and queued requests never complete;
+  has timed out!" after its dequeue timer, and queued requests never complete, until the
+  camera is stopped (a restarted sensor streams again);
 - hang_stop(): Camera.stop() blocks until release_stop() (raspberrypi/picamera2 #1264:
   stop() hanging after a frontend timeout);
 - vanish()/reappear(): the camera is unplugged (the CameraManager stops listing it, the
@@ -37,6 +38,7 @@ from typing import Any
 
 _libcamera_log = logging.getLogger("libcamera.RPI")
 DEFAULT_DEQUEUE_TIMEOUT_S = 1.0  # libcamera's V4L2 dequeue watchdog on the Pi frontend
+VANISH_WAIT_S = 2.0  # a streaming sensor completes a frame well within this
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,8 @@ class FakeCameraHardware:
     connected: bool = True
     generation: int = 0  # +1 per reappear(): a new libcamera Camera each time
     frames_produced: int = 0  # never reset: the frame-number code of the next frame
+    streaming: int = 0  # cameras of this sensor started and not stopped
+    _vanish_pending: bool = False
     history: list[tuple[float, str, str]] = field(default_factory=list)
     _stalled: threading.Event = field(default_factory=threading.Event)
     _stop_gate: threading.Event = field(default_factory=threading.Event)
@@ -166,14 +170,35 @@ class FakeCameraHardware:
             self._stop_gate.wait()
 
     def vanish(self) -> None:
-        """Unplugged: libcamera drops the camera, the open Camera object is disconnected."""
+        """Unplugged: libcamera drops the camera, the open Camera object is disconnected.
+
+        While it streams, the unplug lands just after a frame completes, so that frame is in
+        picamera2's hands when the camera goes, as with a cable pulled mid-stream: queueing
+        it again fails with ENODEV. Returns once the camera is gone.
+        """
         self.record("vanish")
-        self.connected = False
+        with self._frame:
+            if self.streaming:
+                self._vanish_pending = True
+                if self._frame.wait_for(lambda: not self.connected, VANISH_WAIT_S):
+                    return
+            self._vanish_pending = False
+            self.connected = False
+
+    def frame_completed(self) -> None:
+        """The frame thread finished a frame: a pending unplug happens now."""
+        with self._frame:
+            if self._vanish_pending:
+                self._vanish_pending = False
+                self.connected = False
+                self.record("vanished", "after a completed frame")
+                self._frame.notify_all()
 
     def reappear(self) -> None:
         """Plugged back: listed again as a new, healthy Camera."""
         self.record("reappear")
         self._stalled.clear()
+        self._vanish_pending = False
         self.generation += 1
         self.connected = True
 
