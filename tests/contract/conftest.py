@@ -2,8 +2,8 @@
 
 Real where the machine allows (synthetic, file from FFmpeg lavfi sources), over test doubles where it
 cannot (picamera2-real: the genuine picamera2 over the fake libcamera binding in
-tests/fakes/libcamera, as on a Pi 5; picamera2 through the hand-written tests/fakes/picamera2 on
-a Pi 4 and a Pi 5; V4L2 through the fake kernel in tests/fakes/v4l2_device.py in each input format).
+tests/fakes/libcamera, as on a Pi 5; picamera2-pi4: the hand-written tests/fakes/picamera2 as a
+Pi 4, whose H.264 encoder is the V4L2 M2M device the genuine library cannot reach here; V4L2 through the fake kernel in tests/fakes/v4l2_device.py in each input format).
 """
 
 from __future__ import annotations
@@ -159,7 +159,6 @@ RIGS: dict[str, Callable[[pytest.FixtureRequest, Path], Rig]] = {
     "synthetic": _synthetic_rig,
     "file-lavfi": _file_rig,
     "picamera2-pi4": _picamera2_rig("pi4"),
-    "picamera2-pi5": _picamera2_rig("pi5"),
     "picamera2-real": _real_picamera2_rig,
     "v4l2-h264": _v4l2_rig("h264"),
     "v4l2-h264-headers-once": _v4l2_rig("h264", repeat_headers=False),

@@ -9,6 +9,7 @@ never returns, a camera unplugged mid-stream, a size no sensor mode gives.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -16,11 +17,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from loguru import logger
 
 from controller.core.controller import EXIT_HUNG_HARDWARE, Controller
+from hw import framecode
 from hw.camera import CameraMode
 from hw.factory import Hardware
 from hw.picam import PicameraCamera, SensorMode, SensorModeUnavailable
+from hw.snapshot import encode_jpeg
+from hw.v4l2.h264 import nal_types
 from tests.e2e.conftest import FAST_POLICY, RunningController
 from tests.fakes.realpicam import RealPicamera2
 from tests.helpers import gaps, recorded_numbers
@@ -83,6 +88,54 @@ def test_it_is_the_genuine_library_as_on_a_pi5(real_picamera2: RealPicamera2) ->
         assert str(camera.sensor_mode) == "1536x864@120.13"
     finally:
         camera.close()
+
+
+@pytest.mark.parametrize(("fragment_seconds", "iperiod"), [(0.5, 15), (0.2, 6)])
+def test_libav_keyframes_come_every_fragment_with_their_headers(
+        real_picamera2: RealPicamera2, fragment_seconds: float, iperiod: int) -> None:
+    real_picamera2.install_camera("imx708")
+    lines: list[str] = []
+    sink = logger.add(lambda m: lines.append(str(m)), format="{level} {message}")
+    camera = PicameraCamera(CameraMode(160, 120, 30.0), fragment_seconds=fragment_seconds,
+                            capture_timeout=0.5)
+    camera.open()
+    try:
+        packets = [camera.read(WAIT_SECONDS) for _ in range(2 * iperiod + 1)]
+    finally:
+        camera.close()
+        logger.remove(sink)
+    assert any(line.startswith("WARNING") and "encoder=libav platform=PISP" in line for line in lines)
+    assert [i for i, p in enumerate(packets) if p.is_keyframe] == [0, iperiod, 2 * iperiod]
+    # repeat=True: every keyframe carries SPS and PPS in-band, as the segment writer needs.
+    assert all({7, 8, 5} <= set(nal_types(p.data)) for p in packets if p.is_keyframe)
+    assert all(b.timestamp > a.timestamp for a, b in itertools.pairwise(packets))
+
+
+def test_lores_frames_are_the_cameras_own_and_feed_snapshots(real_picamera2: RealPicamera2,
+                                                             tmp_path: Path) -> None:
+    handle = real_picamera2.install_camera("imx708")
+    hardware = Hardware(camera_spec(backend="picamera2", width=640, height=480, fps=30),
+                        recording_spec(root=tmp_path, segment_seconds=1, fragment_seconds=0.5))
+    camera = hardware.make_camera()
+    camera.open()
+    errors: list[tuple[str, str]] = []
+    pipeline = hardware.make_pipeline(camera, tmp_path, lambda c, r: errors.append((c, r)))
+    pipeline.start()
+    try:
+        deadline = time.monotonic() + WAIT_SECONDS
+        while pipeline.latest_frame is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        frame = pipeline.latest_frame
+        assert frame is not None and frame.data is not None
+        assert frame.data.shape == (240 * 3 // 2, 320)  # lores: 320 wide, the main stream's aspect
+        # The picture is the sensor's: its top rows carry a frame number the sensor produced.
+        assert framecode.read(frame.data[:240]) < handle.frames_produced
+        assert encode_jpeg(frame.data).startswith(b"\xff\xd8")
+    finally:
+        pipeline.stop()
+    assert errors == []
+    configured = " ".join(d for _, d in handle.events("configure"))
+    assert "640x480/YUV420" in configured and "320x240/YUV420" in configured
 
 
 @pytest.mark.parametrize(("sensor", "width", "height", "fps"),
