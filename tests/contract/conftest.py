@@ -1,9 +1,10 @@
 """Rigs for the camera contract: every backend, with a way to stall it, lose it and get it back.
 
-Real where the machine allows (synthetic, file from FFmpeg lavfi sources), over test doubles where it
-cannot (picamera2-real: the genuine picamera2 over the fake libcamera binding in
-tests/fakes/libcamera, as on a Pi 5; picamera2-pi4: the hand-written tests/fakes/picamera2 as a
-Pi 4, whose H.264 encoder is the V4L2 M2M device the genuine library cannot reach here; V4L2 through the fake kernel in tests/fakes/v4l2_device.py in each input format).
+Real where the machine allows (synthetic, file from FFmpeg lavfi sources), over test doubles
+where it cannot (picamera2-real: the genuine picamera2 over the fake libcamera binding in
+tests/fakes/libcamera, as on a Pi 5; picamera2-pi4: the hand-written tests/fakes/picamera2 as
+a Pi 4, whose H.264 encoder is the V4L2 M2M device the genuine library cannot reach here; V4L2
+through the fake kernel in tests/fakes/v4l2_device.py in each input format).
 """
 
 from __future__ import annotations
