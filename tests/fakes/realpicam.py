@@ -58,8 +58,11 @@ class RealPicamera2:
 
 
 def _purge() -> None:
-    for name in list(sys.modules):
-        if any(name == p or name.startswith(p + ".") for p in PURGED):
+    """Forget the fakes and everything imported from REAL_DIR (simplejpeg, PIL, ... too)."""
+    for name, module in list(sys.modules.items()):
+        origin = getattr(module, "__file__", None) or ""
+        if any(name == p or name.startswith(p + ".") for p in PURGED) \
+                or origin.startswith(str(REAL_DIR) + os.sep):
             del sys.modules[name]
 
 
