@@ -10,7 +10,8 @@ raspberrypi/picamera2, see tests/fakes/picamera2 for the files and commits):
   controls=, sensor=)`, `configure`, `start`, `stop`, `close`, `cancel_all_and_flush()`.
 - `picamera2.encoders.H264Encoder(repeat=, iperiod=, framerate=)`: the VC4 hardware encoder
   on a Pi 4 and earlier; on a Pi 5 (no H.264 block) the name is bound to LibavH264Encoder,
-  software libx264; `picamera2.encoders._hw_encoder_available` tells which.
+  software libx264; `picamera2.encoders._hw_encoder_available` tells which. framerate goes
+  to PyAV's add_stream(rate=) there, so it is a Fraction (a float raises in PyAV).
 - `Output.outputframe(frame, keyframe, timestamp, packet, audio)`: called positionally from
   the encoder's thread with one Annex-B access unit, its keyframe flag and its timestamp in
   microseconds since the encoder's first frame.
@@ -22,7 +23,10 @@ out!" in libcamera's log: frames stopped); a camera that left global_camera_info
 RuntimeError "No such device", is CameraLost. `close()` runs cancel_all_and_flush(),
 stop_encoder(), stop(), close(); stop() is known to hang after a frontend timeout
 (raspberrypi/picamera2 #1264, #1275), so callers run close() through close_with_timeout
-and recovery opens a fresh Picamera2.
+and recovery opens a fresh Picamera2. A camera unplugged mid-stream kills picamera2's event
+loop (queueing a request to it fails with ENODEV), and stop() would wait for that loop
+forever: close() detaches the dead loop first (found running the genuine picamera2 over
+tests/fakes/libcamera).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import CancelledError
 from dataclasses import dataclass
+from fractions import Fraction
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
@@ -315,7 +320,10 @@ class PicameraCamera:
         log = logger.info if self.encoder_kind == "hardware" else logger.warning
         log("picamera2 encoder={} platform={}: {}", self.encoder_kind, self.platform,
             describe_encoder(self.encoder_kind, self.platform))
-        encoder = encoders.H264Encoder(repeat=True, iperiod=self.iperiod, framerate=m.fps)
+        # A Fraction, not the config's float: LibavH264Encoder (the Pi 5's H264Encoder) hands
+        # framerate to PyAV's add_stream(rate=), which takes an int or a Fraction only.
+        encoder = encoders.H264Encoder(repeat=True, iperiod=self.iperiod,
+                                       framerate=Fraction(m.fps).limit_denominator(1001))
         output = _packet_output_class(outputs.Output)(self._on_packet, self._output_failed)
         self._base, self._resync, self._lost_reason = None, True, ""
         self._drain()
@@ -434,6 +442,28 @@ class PicameraCamera:
 
     # -- close -----------------------------------------------------------------------------
 
+    def finish_encoding(self) -> list[EncodedPacket]:
+        """Stop picamera2's encoder and return every packet not read yet; the camera stays open.
+
+        LibavH264Encoder (a Pi 5) runs libx264 with frame threads, which holds a few frames
+        (about 1.5 per core) until it is flushed: stop_encoder() hands them to the output, and
+        the pipeline writes them before the segment closes instead of losing them with the
+        camera (found running the genuine picamera2: the last frames before every close were
+        missing). May block as stop() does; the pipeline runs it with the close, bounded.
+        """
+        picam2 = self._picam2
+        if picam2 is None:
+            return []
+        try:
+            picam2.stop_encoder()
+        except Exception as err:
+            logger.warning("picamera2 stop_encoder failed error={!r}", err)
+        packets: list[EncodedPacket] = []
+        with contextlib.suppress(queue.Empty):
+            while True:
+                packets.append(self._packets.get_nowait())
+        return packets
+
     def close(self) -> None:
         """Stop encoder and camera and release it; idempotent.
 
@@ -459,6 +489,14 @@ class PicameraCamera:
                 logger.error("lores thread did not stop within {:.1f}s", self.capture_timeout
                              + LORES_JOIN_GRACE_SECONDS)
         self._lores_thread = None
+        if _event_loop_died(picam2):
+            # picamera2's stop() asks its event loop to stop the camera and waits for it; a
+            # dead loop never answers. Detached, stop() stops the camera on this thread.
+            logger.warning("picamera2's event loop has ended (an error in process_requests, such "
+                           "as libcamera's 'Failed to queue request: No such device' once the "
+                           "camera is gone); stopping the camera without it")
+            with contextlib.suppress(Exception):
+                picam2.detach_preview()
         for step in ("stop_encoder", "stop", "close"):
             try:
                 getattr(picam2, step)()
@@ -471,6 +509,17 @@ class PicameraCamera:
         with contextlib.suppress(queue.Empty):
             while True:
                 self._packets.get_nowait()
+
+
+def _event_loop_died(picam2: Any) -> bool:
+    """True when the thread of picamera2's NULL preview, its event loop, has ended.
+
+    It ends on the first exception process_requests() raises (picamera2/previews/
+    null_preview.py re-raises it), for instance when a completed request is queued again to
+    a camera that was unplugged meanwhile.
+    """
+    thread = getattr(getattr(picam2, "_preview", None), "thread", None)
+    return isinstance(thread, threading.Thread) and not thread.is_alive()
 
 
 def _packet_output_class(base: type) -> type:

@@ -235,15 +235,37 @@ class RecordingPipeline:
                 abandoned.append(self._encode.name)
         closed = None
         kept = None
+        finish = getattr(self.camera, "finish_encoding", None)
+        tail: list[EncodedPacket] = []
+        if finish is not None:
+            # A camera with its own encoder (picamera2's LibavH264Encoder: libx264 holds a few
+            # frames for its threads) hands those over when it stops encoding: they go into
+            # the segment before it closes. Stopping may hang like the rest of the close.
+            flushed = threading.Event()
+
+            def finish_and_close() -> None:
+                try:
+                    tail.extend(finish())
+                finally:
+                    flushed.set()
+                self.camera.close()
+
+            if not close_with_timeout(finish_and_close, max(0.5, deadline - time.monotonic()),
+                                      name="vigil-camera-close", hung=self._hung_closes):
+                abandoned.append("vigil-camera-close")
+            if not flushed.is_set():
+                tail = []
         if self._encode.is_alive():
             self.writer.abandon()
         elif (keep_output and not abandoned and not self._output_failed.is_set()
               and not self.writer.is_dead):
-            kept = RecordingOutput(self.camera.mode, self.encoder, self.writer)
+            if self._write_tail(tail):
+                kept = RecordingOutput(self.camera.mode, self.encoder, self.writer)
         else:
-            closed = self._close_writer()
-        if not close_with_timeout(self.camera.close, max(0.5, deadline - time.monotonic()),
-                                  name="vigil-camera-close", hung=self._hung_closes):
+            closed = self._close_writer(tail)
+        if finish is None and not close_with_timeout(
+                self.camera.close, max(0.5, deadline - time.monotonic()),
+                name="vigil-camera-close", hung=self._hung_closes):
             abandoned.append("vigil-camera-close")
         for name in abandoned:
             logger.error("abandoned a hung call thread={} (it may still hold the device)", name)
@@ -258,9 +280,25 @@ class RecordingPipeline:
                 if time.monotonic() > deadline:
                     return
 
-    def _close_writer(self) -> object | None:
+    def _close_writer(self, tail: list[EncodedPacket] | None = None) -> object | None:
+        if tail and not self._write_tail(tail):
+            return None
         return _close_output(self.encoder, self.writer, self.when_error,
                              flush=not self._output_failed.is_set())
+
+    def _write_tail(self, tail: list[EncodedPacket]) -> bool:
+        """Write what the camera's own encoder handed over as it stopped; False if that failed."""
+        if self._output_failed.is_set():
+            return True
+        try:
+            for packet in tail:
+                self.writer.write(packet)
+        except (StorageError, EncoderError) as err:
+            self.when_error(err.category, f"closing segment: {err}")
+            self.writer.abandon()
+            return False
+        self.stats.frames_recorded += len(tail)
+        return True
 
 
 def _close_output(encoder: H264Encoder | None, writer: SegmentWriter, when_error: ErrorSink, *,

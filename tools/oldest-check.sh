@@ -43,7 +43,8 @@ PY
 # The parts that lean on numpy, PyAV, pydantic and FastAPI: encoding, muxing, merging, the
 # config models, every camera backend, doctor, a recording process, the HTTP API, and paho-mqtt
 # 2.0's callbacks against a real mosquitto.
-"$venv/bin/python" -m pytest -q -n 2 -p no:randomly \
+# PYTHONNODEBUGRANGES=1: as in the Makefile's test target (CPython 3.11's global ast state).
+PYTHONNODEBUGRANGES=1 "$venv/bin/python" -m pytest -q -n 2 -p no:randomly \
   tests/unit/test_encoder.py tests/unit/test_encoder_choice.py tests/unit/test_writer.py \
   tests/unit/test_merge.py tests/unit/test_config.py tests/unit/test_validate.py \
   tests/contract/test_camera_contract.py tests/contract/test_doctor.py \

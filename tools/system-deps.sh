@@ -6,7 +6,7 @@ set -euo pipefail
 
 declare -A package_of=(
   [mkfs.ext4]=e2fsprogs [mount]=mount [losetup]=mount [systemd-analyze]=systemd
-  [ffmpeg]=ffmpeg [fusermount3]=fuse3 [mosquitto]=mosquitto
+  [ffmpeg]=ffmpeg [fusermount3]=fuse3 [mosquitto]=mosquitto [gcc]=gcc
 )
 # Packages wanted as such (no command to look for): Debian's own Python with venv, numpy and
 # h5py, for the check that vigil installs beside a system numpy the way it does on Raspberry
@@ -15,8 +15,10 @@ declare -A package_of=(
 # mosquitto (with mosquitto_passwd in the same package) is the broker tests/e2e/test_mqtt.py starts.
 packages=()
 case "${1:-test}" in
-  test) tools=(mkfs.ext4 mount losetup systemd-analyze fusermount3 ffmpeg mosquitto)
-        packages=(python3 python3-venv python3-numpy python3-h5py) ;;
+  test) tools=(mkfs.ext4 mount losetup systemd-analyze fusermount3 ffmpeg mosquitto gcc)
+        # libcap-dev: python-prctl, which the genuine picamera2 imports, builds against it
+        # (tests/requirements-picamera2.txt).
+        packages=(python3 python3-venv python3-numpy python3-h5py libcap-dev) ;;
   bench) tools=(ffmpeg) ;;
   *) echo "usage: $0 test|bench" >&2; exit 2 ;;
 esac

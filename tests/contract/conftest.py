@@ -1,8 +1,10 @@
 """Rigs for the camera contract: every backend, with a way to stall it, lose it and get it back.
 
-Real where the machine allows (synthetic, file from FFmpeg lavfi sources), over test doubles where it
-cannot (picamera2 through tests/fakes/picamera2 on a Pi 4 and a Pi 5, V4L2 through the fake
-kernel in tests/fakes/v4l2_device.py in each input format).
+Real where the machine allows (synthetic, file from FFmpeg lavfi sources), over test doubles
+where it cannot (picamera2-real: the genuine picamera2 over the fake libcamera binding in
+tests/fakes/libcamera, as on a Pi 5; picamera2-pi4: the hand-written tests/fakes/picamera2 as
+a Pi 4, whose H.264 encoder is the V4L2 M2M device the genuine library cannot reach here; V4L2
+through the fake kernel in tests/fakes/v4l2_device.py in each input format).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from hw.factory import DEFAULT_MAKERS, CameraMaker, Hardware
 from hw.synthetic import FaultPlan
 from hw.v4l2.probe import V4L2Maker
 from tests.fakes.conftest import fake_picamera2  # noqa: F401 - the fixture, for the Pi rigs
+from tests.fakes.realpicam import RealPicamera2, real_picamera2  # noqa: F401 - ditto
 from tests.fakes.v4l2_device import FakeV4L2, FakeVideoDevice, draw_yuv420
 from tests.specs import camera_spec, recording_spec
 
@@ -140,6 +143,14 @@ def _picamera2_rig(platform: str) -> Callable[[pytest.FixtureRequest, Path], Rig
     return make
 
 
+def _real_picamera2_rig(request: pytest.FixtureRequest, tmp_path: Path) -> Rig:
+    """vigil's picamera2 backend on the genuine picamera2 (as on a Pi 5) over the fake libcamera."""
+    real: RealPicamera2 = request.getfixturevalue("real_picamera2")
+    camera = real.install_camera("imx708", dequeue_timeout_s=0.2)
+    return Rig("picamera2", dict(DEFAULT_MAKERS), stall=lambda cam: camera.frontend_timeout(),
+               lose=camera.vanish, restore=camera.reappear, handle=camera)
+
+
 RigMaker = Callable[[pytest.FixtureRequest, Path], Rig]
 
 
@@ -161,7 +172,7 @@ RIGS: dict[str, Callable[[pytest.FixtureRequest, Path], Rig]] = {
     "synthetic": _synthetic_rig,
     "file-lavfi": _file_rig,
     "picamera2-pi4": _picamera2_rig("pi4"),
-    "picamera2-pi5": _picamera2_rig("pi5"),
+    "picamera2-real": _real_picamera2_rig,
     "v4l2-h264": _v4l2_rig("h264"),
     "v4l2-h264-headers-once": _v4l2_rig("h264", repeat_headers=False),
     "v4l2-mjpeg": _v4l2_rig("mjpeg"),

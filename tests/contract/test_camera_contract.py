@@ -1,9 +1,9 @@
 """One contract, every camera backend: open, record, stall, lose and regain, close twice.
 
-Each test runs once per rig (tests/contract/conftest.py): synthetic, file, picamera2 on a
-Pi 4 and a Pi 5 (fake picamera2), V4L2 in H.264 (headers repeated or sent once), MJPEG and
-YUYV (fake V4L2 kernel). Recordings go through the real pipeline and segment writer and are
-decoded back into frame numbers.
+Each test runs once per rig (tests/contract/conftest.py): synthetic, file, the genuine
+picamera2 as on a Pi 5 (over the fake libcamera), picamera2 as a Pi 4 (hand-written fake),
+V4L2 in H.264 (headers repeated or sent once), MJPEG and YUYV (fake V4L2 kernel). Recordings
+go through the real pipeline and segment writer and are decoded back into frame numbers.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from controller.doctor import EXIT_CANNOT_RECORD, EXIT_OK, examine
 from hw.factory import DEFAULT_MAKERS, CameraMaker
 from hw.picam import PicameraMaker
 from hw.v4l2.probe import V4L2Maker
+from tests.fakes.realpicam import RealPicamera2
 from tests.fakes.v4l2_device import FakeV4L2
 
 REPO = Path(__file__).resolve().parents[2]
@@ -49,10 +50,8 @@ def test_on_a_pi_it_lists_the_sensor_modes_and_the_hardware_encoder(fake_picamer
     assert "  gpio: ok (pin factory MockFactory for button 17, LED 27)" in text
 
 
-def test_on_a_pi_5_it_names_the_software_encoder(fake_picamera2: ModuleType, tmp_path: Path) -> None:
-    from picamera2 import _fake
-
-    _fake.install_camera(platform="pi5")
+def test_on_a_pi_5_it_names_the_software_encoder(real_picamera2: RealPicamera2, tmp_path: Path) -> None:
+    real_picamera2.install_camera("imx708")  # the genuine picamera2, as on a Pi 5
     report = examine(config(tmp_path, backend="picamera2"), makers=makers(FakeV4L2()))
     assert report.exit_code == EXIT_OK
     assert "LibavH264Encoder, software libx264 on the CPU (PISP" in report.text()

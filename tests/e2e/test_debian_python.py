@@ -96,6 +96,25 @@ print({CANARY}.__file__)
     assert vigil.returncode == 0, vigil.stderr
 
 
+def test_the_unit_gets_none_of_the_test_only_picamera2_packages(installed: Path) -> None:
+    """constraints.txt pins the genuine picamera2 the tests run; the installer must not install it.
+
+    On a unit apt's python3-picamera2 (visible through the system site packages) is the one
+    vigil uses; a pip copy in the venv would shadow it.
+    """
+    wanted = [line.split("==")[0].split("#")[0].strip().lower()
+              for line in (REPO / "tests" / "requirements-picamera2.txt").read_text().splitlines()]
+    wanted = [name for name in wanted if name]
+    assert "picamera2" in wanted
+    listed = venv_python(installed, "import importlib.metadata as m, sys; print('\\n'.join("
+                                    "d.metadata['Name'].lower() for d in m.distributions("
+                                    "path=[p for p in sys.path if p.startswith(sys.prefix)])))")
+    assert listed.returncode == 0, listed.stderr
+    in_venv = set(listed.stdout.split())
+    assert "vigil" in in_venv  # the listing does see what the installer put there
+    assert in_venv.isdisjoint(wanted), sorted(in_venv & set(wanted))
+
+
 def test_the_installed_vigil_records_the_synthetic_camera_and_doctor_runs(installed: Path,
                                                                           tmp_path: Path) -> None:
     vigil = installed / "bin" / "vigil"

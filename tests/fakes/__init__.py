@@ -1,4 +1,6 @@
-"""Test doubles for libraries that cannot run on this machine (see picamera2/).
+"""Test doubles for what cannot run on this machine: libcamera's binding (libcamera/, under the
+genuine picamera2 that realpicam.py loads), a hand-written picamera2 (picamera2/, the Pi 4
+path), V4L2 devices, a durable filesystem, and more.
 
 This file makes pytest import tests/fakes as a package, so collecting these tests does not
 put tests/fakes on sys.path for the whole session (which would hand every later

@@ -26,6 +26,23 @@ raspberrypi/picamera2 issues #1264 and #1275 (stop_recording() stuck after "Came
 frontend has timed out!").
 """
 
+import libcamera
+
 from .picamera2 import Picamera2, Preview
+
+
+def _transforms_eq(t1: libcamera.Transform, t2: libcamera.Transform) -> bool:
+    return bool(t1.hflip == t2.hflip and t1.vflip == t2.vflip and t1.transpose == t2.transpose)
+
+
+def _colour_spaces_eq(c1: libcamera.ColorSpace, c2: libcamera.ColorSpace) -> bool:
+    return bool(c1.primaries == c2.primaries and c1.transferFunction == c2.transferFunction
+                and c1.ycbcrEncoding == c2.ycbcrEncoding and c1.range == c2.range)
+
+
+# The binding's Transform and ColorSpace have no ==; picamera2's __init__.py adds these two
+# (raspberrypi/picamera2 picamera2/__init__.py @ v0.3.31, 4a8e3d93546470e411b0ac637d174259e8a79142).
+libcamera.Transform.__eq__ = _transforms_eq  # type: ignore[method-assign,assignment]
+libcamera.ColorSpace.__eq__ = _colour_spaces_eq  # type: ignore[method-assign,assignment]
 
 __all__ = ["Picamera2", "Preview"]

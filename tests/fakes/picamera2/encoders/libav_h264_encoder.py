@@ -93,6 +93,11 @@ class LibavH264Encoder(Encoder):
             preset = self.preset
         if self._format not in FORMAT_TABLE:
             raise KeyError(self._format)
+        # The real _start() hands `framerate` to PyAV unchanged (`container.add_stream(codec,
+        # rate=self.framerate)`), and PyAV refuses what is not an int or a Fraction (a float
+        # raises AttributeError): do the same call so the fake fails where the library does.
+        with av.open("/dev/null", "w", format="null") as probe:
+            probe.add_stream(self._codec, rate=self.framerate)
         self._context = open_libx264(
             width=self.width,
             height=self.height,
