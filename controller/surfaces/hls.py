@@ -3,10 +3,20 @@
 Every fragment vigil writes is a keyframe-aligned `moof`+`mdat` pair, so it is an HLS media
 segment as it stands (fMP4): the playlist names it by byte range (`EXT-X-BYTERANGE`) in its
 segment file, and the file's `ftyp`+`moov` by byte range as the init section (`EXT-X-MAP`).
-Each segment file starts its own timeline at 0 and has its own init section, so a new file
-is an `EXT-X-DISCONTINUITY`. The bytes come from `/hls/{path}`, which names every segment by
-its closed name: a closed segment whole, the segment being written (`NAME.mp4.partial` on
-disk) only up to the end of its last whole fragment.
+Each segment file has its own init section and a fresh encoder behind it, so a new file is
+an `EXT-X-DISCONTINUITY` (RFC 8216 4.3.2.3: a change of encoding sequence). The bytes come
+from `/hls/{path}`, which names every segment by its closed name: a closed segment whole, the
+segment being written (`NAME.mp4.partial` on disk) only up to the end of its last whole
+fragment.
+
+Each file's decode times start at 0. ffmpeg's HLS reader (5.1) feeds every file into one
+MP4 parser and ignores the discontinuity, so a file restarting at 0 lands before what it
+already played and its first fragment is dropped. `/hls/` therefore serves the fragments'
+`tfdt` (baseMediaDecodeTime) on one timeline, the wall clock: a fragment starts at its
+file's `vigil_start` plus its offset in the file, in the track's ticks. Only the tfdt value
+is patched, in place and at its own width, so byte lengths and the playlists' byte ranges
+stay as they are; the init section is served as written. Any client, live or recorded,
+gets the same times, and a pause in recording is a pause in the timestamps.
 
 The live playlist (`/live.m3u8`) rolls over the newest segment files' whole fragments; its
 media sequence numbers are given out by `LiveSequence`, in the order fragments first
@@ -27,7 +37,7 @@ from pathlib import Path
 from loguru import logger
 
 from controller.surfaces import fmp4
-from controller.surfaces.spans import Candidate, candidates, overlapping, segment_runs
+from controller.surfaces.spans import Candidate, anchor_of, candidates, overlapping, segment_runs
 from hw.footage import PARTIAL_SUFFIX, final_path, footage_at, partial_at
 
 LIVE_FRAGMENTS = 6
@@ -176,8 +186,46 @@ def vod_playlist(root: Path, start: float, end: float) -> str | None:
     return "\n".join(lines) + "\n"
 
 
-def media_file(root: Path, relative: str) -> tuple[Path, int | None] | None:
-    """The file `/hls/{relative}` serves and how many of its bytes (None: all); None: no such.
+@dataclass(frozen=True, slots=True)
+class MediaFile:
+    """What `/hls/{path}` serves: `path` up to `limit` bytes (None: all), with `patches`
+    (file offset, bytes of the same length) laid over what is read."""
+
+    path: Path
+    limit: int | None
+    patches: tuple[tuple[int, bytes], ...]
+
+
+def wallclock_patches(path: Path, scanned: fmp4.FragmentedFile) -> tuple[tuple[int, bytes], ...]:
+    """The tfdt values of `scanned`'s fragments moved onto the wall clock (see the module).
+
+    A 4-byte tfdt (version 0; vigil's writer writes version 1) cannot hold wall-clock ticks:
+    its value wraps modulo 2**32, which a player meets as one more discontinuity.
+    """
+    if not scanned.fragments:
+        return ()
+    anchor = anchor_of(fmp4.read_moov(path, limit=scanned.init_size), path)
+    base = round(anchor * scanned.timescale) - scanned.fragments[0].start
+    patches = []
+    for fragment in scanned.fragments:
+        value = max(0, base + fragment.start) % (1 << (8 * fragment.tfdt_bytes))
+        patches.append((fragment.tfdt_at, value.to_bytes(fragment.tfdt_bytes, "big")))
+    return tuple(patches)
+
+
+def _served(path: Path, whole: bool) -> MediaFile | None:
+    try:
+        scanned = fmp4.scan_fragmented(path)
+        patches = wallclock_patches(path, scanned)
+    except (OSError, fmp4.Mp4Error) as err:
+        if not isinstance(err, FileNotFoundError):
+            logger.warning("segment unreadable for HLS path={} error={}", path, err)
+        return None
+    return MediaFile(path, None if whole else scanned.length, patches)
+
+
+def media_file(root: Path, relative: str) -> MediaFile | None:
+    """What `/hls/{relative}` serves (see MediaFile); None: no such segment.
 
     `relative` names a segment by its closed name: the closed file whole, else the segment
     still being written under that name up to its last whole fragment. So a playlist's URI
@@ -187,14 +235,12 @@ def media_file(root: Path, relative: str) -> tuple[Path, int | None] | None:
     """
     found = footage_at(root, relative)
     if found is not None:
-        return (found.path, None) if found.kind == "segment" else None
+        return _served(found.path, whole=True) if found.kind == "segment" else None
     partial = partial_at(root, relative + PARTIAL_SUFFIX) if not relative.endswith(PARTIAL_SUFFIX) else None
     if partial is None:
         return None
-    try:
-        return partial, fmp4.scan_fragmented(partial).length
-    except FileNotFoundError:
-        closed = footage_at(root, relative)  # closed between the two looks
-        return (closed.path, None) if closed is not None and closed.kind == "segment" else None
-    except (OSError, fmp4.Mp4Error):
-        return None
+    served = _served(partial, whole=False)
+    if served is not None:
+        return served
+    closed = footage_at(root, relative)  # closed between the two looks
+    return _served(closed.path, whole=True) if closed is not None and closed.kind == "segment" else None
