@@ -157,7 +157,11 @@ def live_playlist(root: Path, sequence: LiveSequence, *, fragments: int = LIVE_F
 
 
 def vod_playlist(root: Path, start: float, end: float) -> str | None:
-    """The recorded playlist of the segments' fragments in [start, end); None when none."""
+    """The recorded playlist of the segments' fragments in [start, end); None when none.
+
+    Whole fragments, each from a keyframe: play starts at the keyframe at or before `start`
+    and ends with the fragment that holds the last frame before `end`.
+    """
     entries: list[Entry] = []
     for candidate in overlapping(candidates(root), start, end):
         if candidate.kind == "merged":
