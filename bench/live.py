@@ -7,10 +7,14 @@ in every frame) with the HTTP API on loopback and a viewer token.
   its last frame's number, then reads the frame the camera holds now from `/snapshot.jpg`'s
   code. (now - newest playable) / fps is how far behind a viewer's newest frame is; it is
   largest just before the next fragment appears. Target: its maximum <= fragment_seconds + 1 s.
+  Two things make the sampled maximum low: the snapshot holds the frame of the controller's
+  last status tick (up to TICK_SECONDS old), and samples SAMPLE_SECONDS apart can miss the
+  peak. The bound row adds both to the maximum, and is what is held against the target.
 - CPU: the daemon's user + system CPU (psutil, all threads) over the same window with 0, 1
   and 10 viewers, in % of one core. A viewer is a loopback HLS client as a player behaves:
-  it reloads the playlist every half target duration and fetches each fragment it has not
-  seen once (and the init section once per file), without decoding (decoding costs the
+  it reloads the playlist a target duration after it changed, half of one after it did not
+  (RFC 8216 6.3.4), and fetches each fragment it has not seen once (and the init section
+  once per file), without decoding (decoding costs the
   player, not the daemon). Viewers are threads of this process, not of the daemon. The
   three counts alternate within each run so drift in the machine's load hits them alike.
   Target: 10 viewers <= 2 % of a core more than none.
@@ -32,6 +36,7 @@ import psutil
 
 from bench.common import Figure, table
 from bench.rig import free_port, load_note, stop_process, vigil_command, workdir
+from controller.core.controller import TICK_SECONDS
 from hw import framecode
 
 WIDTH, HEIGHT, FPS = 640, 480, 30
@@ -105,10 +110,14 @@ class Viewer(threading.Thread):
         client = Client(self._port)
         seen: set[tuple[str, int]] = set()
         inits: set[str] = set()
+        last_text = ""
         try:
             while not self._halt.is_set():
+                changed = False
                 try:
                     status, body = client.get("/live.m3u8")
+                    changed = body.decode() != last_text
+                    last_text = body.decode()
                     if status == 200:
                         for init_uri, init_range, uri, byte_range in playlist_entries(body.decode()):
                             if init_uri not in inits:
@@ -120,7 +129,7 @@ class Viewer(threading.Thread):
                                 self.fragments += 1
                 except (OSError, http.client.HTTPException):
                     self.errors += 1
-                self._halt.wait(FRAGMENT_SECONDS / 2)  # half the target duration (RFC 8216 6.3.4)
+                self._halt.wait(FRAGMENT_SECONDS if changed else FRAGMENT_SECONDS / 2)
         finally:
             client.close()
 
@@ -243,9 +252,9 @@ def run(*, seconds: float = 20.0, runs: int = 3, warmup: float = 2.0) -> str:
     none = Figure(tuple(cpu[0]))
     extra = Figure(tuple(ten - zero for ten, zero in zip(cpu[10], cpu[0], strict=True)))
     latency = table(f"live latency, capture to playable, {len(samples)} samples over {seconds:g} s", "s", [
-        ("newest playable frame behind, max", Figure((max(samples),)), Figure((target,)),
-         f"<= fragment_seconds + 1 s = {target:g} s"),
         ("newest playable frame behind", Figure(tuple(samples)), Figure((target,)), "(all samples)"),
+        ("max + status tick + sample period", Figure((max(samples) + TICK_SECONDS + SAMPLE_SECONDS,)),
+         Figure((target,)), f"<= fragment_seconds + 1 s = {target:g} s"),
     ])
     load = table(f"daemon CPU with live viewers, {seconds:g} s window, {runs} runs", "% core", [
         ("1 viewer vs none", Figure(tuple(cpu[1])), none, ""),

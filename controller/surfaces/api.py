@@ -314,7 +314,7 @@ def create_app(controller: Controller, *, token_file: Path | None,
             raise HTTPException(401, detail="wrong bearer token",
                                 headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
 
-    def viewer(
+    async def viewer(
         request: Request,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> None:

@@ -29,6 +29,7 @@ a clip of it instead.
 from __future__ import annotations
 
 import math
+import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -37,15 +38,36 @@ from pathlib import Path
 from loguru import logger
 
 from controller.surfaces import fmp4
-from controller.surfaces.spans import Candidate, anchor_of, candidates, overlapping, segment_runs
-from hw.footage import PARTIAL_SUFFIX, final_path, footage_at, partial_at
+from controller.surfaces.spans import (
+    HOUR_OVERRUN_SECONDS,
+    Candidate,
+    FileKind,
+    anchor_of,
+    candidates,
+    overlapping,
+    segment_runs,
+)
+from hw.footage import (
+    PARTIAL_SUFFIX,
+    SECONDS_PER_HOUR,
+    final_path,
+    footage_at,
+    hour_folders,
+    partial_at,
+    partials_in,
+    segment_start,
+    segments_in,
+)
 
 LIVE_FRAGMENTS = 6
+SCANS_REMEMBERED = 64  # files whose scan (and tfdt patches) every viewer's request reuses
 MAX_VOD_FRAGMENTS = 100_000
 REMEMBERED_FRAGMENTS = 4096
 VERSION = 7  # EXT-X-MAP without I-frames-only needs 6; fMP4 segments, 7
 CONTENT_TYPE = "application/vnd.apple.mpegurl"
 HLS_PREFIX = "hls/"
+
+Patches = tuple[tuple[int, bytes], ...]  # (file offset, bytes laid over the file's there)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,15 +82,47 @@ class Entry:
     starts_file: bool
 
 
+class _ScanCache:
+    """Scans of segment files by (path, inode, size, mtime): a file that has not changed since
+    is not read again, so many viewers asking for the same fragment cost one scan. A segment
+    being written changes size with each fragment, and so is scanned once per fragment."""
+
+    def __init__(self, capacity: int = SCANS_REMEMBERED) -> None:
+        self._items: OrderedDict[tuple[str, int, int, int], tuple[fmp4.FragmentedFile, Patches]] = (
+            OrderedDict())
+        self._capacity = capacity
+        self._lock = threading.Lock()
+
+    def scan(self, path: Path) -> tuple[fmp4.FragmentedFile, Patches]:
+        """The file's scan and wall-clock tfdt patches; OSError, fmp4.Mp4Error as scanning raises."""
+        info = os.stat(path, follow_symlinks=False)
+        key = (str(path), info.st_ino, info.st_size, info.st_mtime_ns)
+        with self._lock:
+            found = self._items.get(key)
+            if found is not None:
+                self._items.move_to_end(key)
+                return found
+        scanned = fmp4.scan_fragmented(path, limit=info.st_size)
+        made = (scanned, wallclock_patches(path, scanned))
+        with self._lock:
+            self._items[key] = made
+            while len(self._items) > self._capacity:
+                self._items.popitem(last=False)
+        return made
+
+
+_SCANS = _ScanCache()
+
+
 def _fragments_of(candidate: Candidate, root: Path) -> list[Entry]:
     try:
-        scanned = fmp4.scan_fragmented(candidate.path)
+        scanned = _SCANS.scan(candidate.path)[0]
     except FileNotFoundError:
         if candidate.kind != "open":
             return []
         closed = final_path(candidate.path)
         try:
-            scanned = fmp4.scan_fragmented(closed)
+            scanned = _SCANS.scan(closed)[0]
         except (OSError, fmp4.Mp4Error):
             return []
     except (OSError, fmp4.Mp4Error) as err:
@@ -137,9 +191,25 @@ def _body(entries: list[Entry], first_is_discontinuity: bool) -> list[str]:
     return lines
 
 
+def _newest_segment_files(root: Path, hours: int = 2) -> list[Candidate]:
+    """The closed and open segments of the newest `hours` hour folders, oldest first: what a
+    live playlist can reach, without walking every older hour of the root on each reload."""
+    found = []
+    for hour in hour_folders(root)[-hours:]:
+        latest = hour.start + SECONDS_PER_HOUR + HOUR_OVERRUN_SECONDS
+        kinds: tuple[tuple[FileKind, list[Path]], ...] = (
+            ("segment", segments_in(hour.path)), ("open", partials_in(hour.path)))
+        for kind, paths in kinds:
+            for path in paths:
+                start = segment_start(path.name)
+                if start is not None:
+                    found.append(Candidate(path, kind, start, latest))
+    return sorted(found, key=lambda c: (c.earliest, c.path.name))
+
+
 def live_playlist(root: Path, sequence: LiveSequence, *, fragments: int = LIVE_FRAGMENTS) -> str | None:
     """The live playlist over the newest whole fragments under `root`; None when there are none."""
-    files = [c for c in candidates(root) if c.kind in ("segment", "open")]
+    files = _newest_segment_files(root)
     entries: list[Entry] = []
     for candidate in reversed(files[-3:]):
         entries[:0] = _fragments_of(candidate, root)
@@ -197,10 +267,10 @@ class MediaFile:
 
     path: Path
     limit: int | None
-    patches: tuple[tuple[int, bytes], ...]
+    patches: Patches
 
 
-def wallclock_patches(path: Path, scanned: fmp4.FragmentedFile) -> tuple[tuple[int, bytes], ...]:
+def wallclock_patches(path: Path, scanned: fmp4.FragmentedFile) -> Patches:
     """The tfdt values of `scanned`'s fragments moved onto the wall clock (see the module).
 
     A 4-byte tfdt (version 0; vigil's writer writes version 1) cannot hold wall-clock ticks:
@@ -219,8 +289,7 @@ def wallclock_patches(path: Path, scanned: fmp4.FragmentedFile) -> tuple[tuple[i
 
 def _served(path: Path, whole: bool) -> MediaFile | None:
     try:
-        scanned = fmp4.scan_fragmented(path)
-        patches = wallclock_patches(path, scanned)
+        scanned, patches = _SCANS.scan(path)
     except (OSError, fmp4.Mp4Error) as err:
         if not isinstance(err, FileNotFoundError):
             logger.warning("segment unreadable for HLS path={} error={}", path, err)

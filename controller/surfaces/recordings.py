@@ -35,6 +35,9 @@ from hw.footage import (
 )
 
 RANGE_CHUNK_BYTES = 64 * 1024
+# A body up to this size is read at once and sent whole (an HLS fragment, a player's range):
+# streaming it chunk by chunk costs a worker-thread hop per chunk, per request.
+WHOLE_BODY_BYTES = 1024 * 1024
 DEFAULT_PER_PAGE = 24
 MAX_PER_PAGE = 200
 MAX_PAGE = 1_000_000
@@ -232,6 +235,15 @@ def serve_file(path: Path, range_header: str | None, if_range: str | None, *,
         if wanted is not None:
             status_code = 206
             headers["Content-Range"] = f"bytes {first}-{last}/{size}"
+        if length <= WHOLE_BODY_BYTES:
+            try:
+                body = b"".join(_chunks(file, first, length, patches))  # closes the file
+            finally:
+                file.close()
+            if len(body) < length and wanted is not None:  # the file shrank meanwhile
+                headers["Content-Range"] = f"bytes {first}-{first + len(body) - 1}/{size}"
+            headers["Content-Length"] = str(len(body))
+            return Response(body, status_code=status_code, media_type="video/mp4", headers=headers)
         return StreamingResponse(_chunks(file, first, length, patches), status_code=status_code,
                                  media_type="video/mp4", headers=headers,
                                  background=BackgroundTask(file.close))
