@@ -21,9 +21,10 @@
 # versions in constraints.txt, except numpy: where the system has one (python3-numpy, which
 # picamera2's apt packages are compiled against) the venv keeps using it, never a second
 # numpy of its own; the example config at /boot/firmware/vigil.yaml (or /etc/vigil/vigil.yaml
-# where there is no /boot/firmware) when no config exists yet; a random API token in
-# /etc/vigil/api-token (root only; the unit hands it to vigil with LoadCredential=) when
-# there is none; the recording roots the config names, owned by vigil;
+# where there is no /boot/firmware) when no config exists yet; a random API (operator) token
+# in /etc/vigil/api-token and a random viewer (footage) token in /etc/vigil/viewer-token
+# (root only; the unit hands them to vigil with LoadCredential=) when there is none; the
+# recording roots the config names, owned by vigil;
 # /etc/systemd/system/vigil.service with ReadWritePaths= set to those roots, and a drop-in
 # that bounds systemd-time-wait-sync's wait to 60 s.
 set -eu
@@ -35,6 +36,7 @@ STATE_DIR=/var/lib/vigil
 UNIT_PATH=/etc/systemd/system/vigil.service
 TIME_WAIT_DROPIN=/etc/systemd/system/systemd-time-wait-sync.service.d/vigil.conf
 TOKEN_PATH=/etc/vigil/api-token
+VIEWER_TOKEN_PATH=/etc/vigil/viewer-token
 NUMPY_MINIMUM=1.24  # pyproject.toml's lower bound for numpy
 CONFIG_PATHS="/boot/firmware/vigil.yaml /etc/vigil/vigil.yaml"
 EX_USAGE=64
@@ -194,12 +196,13 @@ check_numpy_is_the_systems() {
 
 # --- config, token, recording roots, unit ---------------------------------------------------
 
+# ensure_token PATH WHAT: a random token at PATH, readable by root only, unless one is there.
 ensure_token() {
-    [ -e "$root$TOKEN_PATH" ] && return
-    say "creating the API token $TOKEN_PATH (readable by root only; systemd passes it to vigil)"
-    install -d -m 0755 "$(dirname "$root$TOKEN_PATH")"
-    (umask 077 && "$python" -I -c 'import secrets; print(secrets.token_hex(32))' > "$root$TOKEN_PATH.tmp")
-    mv "$root$TOKEN_PATH.tmp" "$root$TOKEN_PATH"
+    [ -e "$root$1" ] && return
+    say "creating the $2 token $1 (readable by root only; systemd passes it to vigil)"
+    install -d -m 0755 "$(dirname "$root$1")"
+    (umask 077 && "$python" -I -c 'import secrets; print(secrets.token_hex(32))' > "$root$1.tmp")
+    mv "$root$1.tmp" "$root$1"
 }
 
 ensure_time_wait_dropin() {
@@ -293,7 +296,8 @@ do_install() {
     ensure_accounts
     ensure_venv
     ensure_config
-    ensure_token
+    ensure_token "$TOKEN_PATH" API
+    ensure_token "$VIEWER_TOKEN_PATH" viewer
     ensure_roots_and_unit
     ensure_time_wait_dropin
     if [ "$use_systemctl" -eq 1 ]; then
@@ -333,7 +337,7 @@ do_uninstall() {
         account groupdel "$SERVICE_USER"
     fi
     say "done; kept the recordings under $STATE_DIR (and any other recording roots), the config" \
-        "and $TOKEN_PATH"
+        "and the tokens $TOKEN_PATH and $VIEWER_TOKEN_PATH"
 }
 
 if [ "$action" = install ]; then

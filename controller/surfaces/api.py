@@ -320,7 +320,7 @@ def create_app(controller: Controller, *, token_file: Path | None,
             raise HTTPException(401, detail="wrong bearer token",
                                 headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
 
-    def viewer(
+    async def viewer(
         request: Request,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> None:
@@ -533,9 +533,8 @@ def create_app(controller: Controller, *, token_file: Path | None,
         found = media_file(footage_root(), path)
         if found is None:
             raise HTTPException(404, detail="no such segment")
-        target, limit = found
-        return serve_file(target, request.headers.get("range"), request.headers.get("if-range"),
-                          limit=limit)
+        return serve_file(found.path, request.headers.get("range"), request.headers.get("if-range"),
+                          limit=found.limit, patches=found.patches)
 
     @app.get("/recordings", response_model=RecordingPage, summary="Recorded hours, newest first",
              dependencies=viewer_only, responses=footage_responses)

@@ -41,6 +41,8 @@ class Fragment:
     start: int  # decode time of its first frame, in the track's timescale
     duration: int  # in the track's timescale
     frames: int
+    tfdt_at: int = 0  # file offset of the tfdt's baseMediaDecodeTime value
+    tfdt_bytes: int = 8  # its width: 8 (tfdt version 1) or 4 (version 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +106,23 @@ def _children(data: bytes) -> dict[bytes, list[bytes]]:
     return out
 
 
+def _payload_at(data: bytes, kind: bytes) -> int:
+    """Where the payload of the first `kind` box directly inside `data` starts; -1: none."""
+    offset = 0
+    while offset + HEADER_BYTES <= len(data):
+        size, found = struct.unpack_from(">I4s", data, offset)
+        header = HEADER_BYTES
+        if size == 1 and offset + LARGE_HEADER_BYTES <= len(data):
+            size = struct.unpack_from(">Q", data, offset + HEADER_BYTES)[0]
+            header = LARGE_HEADER_BYTES
+        if size < header or offset + size > len(data):
+            break
+        if found == kind:
+            return offset + header
+        offset += size
+    return -1
+
+
 def _path(data: bytes, *kinds: bytes) -> bytes:
     for kind in kinds:
         found = _children(data).get(kind)
@@ -130,7 +149,8 @@ def _default_duration(moov: bytes) -> int:
     return int(struct.unpack_from(">I", trex, 12)[0])
 
 
-def _fragment(moof: bytes, offset: int, size: int, default_duration: int) -> Fragment:
+def _fragment(moof: bytes, offset: int, size: int, default_duration: int, payload_at: int) -> Fragment:
+    """The fragment whose moof payload `moof` starts at file offset `payload_at`."""
     traf = _path(moof, b"traf")
     boxes = _children(traf)
     tfhd = boxes.get(b"tfhd", [b""])[0]
@@ -149,6 +169,8 @@ def _fragment(moof: bytes, offset: int, size: int, default_duration: int) -> Fra
     if len(tfdt) < 8:
         raise Mp4Error("moof without tfdt")
     start = struct.unpack_from(">Q", tfdt, 4)[0] if tfdt[0] == 1 else struct.unpack_from(">I", tfdt, 4)[0]
+    traf_at = _payload_at(moof, b"traf")
+    tfdt_at = payload_at + traf_at + _payload_at(traf, b"tfdt") + 4  # after version and flags
     frames = total = 0
     for trun in boxes.get(b"trun", []):
         tflags = int.from_bytes(trun[1:4], "big")
@@ -161,7 +183,7 @@ def _fragment(moof: bytes, offset: int, size: int, default_duration: int) -> Fra
         else:
             total += count * duration_each
         frames += count
-    return Fragment(offset, size, int(start), int(total), int(frames))
+    return Fragment(offset, size, int(start), int(total), int(frames), tfdt_at, 8 if tfdt[0] == 1 else 4)
 
 
 def scan_fragmented(path: Path, *, limit: int | None = None) -> FragmentedFile:
@@ -180,7 +202,7 @@ def scan_fragmented(path: Path, *, limit: int | None = None) -> FragmentedFile:
         moov = None
         init_size = 0
         fragments: list[Fragment] = []
-        pending: tuple[bytes, int] | None = None
+        pending: tuple[bytes, int, int] | None = None
         timescale = default_duration = 0
         for kind, offset, header, box_size in boxes[1:]:
             if kind == b"moov" and moov is None:
@@ -188,12 +210,12 @@ def scan_fragmented(path: Path, *, limit: int | None = None) -> FragmentedFile:
                 timescale, default_duration = _timescale(moov), _default_duration(moov)
                 init_size = offset + box_size
             elif kind == b"moof" and moov is not None:
-                pending = (_read_box(fd, offset, header, box_size, MAX_MOOF_BYTES), offset)
+                pending = (_read_box(fd, offset, header, box_size, MAX_MOOF_BYTES), offset, header)
             elif kind == b"mdat" and pending is not None:
-                moof, moof_offset = pending
+                moof, moof_offset, moof_header = pending
                 pending = None
                 fragments.append(_fragment(moof, moof_offset, offset + box_size - moof_offset,
-                                           default_duration))
+                                           default_duration, moof_offset + moof_header))
         if moov is None:
             raise Mp4Error(f"{path.name} has no whole moov yet")
         if b"mvex" not in _children(moov):

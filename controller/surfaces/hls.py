@@ -3,10 +3,20 @@
 Every fragment vigil writes is a keyframe-aligned `moof`+`mdat` pair, so it is an HLS media
 segment as it stands (fMP4): the playlist names it by byte range (`EXT-X-BYTERANGE`) in its
 segment file, and the file's `ftyp`+`moov` by byte range as the init section (`EXT-X-MAP`).
-Each segment file starts its own timeline at 0 and has its own init section, so a new file
-is an `EXT-X-DISCONTINUITY`. The bytes come from `/hls/{path}`, which names every segment by
-its closed name: a closed segment whole, the segment being written (`NAME.mp4.partial` on
-disk) only up to the end of its last whole fragment.
+Each segment file has its own init section and a fresh encoder behind it, so a new file is
+an `EXT-X-DISCONTINUITY` (RFC 8216 4.3.2.3: a change of encoding sequence). The bytes come
+from `/hls/{path}`, which names every segment by its closed name: a closed segment whole, the
+segment being written (`NAME.mp4.partial` on disk) only up to the end of its last whole
+fragment.
+
+Each file's decode times start at 0. ffmpeg's HLS reader (5.1) feeds every file into one
+MP4 parser and ignores the discontinuity, so a file restarting at 0 lands before what it
+already played and its first fragment is dropped. `/hls/` therefore serves the fragments'
+`tfdt` (baseMediaDecodeTime) on one timeline, the wall clock: a fragment starts at its
+file's `vigil_start` plus its offset in the file, in the track's ticks. Only the tfdt value
+is patched, in place and at its own width, so byte lengths and the playlists' byte ranges
+stay as they are; the init section is served as written. Any client, live or recorded,
+gets the same times, and a pause in recording is a pause in the timestamps.
 
 The live playlist (`/live.m3u8`) rolls over the newest segment files' whole fragments; its
 media sequence numbers are given out by `LiveSequence`, in the order fragments first
@@ -19,6 +29,7 @@ a clip of it instead.
 from __future__ import annotations
 
 import math
+import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -27,15 +38,36 @@ from pathlib import Path
 from loguru import logger
 
 from controller.surfaces import fmp4
-from controller.surfaces.spans import Candidate, candidates, overlapping, segment_runs
-from hw.footage import PARTIAL_SUFFIX, final_path, footage_at, partial_at
+from controller.surfaces.spans import (
+    HOUR_OVERRUN_SECONDS,
+    Candidate,
+    FileKind,
+    anchor_of,
+    candidates,
+    overlapping,
+    segment_runs,
+)
+from hw.footage import (
+    PARTIAL_SUFFIX,
+    SECONDS_PER_HOUR,
+    final_path,
+    footage_at,
+    hour_folders,
+    partial_at,
+    partials_in,
+    segment_start,
+    segments_in,
+)
 
 LIVE_FRAGMENTS = 6
+SCANS_REMEMBERED = 64  # files whose scan (and tfdt patches) every viewer's request reuses
 MAX_VOD_FRAGMENTS = 100_000
 REMEMBERED_FRAGMENTS = 4096
 VERSION = 7  # EXT-X-MAP without I-frames-only needs 6; fMP4 segments, 7
 CONTENT_TYPE = "application/vnd.apple.mpegurl"
 HLS_PREFIX = "hls/"
+
+Patches = tuple[tuple[int, bytes], ...]  # (file offset, bytes laid over the file's there)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,15 +82,47 @@ class Entry:
     starts_file: bool
 
 
+class _ScanCache:
+    """Scans of segment files by (path, inode, size, mtime): a file that has not changed since
+    is not read again, so many viewers asking for the same fragment cost one scan. A segment
+    being written changes size with each fragment, and so is scanned once per fragment."""
+
+    def __init__(self, capacity: int = SCANS_REMEMBERED) -> None:
+        self._items: OrderedDict[tuple[str, int, int, int], tuple[fmp4.FragmentedFile, Patches]] = (
+            OrderedDict())
+        self._capacity = capacity
+        self._lock = threading.Lock()
+
+    def scan(self, path: Path) -> tuple[fmp4.FragmentedFile, Patches]:
+        """The file's scan and wall-clock tfdt patches; OSError, fmp4.Mp4Error as scanning raises."""
+        info = os.stat(path, follow_symlinks=False)
+        key = (str(path), info.st_ino, info.st_size, info.st_mtime_ns)
+        with self._lock:
+            found = self._items.get(key)
+            if found is not None:
+                self._items.move_to_end(key)
+                return found
+        scanned = fmp4.scan_fragmented(path, limit=info.st_size)
+        made = (scanned, wallclock_patches(path, scanned))
+        with self._lock:
+            self._items[key] = made
+            while len(self._items) > self._capacity:
+                self._items.popitem(last=False)
+        return made
+
+
+_SCANS = _ScanCache()
+
+
 def _fragments_of(candidate: Candidate, root: Path) -> list[Entry]:
     try:
-        scanned = fmp4.scan_fragmented(candidate.path)
+        scanned = _SCANS.scan(candidate.path)[0]
     except FileNotFoundError:
         if candidate.kind != "open":
             return []
         closed = final_path(candidate.path)
         try:
-            scanned = fmp4.scan_fragmented(closed)
+            scanned = _SCANS.scan(closed)[0]
         except (OSError, fmp4.Mp4Error):
             return []
     except (OSError, fmp4.Mp4Error) as err:
@@ -127,9 +191,25 @@ def _body(entries: list[Entry], first_is_discontinuity: bool) -> list[str]:
     return lines
 
 
+def _newest_segment_files(root: Path, hours: int = 2) -> list[Candidate]:
+    """The closed and open segments of the newest `hours` hour folders, oldest first: what a
+    live playlist can reach, without walking every older hour of the root on each reload."""
+    found = []
+    for hour in hour_folders(root)[-hours:]:
+        latest = hour.start + SECONDS_PER_HOUR + HOUR_OVERRUN_SECONDS
+        kinds: tuple[tuple[FileKind, list[Path]], ...] = (
+            ("segment", segments_in(hour.path)), ("open", partials_in(hour.path)))
+        for kind, paths in kinds:
+            for path in paths:
+                start = segment_start(path.name)
+                if start is not None:
+                    found.append(Candidate(path, kind, start, latest))
+    return sorted(found, key=lambda c: (c.earliest, c.path.name))
+
+
 def live_playlist(root: Path, sequence: LiveSequence, *, fragments: int = LIVE_FRAGMENTS) -> str | None:
     """The live playlist over the newest whole fragments under `root`; None when there are none."""
-    files = [c for c in candidates(root) if c.kind in ("segment", "open")]
+    files = _newest_segment_files(root)
     entries: list[Entry] = []
     for candidate in reversed(files[-3:]):
         entries[:0] = _fragments_of(candidate, root)
@@ -147,7 +227,11 @@ def live_playlist(root: Path, sequence: LiveSequence, *, fragments: int = LIVE_F
 
 
 def vod_playlist(root: Path, start: float, end: float) -> str | None:
-    """The recorded playlist of the segments' fragments in [start, end); None when none."""
+    """The recorded playlist of the segments' fragments in [start, end); None when none.
+
+    Whole fragments, each from a keyframe: play starts at the keyframe at or before `start`
+    and ends with the fragment that holds the last frame before `end`.
+    """
     entries: list[Entry] = []
     for candidate in overlapping(candidates(root), start, end):
         if candidate.kind == "merged":
@@ -176,8 +260,45 @@ def vod_playlist(root: Path, start: float, end: float) -> str | None:
     return "\n".join(lines) + "\n"
 
 
-def media_file(root: Path, relative: str) -> tuple[Path, int | None] | None:
-    """The file `/hls/{relative}` serves and how many of its bytes (None: all); None: no such.
+@dataclass(frozen=True, slots=True)
+class MediaFile:
+    """What `/hls/{path}` serves: `path` up to `limit` bytes (None: all), with `patches`
+    (file offset, bytes of the same length) laid over what is read."""
+
+    path: Path
+    limit: int | None
+    patches: Patches
+
+
+def wallclock_patches(path: Path, scanned: fmp4.FragmentedFile) -> Patches:
+    """The tfdt values of `scanned`'s fragments moved onto the wall clock (see the module).
+
+    A 4-byte tfdt (version 0; vigil's writer writes version 1) cannot hold wall-clock ticks:
+    its value wraps modulo 2**32, which a player meets as one more discontinuity.
+    """
+    if not scanned.fragments:
+        return ()
+    anchor = anchor_of(fmp4.read_moov(path, limit=scanned.init_size), path)
+    base = round(anchor * scanned.timescale) - scanned.fragments[0].start
+    patches = []
+    for fragment in scanned.fragments:
+        value = max(0, base + fragment.start) % (1 << (8 * fragment.tfdt_bytes))
+        patches.append((fragment.tfdt_at, value.to_bytes(fragment.tfdt_bytes, "big")))
+    return tuple(patches)
+
+
+def _served(path: Path, whole: bool) -> MediaFile | None:
+    try:
+        scanned, patches = _SCANS.scan(path)
+    except (OSError, fmp4.Mp4Error) as err:
+        if not isinstance(err, FileNotFoundError):
+            logger.warning("segment unreadable for HLS path={} error={}", path, err)
+        return None
+    return MediaFile(path, None if whole else scanned.length, patches)
+
+
+def media_file(root: Path, relative: str) -> MediaFile | None:
+    """What `/hls/{relative}` serves (see MediaFile); None: no such segment.
 
     `relative` names a segment by its closed name: the closed file whole, else the segment
     still being written under that name up to its last whole fragment. So a playlist's URI
@@ -187,14 +308,12 @@ def media_file(root: Path, relative: str) -> tuple[Path, int | None] | None:
     """
     found = footage_at(root, relative)
     if found is not None:
-        return (found.path, None) if found.kind == "segment" else None
+        return _served(found.path, whole=True) if found.kind == "segment" else None
     partial = partial_at(root, relative + PARTIAL_SUFFIX) if not relative.endswith(PARTIAL_SUFFIX) else None
     if partial is None:
         return None
-    try:
-        return partial, fmp4.scan_fragmented(partial).length
-    except FileNotFoundError:
-        closed = footage_at(root, relative)  # closed between the two looks
-        return (closed.path, None) if closed is not None and closed.kind == "segment" else None
-    except (OSError, fmp4.Mp4Error):
-        return None
+    served = _served(partial, whole=False)
+    if served is not None:
+        return served
+    closed = footage_at(root, relative)  # closed between the two looks
+    return _served(closed.path, whole=True) if closed is not None and closed.kind == "segment" else None

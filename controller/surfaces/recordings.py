@@ -14,7 +14,7 @@ import os
 import re
 import stat
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from email.utils import formatdate
 from pathlib import Path
 
@@ -35,6 +35,9 @@ from hw.footage import (
 )
 
 RANGE_CHUNK_BYTES = 64 * 1024
+# A body up to this size is read at once and sent whole (an HLS fragment, a player's range):
+# streaming it chunk by chunk costs a worker-thread hop per chunk, per request.
+WHOLE_BODY_BYTES = 1024 * 1024
 DEFAULT_PER_PAGE = 24
 MAX_PER_PAGE = 200
 MAX_PAGE = 1_000_000
@@ -203,8 +206,11 @@ def open_regular(path: Path) -> tuple[int, os.stat_result]:
 
 
 def serve_file(path: Path, range_header: str | None, if_range: str | None, *,
-               limit: int | None = None) -> Response:
+               limit: int | None = None, patches: Sequence[tuple[int, bytes]] = ()) -> Response:
     """The file at `path` (already checked), whole or one byte range.
+
+    `patches` (file offset, bytes) replace the file's bytes there in what is sent (the HLS
+    route's tfdt times); they never change a length.
 
     The file is opened before answering, so a merge that removes it meanwhile cannot turn a
     checked request into an error halfway through. The descriptor is closed when the body
@@ -229,7 +235,16 @@ def serve_file(path: Path, range_header: str | None, if_range: str | None, *,
         if wanted is not None:
             status_code = 206
             headers["Content-Range"] = f"bytes {first}-{last}/{size}"
-        return StreamingResponse(_chunks(file, first, length), status_code=status_code,
+        if length <= WHOLE_BODY_BYTES:
+            try:
+                body = b"".join(_chunks(file, first, length, patches))  # closes the file
+            finally:
+                file.close()
+            if len(body) < length and wanted is not None:  # the file shrank meanwhile
+                headers["Content-Range"] = f"bytes {first}-{first + len(body) - 1}/{size}"
+            headers["Content-Length"] = str(len(body))
+            return Response(body, status_code=status_code, media_type="video/mp4", headers=headers)
+        return StreamingResponse(_chunks(file, first, length, patches), status_code=status_code,
                                  media_type="video/mp4", headers=headers,
                                  background=BackgroundTask(file.close))
     except BaseException:
@@ -272,13 +287,30 @@ class _OpenFile:
                 os.close(self._fd)
 
 
-def _chunks(file: _OpenFile, first: int, length: int) -> Iterator[bytes]:
+def _patched(chunk: bytes, offset: int, patches: Sequence[tuple[int, bytes]]) -> bytes:
+    """`chunk` (read at `offset`) with the parts of `patches` that fall inside it laid over."""
+    end = offset + len(chunk)
+    out: bytearray | None = None
+    for at, data in patches:
+        if at >= end or at + len(data) <= offset:
+            continue
+        if out is None:
+            out = bytearray(chunk)
+        lo, hi = max(at, offset), min(at + len(data), end)
+        out[lo - offset : hi - offset] = data[lo - at : hi - at]
+    return chunk if out is None else bytes(out)
+
+
+def _chunks(file: _OpenFile, first: int, length: int,
+            patches: Sequence[tuple[int, bytes]] = ()) -> Iterator[bytes]:
     try:
         offset, left = first, length
         while left > 0:
             chunk = file.pread(min(RANGE_CHUNK_BYTES, left), offset)
             if not chunk:
                 break  # the file shrank (or the response ended); the client sees a short body
+            if patches:
+                chunk = _patched(chunk, offset, patches)
             offset += len(chunk)
             left -= len(chunk)
             yield chunk

@@ -72,7 +72,7 @@ class Span:
     files: tuple[Path, ...]
 
 
-def _anchor(moov: bytes, path: Path) -> float:
+def anchor_of(moov: bytes, path: Path) -> float:
     tags = fmp4.metadata_tags(moov)
     try:
         return float(tags[START_TAG])
@@ -88,7 +88,7 @@ def segment_runs(path: Path, kind: FileKind = "segment") -> FileTimeline:
     scanned = fmp4.scan_fragmented(path)
     if not scanned.fragments:
         return FileTimeline(path, kind, ())
-    anchor = _anchor(fmp4.read_moov(path, limit=scanned.init_size), path)
+    anchor = anchor_of(fmp4.read_moov(path, limit=scanned.init_size), path)
     first = scanned.fragments[0].start
     runs = _split_fragments(scanned, anchor, first)
     return FileTimeline(path, kind, runs)
@@ -110,7 +110,7 @@ def _split_fragments(scanned: fmp4.FragmentedFile, anchor: float, first: int) ->
 def merged_runs(path: Path) -> FileTimeline:
     """The runs of a merged hour: its frames' times from `stts`, split at the gaps it kept."""
     timescale, deltas = fmp4.sample_deltas(path)
-    anchor = _anchor(fmp4.read_moov(path), path)
+    anchor = anchor_of(fmp4.read_moov(path), path)
     runs: list[Run] = []
     tick = 0
     start = anchor

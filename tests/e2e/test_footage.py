@@ -5,7 +5,6 @@ Controller recording the synthetic camera. Frame numbers prove what a clip or a 
 from __future__ import annotations
 
 import http.client
-import itertools
 import json
 import subprocess
 import threading
@@ -25,7 +24,8 @@ from controller.core.controller import Controller
 from controller.storage.merge import merge_hour
 from controller.surfaces.api import ApiServer, create_app
 from controller.surfaces.export import export_clip
-from controller.surfaces.fmp4 import scan_fragmented
+from controller.surfaces.fmp4 import read_moov, scan_fragmented
+from controller.surfaces.spans import anchor_of
 from hw import framecode
 from hw.factory import Hardware
 from hw.footage import hour_folder_for
@@ -52,6 +52,10 @@ class Reply:
 
     def json(self) -> Any:
         return json.loads(self.body)
+
+    @property
+    def text(self) -> str:
+        return self.body.decode()
 
 
 def get(server: ApiServer, path: str, headers: dict[str, str] | None = None, method: str = "GET",
@@ -330,28 +334,86 @@ class _BytesFile:
         return io.BytesIO(data)
 
 
-def test_ffmpeg_plays_the_live_playlist_across_segment_boundaries(live: Live) -> None:
-    wait_until(lambda: len(list(live.root.rglob("*.mp4"))) >= 3, "three closed segments")
-    frames = 120  # 4 s at 30 fps: four 1 s segments, so at least three boundaries
+def ffmpeg_frame_numbers(server: ApiServer, playlist: str, frames: int | None = None) -> list[int]:
+    """The frame numbers ffmpeg decodes from `playlist` (every decoded frame once: passthrough
+    duplicates none to fill a constant rate); `frames` stops it after that many."""
+    limit = ["-frames:v", str(frames)] if frames is not None else []
     result = subprocess.run(
         ["ffmpeg", "-nostdin", "-loglevel", "error", "-headers", f"Authorization: Bearer {VIEWER}\r\n",
-         # passthrough: every decoded frame once, none duplicated to fill a constant rate
-         "-i", f"{live.server.url}/live.m3u8", "-frames:v", str(frames), "-fps_mode", "passthrough",
-         "-f", "rawvideo",
+         "-i", f"{server.url}{playlist}", *limit, "-fps_mode", "passthrough", "-f", "rawvideo",
          "-pix_fmt", "gray", "-"],
         capture_output=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr.decode()[-2000:]
     plane = WIDTH * HEIGHT
-    assert len(result.stdout) == frames * plane
-    numbers = [framecode.read(np.frombuffer(result.stdout[i * plane:(i + 1) * plane], np.uint8)
-                              .reshape(HEIGHT, WIDTH)) for i in range(frames)]
-    assert all(b > a for a, b in itertools.pairwise(numbers)), numbers  # rising, no repeat
-    boundaries = [(a, b) for a, b in itertools.pairwise(numbers) if b // 30 != a // 30]
-    assert len(boundaries) >= 3, numbers  # it kept playing across segment boundaries
-    # Within a segment ffmpeg plays every frame. At a boundary ffmpeg 5.1's HLS demuxer (which
-    # ignores EXT-X-DISCONTINUITY) drops the new file's first fragment: a player-side loss,
-    # tolerated here up to one fragment; the byte-range test above decodes every fragment.
-    assert all(b - a <= 1 + 15 for a, b in itertools.pairwise(numbers)), gaps(numbers)
+    assert len(result.stdout) % plane == 0
+    return [framecode.read(np.frombuffer(result.stdout[i * plane:(i + 1) * plane], np.uint8)
+                           .reshape(HEIGHT, WIDTH)) for i in range(len(result.stdout) // plane)]
+
+
+def segment_first_frames(root: Path) -> set[int]:
+    """The number of the first frame of every closed segment: where the encoder restarted."""
+    return {frame_numbers(path)[0] for path in sorted(root.rglob("*.mp4")) if not path.is_symlink()}
+
+
+def test_ffmpeg_plays_the_live_playlist_across_segment_boundaries_losing_no_frame(live: Live) -> None:
+    wait_until(lambda: len(list(live.root.rglob("*.mp4"))) >= 3, "three closed segments")
+    frames = 150  # 5 s at 30 fps over 1 s segments: at least three segment boundaries
+    numbers = ffmpeg_frame_numbers(live.server, "/live.m3u8", frames)
+    assert len(numbers) == frames
+    # Every frame once, in order: none lost at a boundary (where each file's own times restart
+    # at 0; /hls/ serves them on one timeline), none repeated.
+    assert numbers == list(range(numbers[0], numbers[0] + frames)), gaps(numbers)
+    wait_until(lambda: max(segment_first_frames(live.root)) > numbers[-1], "the played frames closed")
+    crossed = [n for n in segment_first_frames(live.root) if numbers[0] < n <= numbers[-1]]
+    assert len(crossed) >= 3, (crossed, numbers[0], numbers[-1])
+
+
+@dataclass(frozen=True)
+class Frame:
+    wallclock: float
+    number: int
+    is_keyframe: bool
+
+
+def recorded_frames(path: Path) -> list[Frame]:
+    """Every frame of a closed segment: its wall clock (vigil_start + its pts), number, keyframe."""
+    anchor = anchor_of(read_moov(path), path)
+    out: list[Frame] = []
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        assert stream.time_base is not None
+        first: int | None = None
+        for packet in container.demux(stream):
+            if packet.pts is None:
+                continue
+            first = packet.pts if first is None else first
+            (frame,) = packet.decode()
+            out.append(Frame(anchor + float((packet.pts - first) * stream.time_base),
+                             framecode.read_video_frame(frame), packet.is_keyframe))
+    return out
+
+
+def test_ffmpeg_plays_a_recorded_span_from_the_vod_playlist_frame_for_frame(live: Live) -> None:
+    wait_until(lambda: len(list(live.root.rglob("*.mp4"))) >= 5, "five closed segments")
+    closed = sorted(p for p in live.root.rglob("*.mp4") if not p.is_symlink())[:5]
+    frames = [f for path in closed for f in recorded_frames(path)]
+    assert [f.number for f in frames] == list(range(frames[0].number, frames[0].number + len(frames)))
+    # From inside the second segment to inside the fourth, between frames: two boundaries.
+    second, fourth = recorded_frames(closed[1]), recorded_frames(closed[3])
+    start = second[len(second) // 2 + 2].wallclock + 0.5 / FPS
+    end = fourth[len(fourth) // 2 - 3].wallclock + 0.5 / FPS
+    reply = get(live.server, f"/vod.m3u8?start={iso(start)}&end={iso(end)}", bearer(VIEWER))
+    assert reply.status == 200, reply.body
+    assert "#EXT-X-ENDLIST" in reply.text.splitlines()
+    assert reply.text.count("#EXT-X-DISCONTINUITY\n") == 2  # the two encoder restarts
+    # HLS plays whole fragments (each from a keyframe): from the keyframe at or before start
+    # to the end of the fragment holding the last frame before end.
+    first = max(i for i, f in enumerate(frames) if f.is_keyframe and f.wallclock <= start)
+    after = min(i for i, f in enumerate(frames) if f.is_keyframe and f.wallclock >= end)
+    wanted = [f.number for f in frames[first:after]]
+    assert frames[first].wallclock < start - 1 / FPS  # the span starts after its keyframe
+    assert len(wanted) > FPS  # more than a second, over two segment boundaries
+    assert ffmpeg_frame_numbers(live.server, f"/vod.m3u8?start={iso(start)}&end={iso(end)}") == wanted
 
 
 # --- the viewer credential --------------------------------------------------------------------

@@ -105,7 +105,7 @@ def test_unit_file_matches_what_the_daemon_promises() -> None:
         "RestrictAddressFamilies": ["AF_UNIX AF_INET AF_INET6 AF_NETLINK"], "DevicePolicy": ["closed"],
         "CapabilityBoundingSet": [""], "UMask": ["0027"], "ProtectProc": ["invisible"],
         "SystemCallFilter": ["@system-service", "~@privileged"],
-        "LoadCredential": ["api-token:/etc/vigil/api-token"],
+        "LoadCredential": ["api-token:/etc/vigil/api-token", "viewer-token:/etc/vigil/viewer-token"],
         # Clock sync is waited for but not required: a unit without network still starts.
         "Wants": ["systemd-time-wait-sync.service"], "Requires": [],
         "After": ["time-sync.target local-fs.target"],
@@ -236,9 +236,11 @@ def test_install_is_idempotent_keeps_config_and_uninstall_keeps_recordings(
     assert recordings.is_dir() and recordings.stat().st_uid == int(user[2])
     unit = root / "etc" / "systemd" / "system" / "vigil.service"
     assert unit.read_text() == UNIT.read_text()  # the example's root is the unit's default
-    token = root / "etc" / "vigil" / "api-token"
-    assert stat.S_IMODE(token.stat().st_mode) == 0o600 and token.stat().st_uid == 0
-    assert len(token.read_text().strip()) == 64
+    tokens = [root / "etc" / "vigil" / name for name in ("api-token", "viewer-token")]
+    for token in tokens:
+        assert stat.S_IMODE(token.stat().st_mode) == 0o600 and token.stat().st_uid == 0, token
+        assert len(token.read_text().strip()) == 64, token
+    assert tokens[0].read_text() != tokens[1].read_text()  # viewer and operator kept apart
     dropin = root / "etc" / "systemd" / "system" / "systemd-time-wait-sync.service.d" / "vigil.conf"
     assert setting(dropin.read_text(), "TimeoutStartSec") == ["60"]
     vigil = root / "opt" / "vigil" / "venv" / "bin" / "vigil"

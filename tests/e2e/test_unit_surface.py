@@ -71,6 +71,14 @@ def test_the_config_token_file_wins_over_the_credential(tmp_path: Path,
     assert api_with_credential_token(ApiConfig()).token_file == tmp_path / "api-token"
     mine = ApiConfig(token_file=Path("/srv/token"))
     assert api_with_credential_token(mine).token_file == Path("/srv/token")
+    # The example config names the default files (root's alone under the unit): their
+    # credentials are the copies vigil can read.
+    (tmp_path / "viewer-token").write_text(TOKEN + "-viewer")
+    example = ApiConfig(token_file=Path("/etc/vigil/api-token"),
+                        viewer_token_file=Path("/etc/vigil/viewer-token"))
+    assert "token_file" in example.model_fields_set
+    assert api_with_credential_token(example).token_file == tmp_path / "api-token"
+    assert api_with_credential_token(example).viewer_token_file == tmp_path / "viewer-token"
     monkeypatch.delenv("CREDENTIALS_DIRECTORY")
     assert api_with_credential_token(ApiConfig()) == ApiConfig()
 
