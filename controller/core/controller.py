@@ -430,6 +430,8 @@ class Controller:
             # A give_up carries the failed attempt's refusal as its reason.
             reason = kwargs.get("reason") or unit.refusal
             self.alerts.record_transition(before, after, name, reason)
+            # The snapshot first: a subscriber that looks at it on this event sees the new state.
+            self._publish_snapshot()
             self.bus.publish(StateChanged(before, after, name, reason))
             self._note(f"{before} -> {after} on {name}", name)
             self._note_flapping()
@@ -470,6 +472,7 @@ class Controller:
             detail = f"{chain.refused[0]} refused in state {state}: {chain.refused[1]}"
         else:
             detail = f"{chain.trigger} done: {chain.before} -> {state}"
+        self._publish_snapshot()  # whoever waited for this outcome then reads the state it names
         self.bus.publish(CommandDone(cause, chain.trigger, chain.before, state, tuple(chain.transitions),
                                      chain.refused, not chain.impossible, detail))
 
