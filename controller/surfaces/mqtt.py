@@ -337,8 +337,12 @@ class MqttSurface:
             return
         from paho.mqtt.enums import MQTTErrorCode
 
-        info = client.publish(topic, payload, qos=self.config.qos if qos is None else qos, retain=retain)
-        dropped = info.rc in (MQTTErrorCode.MQTT_ERR_QUEUE_SIZE, MQTTErrorCode.MQTT_ERR_NO_CONN)
+        level = self.config.qos if qos is None else qos
+        info = client.publish(topic, payload, qos=level, retain=retain)
+        # Not connected: paho keeps a QoS 1/2 message and sends it on reconnect (answering
+        # NO_CONN all the same); only a QoS 0 one is lost then. A full queue loses either.
+        dropped = info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE or (
+            info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN and level == 0)
         with self._count_lock:  # the bus thread, the publisher and the commander all publish
             if dropped:
                 self.dropped += 1
