@@ -343,12 +343,17 @@ class MinuteSampler:
         self._note(snap)
         return closed
 
-    def flush(self, snap: StatusSnapshot) -> MinuteSample | None:
-        """Close the minute under way now (the daemon stops); its start is its `t`."""
-        if self._minute is None:
-            return None
+    def flush(self, snap: StatusSnapshot, now: float) -> MinuteSample:
+        """Close the minute under way at `now` (the daemon stops); its start is its `t`."""
+        if self._minute is None:  # stopped before the first look: the minute is still `now`'s
+            self._minute = minute_of(now)
         self._note(snap)
         return self._close(snap)
+
+    def note_state(self, state: str) -> None:
+        """A state the unit entered (StateChanged): seen in this minute even between two looks."""
+        if not self._states or self._states[-1] != state:
+            self._states.append(state)
 
     def _note(self, snap: StatusSnapshot) -> None:
         if snap.fps_achieved is not None and math.isfinite(snap.fps_achieved):

@@ -2,11 +2,12 @@
 
 A thread of its own looks at `controller.snapshot` every few seconds (never touching the
 unit) and hands it to the minute sampler (controller/core/history.py); alerts come from the
-event bus. When a minute closes the ring is written to a small gzip'd JSON file in the
-state directory, atomically (temporary file, fsync, rename, fsync of the directory), so at
-most once a minute. A file that cannot be read back (truncated, corrupt, hostile, not a
-regular file) is logged and replaced by the next write; a write that fails is logged and
-tried again next minute. Recording never waits for any of it.
+event bus, and so do the states entered between two looks. When a minute closes the ring
+is written to a small gzip'd JSON file in the state directory, atomically (temporary
+file, fsync, rename, fsync of the directory), so at most once a minute. A file that cannot
+be read back (truncated, corrupt, hostile, not a regular file) is logged and replaced by
+the next write; a write that fails is logged and tried again next minute. Recording never
+waits for any of it.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
-from controller.core.events import AlertRaised
+from controller.core.events import AlertRaised, StateChanged
 from controller.core.history import WINDOW_SECONDS, HistoryAlert, HistoryFileError, HistoryRing, MinuteSampler
 from controller.keys import state_directory
 
@@ -130,7 +131,7 @@ class HistoryRecorder:
         self._lock = threading.Lock()  # one observe/flush/write at a time
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._alerts: Subscription | None = None
+        self._events: Subscription | None = None
         self._write_failing = False
         self._loaded = threading.Event()
 
@@ -142,8 +143,10 @@ class HistoryRecorder:
         return self.ring.window(self.clock(), hours)
 
     def start(self) -> None:
-        """Subscribe to alerts and start sampling; the file is read on the sampling thread."""
-        self._alerts = self.controller.bus.subscribe("history", self._on_alert, kinds=(AlertRaised,))
+        """Subscribe to alerts and state changes and start sampling; the file is read on the
+        sampling thread."""
+        self._events = self.controller.bus.subscribe("history", self._on_event,
+                                                     kinds=(AlertRaised, StateChanged))
         self._thread = threading.Thread(target=self._run, name="vigil-history", daemon=True)
         self._thread.start()
 
@@ -189,15 +192,16 @@ class HistoryRecorder:
                 logger.warning("history thread did not stop within {} s; the last minute is not written",
                                JOIN_SECONDS)
                 return
-        if self._alerts is not None:
-            self.controller.bus.unsubscribe(self._alerts)
-            self._alerts = None
+        if self._events is not None:
+            self.controller.bus.unsubscribe(self._events)
+            self._events = None
         with self._lock:
-            if self.sampler.flush(self.controller.snapshot) is not None:
-                self._write()
+            self.sampler.flush(self.controller.snapshot, self.clock())
+            self._write()
 
     def _run(self) -> None:
         self.load()
+        self.observe()  # the first look: this minute begins now, not a poll later
         while not self._stop.wait(self.poll_seconds):
             try:
                 self.observe()
@@ -205,8 +209,12 @@ class HistoryRecorder:
                 # The history is worth less than the thread that keeps it: log, go on.
                 logger.exception("history: sampling failed; trying again in {} s", self.poll_seconds)
 
-    def _on_alert(self, event: AlertRaised) -> None:
-        self.ring.add_alert(HistoryAlert.of(event.alert))
+    def _on_event(self, event: AlertRaised | StateChanged) -> None:
+        if isinstance(event, AlertRaised):
+            self.ring.add_alert(HistoryAlert.of(event.alert))
+        else:
+            with self._lock:
+                self.sampler.note_state(event.after)
 
     def _write(self) -> None:
         if self.path is None:
