@@ -16,7 +16,8 @@ import math
 import threading
 from collections import deque
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from hw.errors import VigilError
@@ -34,6 +35,7 @@ MAX_NAME_CHARS = 64
 MAX_MESSAGE_CHARS = 500
 FILE_VERSION = 1
 STATES = ("idle", "recording", "recovering", "critical", "reset")
+NO_ERRORS: Mapping[str, int] = MappingProxyType({})  # most minutes: one shared, read-only
 
 # Alert kinds (controller/core/alerts.py) as the page colours them.
 SEVERITY_OF_KIND: Mapping[str, str] = {
@@ -147,6 +149,11 @@ class HistoryRing:
             newest = self._samples[-1] if self._samples else None
             if newest is not None and sample.t < newest.t:
                 return  # the wall clock went back: keep the ring in order
+            # A full ring is 1440 alike minutes: they share one empty error map and states tuple.
+            if not sample.errors and sample.errors is not NO_ERRORS:
+                sample = replace(sample, errors=NO_ERRORS)
+            if newest is not None and sample.states == newest.states and sample.states is not newest.states:
+                sample = replace(sample, states=newest.states)
             if newest is not None and sample.t == newest.t:
                 self._samples[-1] = sample.merged_after(newest)
             else:
