@@ -20,6 +20,8 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+from loguru import logger
+
 from hw.errors import VigilError
 
 if TYPE_CHECKING:
@@ -144,11 +146,21 @@ class HistoryRing:
         return len(self._samples)
 
     def add(self, sample: MinuteSample) -> None:
-        """Keep `sample`; one of the same minute as the newest is joined to it, an older one dropped."""
+        """Keep `sample`; one of the same minute as the newest is joined to it.
+
+        A sample older than the newest means the wall clock went back (set by hand, or by NTP
+        after a boot from a clock that ran ahead): the clock now is trusted, as on load, and the
+        samples it puts in the future are dropped, so the ring stays in order and goes on.
+        """
         with self._lock:
+            future = 0
+            while self._samples and self._samples[-1].t > sample.t:
+                self._samples.pop()
+                future += 1
+            if future:
+                logger.warning("history: dropped {} minutes after {}: the wall clock went back",
+                               future, sample.t)
             newest = self._samples[-1] if self._samples else None
-            if newest is not None and sample.t < newest.t:
-                return  # the wall clock went back: keep the ring in order
             # A full ring is 1440 alike minutes: they share one empty error map and states tuple.
             if not sample.errors and sample.errors is not NO_ERRORS:
                 sample = replace(sample, errors=NO_ERRORS)
@@ -342,6 +354,11 @@ class MinuteSampler:
         """
         minute = minute_of(now)
         closed = None
+        if self._minute is not None and minute < self._minute:
+            # The wall clock went back: what this minute gathered goes on in the clock's minute,
+            # and the ring drops the minutes that are now in the future when it closes.
+            logger.warning("history: the wall clock went back from {} to {}", self._minute, now)
+            self._minute = minute
         if self._minute is not None and minute > self._minute:
             self._note(snap)
             closed = self._close(snap)

@@ -297,3 +297,26 @@ def test_write_history_leaves_no_temporary_file(controller: Controller, tmp_path
     ring = HistoryRing()
     write_history(tmp_path / "history.json.gz", ring)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["history.json.gz"]
+
+
+def test_a_wall_clock_set_back_drops_the_minutes_it_puts_in_the_future(
+        controller: Controller, log_lines: list[str]) -> None:
+    base = controller.snapshot
+    ring = HistoryRing()
+    sampler = MinuteSampler(ring)
+    for minute in range(4):
+        sampler.observe(snap_of(base, frames=minute * 100), T0 + minute * 60)
+    assert [(s.t, s.frames) for s in ring.samples()] == [(T0, 100), (T0 + 60, 100), (T0 + 120, 100)]
+    # NTP sets the clock back 40 s, into the last closed minute: it goes on in that minute.
+    sampler.observe(snap_of(base, frames=350), T0 + 140)
+    sampler.observe(snap_of(base, frames=400), T0 + 181)
+    assert [(s.t, s.frames) for s in ring.samples()] == [(T0, 100), (T0 + 60, 100), (T0 + 120, 200)]
+    # Set back 3 minutes: the ring trusts the clock, drops what it puts in the future, goes on.
+    sampler.observe(snap_of(base, frames=450), T0 + 10)
+    sampler.observe(snap_of(base, frames=500), T0 + 61)
+    assert [(s.t, s.frames) for s in ring.samples()] == [(T0, 200)]
+    sampler.observe(snap_of(base, frames=560), T0 + 121)
+    assert [(s.t, s.frames) for s in ring.samples()] == [(T0, 200), (T0 + 60, 60)]
+    # The two minutes dropped held the other 300 frames: none is counted twice.
+    assert sum(s.frames for s in ring.samples()) + 300 == 560
+    assert sum("wall clock went back" in line for line in log_lines) == 3, log_lines
