@@ -31,10 +31,10 @@ if TYPE_CHECKING:
 INTERVAL_SECONDS = 60
 WINDOW_SECONDS = 24 * 3600
 MAX_SAMPLES = WINDOW_SECONDS // INTERVAL_SECONDS  # 1440
-MAX_ALERTS = 1000  # alerts kept for the window: ~40 an hour, more than any real night raises
+MAX_ALERTS = 500  # alerts kept for the window: ~20 an hour, more than a real night raises
 MAX_CATEGORIES = 32  # error categories per sample kept in the file (the ledger has ~12)
 MAX_NAME_CHARS = 64
-MAX_MESSAGE_CHARS = 500
+MAX_MESSAGE_CHARS = 300  # a longer alert sentence is cut here
 FILE_VERSION = 1
 STATES = ("idle", "recording", "recovering", "critical", "reset")
 NO_ERRORS: Mapping[str, int] = MappingProxyType({})  # most minutes: one shared, read-only

@@ -20,7 +20,14 @@ from loguru import logger
 from controller.core.alerts import Alert
 from controller.core.controller import Controller
 from controller.core.health import Health
-from controller.core.history import MAX_SAMPLES, HistoryAlert, HistoryRing, MinuteSampler
+from controller.core.history import (
+    MAX_ALERTS,
+    MAX_MESSAGE_CHARS,
+    MAX_SAMPLES,
+    HistoryAlert,
+    HistoryRing,
+    MinuteSampler,
+)
 from controller.core.snapshot import RunCounters, StatusSnapshot
 from controller.storage.diskmon import DiskStatus
 from controller.surfaces.history import HistoryRecorder, history_path, read_history, write_history
@@ -122,13 +129,14 @@ def test_the_ring_and_its_file_stay_bounded_after_more_than_a_day(
         controller.snapshot = snap_of(base, frames=minute * 1799, dropped=minute, errors=errors,
                                       health=50 + minute % 50, fps=29.0 + (minute % 10) / 10)
         recorder.observe()
-        if minute % 3 == 0:
-            recorder.ring.add_alert(replace(_alert_at(clock.now), message="x" * 200))
+        recorder.ring.add_alert(HistoryAlert.of(Alert(clock.now, "fault", "x" * 1000)))  # cut to 300
     samples = recorder.ring.samples()
     assert len(samples) == MAX_SAMPLES
     assert samples[-1].t == T0 + (minutes - 1) * 60
     assert samples[0].t == samples[-1].t - (MAX_SAMPLES - 1) * 60  # 24 h, no older
-    assert all(a.t >= clock.now - 86400 for a in recorder.ring.alerts())
+    alerts = recorder.ring.alerts()
+    assert len(alerts) == MAX_ALERTS and alerts[-1].t == clock.now  # the newest kept
+    assert all(len(a.message) == MAX_MESSAGE_CHARS for a in alerts)
     path = tmp_path / "history.json.gz"
     size = write_history(path, recorder.ring)
     assert size == path.stat().st_size
