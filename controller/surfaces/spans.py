@@ -108,7 +108,11 @@ def _split_fragments(scanned: fmp4.FragmentedFile, anchor: float, first: int) ->
 
 
 def merged_runs(path: Path) -> FileTimeline:
-    """The runs of a merged hour: its frames' times from `stts`, split at the gaps it kept."""
+    """The runs of a merged hour, split at the gaps it kept: from its fragments, as a
+    segment's (an adopted segment, or segments joined since merges write fragmented MP4),
+    or from `stts` (an hour merged by an older vigil into an ordinary MP4)."""
+    if fmp4.is_fragmented(path):
+        return segment_runs(path, "merged")
     timescale, deltas = fmp4.sample_deltas(path)
     anchor = anchor_of(fmp4.read_moov(path), path)
     runs: list[Run] = []
