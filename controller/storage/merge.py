@@ -19,8 +19,9 @@ as planned; a decode of every frame or keyframe when asked), fsync it, rename it
 segments or the verified merged file. The merged file names its sources in the
 `vigil_sources` tag, so start-up cleanup (`clean_interrupted_merges`) can finish a removal
 that a crash cut short. An adopted segment is read back whole (every packet demuxed, and
-decoded when asked) before its rename, which is atomic: the file is under one name or the
-other, never both, never neither.
+decoded when asked) before its rename: the footage is never under no name (a filesystem
+that makes the new name durable before the old one's removal may keep both after a cut;
+start-up cleanup drops the segment's).
 """
 
 from __future__ import annotations
