@@ -408,6 +408,19 @@ def remove_manifest(footage: Path) -> None:
         os.unlink(manifest_path(footage))
 
 
+def orphan_manifests_in(folder: Path) -> list[Path]:
+    """Segment manifests in an hour folder whose segment is gone (neither NAME.mp4 nor its
+    `.partial`, whose manifest is written just before its rename): a cut-short removal."""
+    found = []
+    for entry in _entries(folder):
+        name = entry.name.removesuffix(MANIFEST_SUFFIX)
+        if name != entry.name and SEGMENT_NAME.match(name) and _is_file(entry):
+            segment = folder / name
+            if not (_exists(segment) or _exists(partial_path(segment))):
+                found.append(Path(entry.path))
+    return sorted(found)
+
+
 def move_manifest(footage: Path, to: Path) -> None:
     """Rename `footage`'s manifest to go with `to` (its file, renamed); nothing when none."""
     with contextlib.suppress(FileNotFoundError):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from hw.camera import CameraMode
 from hw.encoder import H264Encoder
+from hw.integrity import Signer
 from hw.synthetic import FrameCounter, SyntheticCamera
 from hw.writer import ClosedSegment, SegmentWriter
 
@@ -36,6 +37,7 @@ def record(
     segment_seconds: float = 1.0,
     fragment_seconds: float = 0.5,
     crf: int = 23,
+    signer: Signer | None = None,
 ) -> list[ClosedSegment]:
     """Record `frames` frames starting at `wallclock` into segments under `root`, as a run
     of the recorder would (one encoder, one writer); returns the closed segments in order."""
@@ -45,7 +47,7 @@ def record(
     encoder = H264Encoder(mode, fragment_seconds=fragment_seconds, crf=crf)
     closed: list[ClosedSegment] = []
     writer = SegmentWriter(root, width=width, height=height, fps=fps, segment_seconds=segment_seconds,
-                           fsync=False, when_segment_closed=closed.append)
+                           fsync=False, when_segment_closed=closed.append, signer=signer)
     for i in range(frames):
         frame = camera.read(1.0)
         frame.timestamp = i / fps

@@ -36,6 +36,7 @@ from loguru import logger
 from controller.core.events import FootageDeleted, HourMerged
 from controller.storage.diskmon import DiskMonitor, DiskStatus
 from controller.storage.merge import (
+    DEFAULT_VERIFY,
     MergeAborted,
     MergeBusy,
     MergeDeferred,
@@ -93,7 +94,7 @@ class StorageSettings:
     """What the config's `recording.merge*` and `storage` keys ask of the housekeeper."""
 
     merge: MergeMode = "hourly"
-    merge_verify: VerifyMode = "full"
+    merge_verify: VerifyMode = DEFAULT_VERIFY
     retention: RetentionPolicy = field(default_factory=RetentionPolicy)
     check_seconds: float = CHECK_SECONDS
     sample_seconds: float = SAMPLE_SECONDS

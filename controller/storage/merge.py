@@ -1,17 +1,27 @@
 """Hourly merge: the closed segments of one hour joined by stream copy into one file.
 
 `ROOT/YYYY-MM-DD/HH/*.mp4` becomes `ROOT/YYYY-MM-DD/HH.mp4` (`HH-1.mp4`, ... when that
-name is taken or the camera mode changed within the hour), index at the front. Packets are
-copied, never re-encoded. Each segment is placed at its own wall-clock start (the
-`vigil_start` tag) relative to the first one, so a gap between segments (a recovery, a
-restart) stays a gap in the merged file's timestamps.
+name is taken or the camera mode changed within the hour).
+
+An hour recorded in one piece is one segment (segments end on the clock hour): that file
+already is the hour's file, so it is adopted, renamed into place, not copied (every footage
+byte is written once). Only an hour broken into several segments (a restart, a change of
+mode) is joined: packets copied, never re-encoded, into a fragmented MP4 like the segments
+(its index, the `moov`, is at the front by construction, so no faststart pass rewrites the
+file). Each segment is placed at its own wall-clock start (the `vigil_start` tag) relative
+to the first one, so a gap between segments (a recovery, a restart) stays a gap in the
+merged file's timestamps.
 
 The order of the work is what makes it crash-safe: write `.HH.mp4.merging`, verify it
-(every packet byte-identical to the inputs, frame count and time span as planned, the
-video decodes), fsync it, rename it to `HH.mp4`, fsync the folder; only then remove the
-segments. A crash at any point leaves the segments or the verified merged file. The
-merged file names its sources in the `vigil_sources` tag, so start-up cleanup
-(`clean_interrupted_merges`) can finish a removal that a crash cut short.
+(every packet byte-identical to the inputs by CRC, frame and keyframe counts and time span
+as planned; a decode of every frame or keyframe when asked), fsync it, rename it to
+`HH.mp4`, fsync the folder; only then remove the segments. A crash at any point leaves the
+segments or the verified merged file. The merged file names its sources in the
+`vigil_sources` tag, so start-up cleanup (`clean_interrupted_merges`) can finish a removal
+that a crash cut short. An adopted segment is read back whole (every packet demuxed, and
+decoded when asked) before its rename: the footage is never under no name (a filesystem
+that makes the new name durable before the old one's removal may keep both after a cut;
+start-up cleanup drops the segment's).
 """
 
 from __future__ import annotations
@@ -46,6 +56,7 @@ from hw.footage import (
     merge_temp_path,
     merge_temps_in,
     merged_files_for,
+    orphan_manifests_in,
     partials_in,
     segment_start,
     segments_in,
@@ -54,15 +65,21 @@ from hw.footage import remove_manifest as remove_manifest_of
 from hw.integrity import FORMAT, Signer, read_manifest, sha256_file, sign_manifest, write_manifest
 from hw.writer import START_TAG, fsync_directory
 
-VerifyMode = Literal["full", "keyframes"]
+VerifyMode = Literal["packets", "keyframes", "full"]
 Step = Literal["written", "verified", "renamed", "segment_removed"]
 StepHook = Callable[[Step], None]
 AbortCheck = Callable[[], bool]
 
-VERIFY_MODES: tuple[VerifyMode, ...] = ("full", "keyframes")
+VERIFY_MODES: tuple[VerifyMode, ...] = ("packets", "keyframes", "full")
+DEFAULT_VERIFY: VerifyMode = "packets"
 SOURCES_TAG = "vigil_sources"
 HOUR_TAG = "vigil_hour"
-MOVFLAGS = "faststart+use_metadata_tags"
+# The segments' own layout (hw.writer): a fragment per keyframe, the moov at the front
+# without a second pass over the file.
+MOVFLAGS = "frag_keyframe+empty_moov+default_base_moof+use_metadata_tags"
+# An MP4's index (stsd) already says what the stream is: without this, opening each file
+# probes its first frames, about half the cost of merging small segments.
+READ_OPTIONS = {"probesize": "32", "analyzeduration": "0"}
 # Packets still queued when the hour ends are written a moment later; wait this long past
 # the hour before treating it as closed.
 CLOSE_GRACE_SECONDS = 30.0
@@ -194,7 +211,7 @@ def start_wallclock(container: av.container.InputContainer, path: Path) -> float
 
 def _probe(path: Path) -> _SegmentInfo:
     try:
-        with av.open(str(path)) as container:
+        with av.open(str(path), options=READ_OPTIONS) as container:
             if not container.streams.video:
                 raise MergeError(f"{path} holds no video stream")
             ctx = container.streams.video[0].codec_context
@@ -234,7 +251,7 @@ def _copied_packets(
             logger.warning("segment starts {:.3f}s before the previous one ends (clock stepped "
                            "back?); placed right after it path={}", float(end - wall_offset), info.path)
         try:
-            container = av.open(str(info.path))
+            container = av.open(str(info.path), options=READ_OPTIONS)
         except (av.FFmpegError, OSError) as err:
             raise MergeError(f"{info.path} cannot be read: {err}") from err
         with container:
@@ -244,7 +261,7 @@ def _copied_packets(
             time_base = stream.time_base
             assert time_base is not None
             shift: int | None = None
-            seg_end = place
+            end_ticks: int | None = None  # integers per packet: a Fraction each costs microseconds
             try:
                 for packet in container.demux(stream):
                     if packet.dts is None:
@@ -260,11 +277,13 @@ def _copied_packets(
                     plan.keyframes += int(packet.is_keyframe)
                     plan.crc = zlib.crc32(packet, plan.crc)
                     plan.bytes_in += packet.size
-                    seg_end = max(seg_end, (packet.pts + (packet.duration or 0)) * time_base)
+                    tick = packet.pts + (packet.duration or 0)
+                    if end_ticks is None or tick > end_ticks:
+                        end_ticks = tick
                     yield packet
             except av.FFmpegError as err:
                 raise MergeError(f"{info.path} cannot be read: {err}") from err
-        end = seg_end
+        end = place if end_ticks is None else max(place, end_ticks * time_base)
     plan.span = end
 
 
@@ -275,7 +294,7 @@ def concat_segments(
     segments: Sequence[Path], out_path: Path, *, hour: str = "", should_abort: AbortCheck | None = None,
     fsync: bool = True,
 ) -> _Plan:
-    """Stream-copy `segments` (one codec and size, in order) into `out_path` (faststart MP4)."""
+    """Stream-copy `segments` (one codec and size, in order) into `out_path` (fragmented MP4)."""
     infos = [_probe(p) for p in segments]
     return _write(infos, out_path, hour=hour, should_abort=should_abort, fsync=fsync)
 
@@ -338,22 +357,30 @@ class Inspection:
     span: Fraction
 
 
-def inspect_merged(path: Path, *, mode: VerifyMode = "full",
+def _expected_decoded(mode: VerifyMode, frames: int, keyframes: int) -> int:
+    return frames if mode == "full" else keyframes if mode == "keyframes" else 0
+
+
+def inspect_merged(path: Path, *, mode: VerifyMode = DEFAULT_VERIFY,
                    should_abort: AbortCheck | None = None) -> Inspection:
-    """Read every packet of `path` and decode every frame (`full`) or keyframe (`keyframes`)."""
+    """Read every packet of `path`; decode every frame (`full`), every keyframe
+    (`keyframes`) or none (`packets`: the packets' bytes are what is checked)."""
     frames = keyframes = decoded = crc = 0
-    first: Fraction | None = None
-    end = Fraction(0)
+    first: int | None = None  # in ticks of the stream's time base
+    end = 0
+    time_base = Fraction(1)
     try:
-        with av.open(str(path)) as container:
+        with av.open(str(path), options=READ_OPTIONS) as container:
             if not container.streams.video:
                 raise MergeError(f"{path} holds no video stream")
             stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
+            decode = mode != "packets"
+            if decode:
+                stream.thread_type = "AUTO"
             if mode == "keyframes":
                 stream.codec_context.skip_frame = "NONKEY"
+            assert stream.time_base is not None
             time_base = stream.time_base
-            assert time_base is not None
             for packet in container.demux(stream):
                 if packet.dts is not None:
                     if should_abort is not None and should_abort():
@@ -362,26 +389,31 @@ def inspect_merged(path: Path, *, mode: VerifyMode = "full",
                     keyframes += int(packet.is_keyframe)
                     crc = zlib.crc32(packet, crc)
                     pts = packet.pts if packet.pts is not None else packet.dts
-                    first = pts * time_base if first is None else min(first, pts * time_base)
-                    end = max(end, (pts + (packet.duration or 0)) * time_base)
-                decoded += len(packet.decode())  # the end marker flushes the decoder
+                    if first is None or pts < first:
+                        first = pts
+                    tick = pts + (packet.duration or 0)
+                    if tick > end:
+                        end = tick
+                if decode:
+                    decoded += len(packet.decode())  # the end marker flushes the decoder
     except av.FFmpegError as err:
         raise MergeError(f"{path} does not decode: {err}") from err
-    return Inspection(frames, keyframes, decoded, crc, end - (first or 0))
+    return Inspection(frames, keyframes, decoded, crc, (end - (first or 0)) * time_base)
 
 
 def verify_merged(
     path: Path, *, frames: int, keyframes: int, crc: int | None, span: Fraction | None,
-    mode: VerifyMode = "full", should_abort: AbortCheck | None = None,
+    mode: VerifyMode = DEFAULT_VERIFY, should_abort: AbortCheck | None = None,
 ) -> Inspection:
-    """Raise MergeError unless `path` holds exactly what was planned and its video decodes.
+    """Raise MergeError unless `path` holds exactly what was planned.
 
     Checks the packet count, the keyframe count, the CRC of every packet's bytes (None:
-    skip), the time span (None: skip), and that every frame (`full`) or every keyframe
-    (`keyframes`, for slow machines: the CRC already proves the bytes are the inputs') decodes.
+    skip) and the time span (None: skip): the CRC proves the bytes are the inputs'. With
+    `full` every frame must also decode, with `keyframes` every keyframe (a decode costs
+    about a second of CPU per recorded minute at 720p; several on a Pi).
     """
     got = inspect_merged(path, mode=mode, should_abort=should_abort)
-    expected_decoded = frames if mode == "full" else keyframes
+    expected_decoded = _expected_decoded(mode, frames, keyframes)
     problems = []
     if got.frames != frames:
         problems.append(f"{got.frames} frames, expected {frames}")
@@ -410,7 +442,7 @@ def fsync_file(path: Path) -> None:
 
 
 def merge_hour(
-    hour: HourFolder, *, verify: VerifyMode = "full", fsync: bool = True,
+    hour: HourFolder, *, verify: VerifyMode = DEFAULT_VERIFY, fsync: bool = True,
     should_abort: AbortCheck | None = None, when_step: StepHook | None = None,
     reserve_bytes: int = 0, skip: frozenset[Path] = frozenset(),
     unreadable: set[Path] | None = None, signer: Signer | None = None,
@@ -434,6 +466,10 @@ def merge_hour(
                 unreadable.add(path)
     results = []
     for run in _runs(infos):
+        if len(run) == 1:
+            results.append(_adopt(hour, run[0], verify=verify, fsync=fsync, should_abort=should_abort,
+                                  when_step=when_step, signer=signer))
+            continue
         results.append(_merge_run(hour, run, verify=verify, fsync=fsync, should_abort=should_abort,
                                   when_step=when_step, reserve_bytes=reserve_bytes, signer=signer))
     _remove_if_empty(hour, fsync=fsync)
@@ -488,6 +524,54 @@ def _merge_run(
     return result
 
 
+def _adopt(
+    hour: HourFolder, info: _SegmentInfo, *, verify: VerifyMode, fsync: bool,
+    should_abort: AbortCheck | None, when_step: StepHook | None, signer: Signer | None,
+) -> MergedHour:
+    """The hour's one segment becomes its merged file by a rename: nothing is copied.
+
+    The segment is read back first (every packet, and decoded as `verify` says): a file
+    that does not demux to its end stays a segment and raises MergeError. The rename moves
+    one inode from the hour folder to the date folder, so at every instant the footage is
+    under exactly one name (hw.writer fsynced its data when it closed it).
+    """
+    started = time.monotonic()
+    source = info.path
+    got = inspect_merged(source, mode=verify, should_abort=should_abort)
+    expected_decoded = _expected_decoded(verify, got.frames, got.keyframes)
+    if got.frames == 0 or got.decoded != expected_decoded:
+        raise MergeError(f"{source} failed verification: {got.frames} frames, {got.decoded} "
+                         f"decoded of {expected_decoded}; it stays a segment")
+    _step(when_step, "verified")
+    final = free_merged_path(hour)
+    try:
+        if signer is not None:
+            _write_merged_manifest(final, source, [source], signer, fsync=fsync)
+        os.rename(source, final)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            if not final.exists():
+                remove_manifest_of(final)
+        raise
+    if fsync:
+        # The new name first: a cut between the two leaves the file under both names
+        # (reconcile_hour drops the segment's), never under none.
+        fsync_directory(hour.date_dir)
+        fsync_directory(hour.path)
+    _step(when_step, "renamed")
+    _remove_sources(hour, [source], fsync=fsync, when_step=when_step, unlink=False)
+    size = final.stat().st_size
+    result = MergedHour(
+        hour=hour.key, path=final, sources=(source.name,), frames=got.frames,
+        span_seconds=float(got.span), gaps=(), bytes_in=size, bytes_out=size,
+        seconds=time.monotonic() - started,
+    )
+    logger.info("adopted the hour's only segment as its file hour={} path={} segment={} frames={} "
+                "seconds={:.1f} bytes={} took={:.1f}s", result.hour, final, source.name, result.frames,
+                result.span_seconds, size, result.seconds)
+    return result
+
+
 def _write_merged_manifest(final: Path, temp: Path, sources: Sequence[Path], signer: Signer, *,
                            fsync: bool) -> None:
     """The merged file's manifest, before its rename: the sources' manifests as they are
@@ -513,9 +597,10 @@ def _step(hook: StepHook | None, step: Step) -> None:
 
 
 def _remove_sources(hour: HourFolder, paths: Sequence[Path], *, fsync: bool,
-                    when_step: StepHook | None) -> None:
+                    when_step: StepHook | None, unlink: bool = True) -> None:
     for path in paths:
-        path.unlink(missing_ok=True)
+        if unlink:
+            path.unlink(missing_ok=True)
         remove_manifest_of(path)  # its links live on in the merged hour's manifest
         _step(when_step, "segment_removed")
     if fsync:
@@ -554,7 +639,9 @@ def merged_sources(path: Path) -> tuple[str, ...] | None:
     return tuple(name for name in tag.split(",") if name)
 
 
-def reconcile_hour(hour: HourFolder, *, verify: VerifyMode = "full", fsync: bool = True) -> list[Path]:
+def reconcile_hour(
+    hour: HourFolder, *, verify: VerifyMode = DEFAULT_VERIFY, fsync: bool = True,
+) -> list[Path]:
     """Finish what a crash between rename and segment removal left: returns segments removed.
 
     A merged file whose sources are all still present is verified against them in full
@@ -563,7 +650,7 @@ def reconcile_hour(hour: HourFolder, *, verify: VerifyMode = "full", fsync: bool
     had begun, which happens only after a verified, fsynced rename: the merged file is
     checked to decode and to hold at least their frames, then they are removed.
     """
-    removed: list[Path] = []
+    removed = _finish_adoptions(hour, fsync=fsync)
     for merged in merged_files_for(hour):
         sources = merged_sources(merged)
         if sources is None:
@@ -603,16 +690,47 @@ def reconcile_hour(hour: HourFolder, *, verify: VerifyMode = "full", fsync: bool
     return removed
 
 
+def _finish_adoptions(hour: HourFolder, *, fsync: bool) -> list[Path]:
+    """Finish what a cut during an adoption left: a segment name still linked to a merged
+    file (the same inode: a filesystem that made the new name durable before dropping the
+    old), and the adopted segment's manifest, which goes once its file has gone."""
+    merged = merged_files_for(hour)
+    if not merged:
+        return []
+    inodes = set()
+    for path in merged:
+        with contextlib.suppress(OSError):
+            st = os.lstat(path)
+            inodes.add((st.st_dev, st.st_ino))
+    removed: list[Path] = []
+    for segment in segments_in(hour.path):
+        with contextlib.suppress(OSError):
+            st = os.lstat(segment)
+            if (st.st_dev, st.st_ino) in inodes:
+                logger.info("finishing an interrupted adoption: the segment is already the merged "
+                            "hour path={}", segment)
+                segment.unlink()
+                removed.append(segment)
+    orphans = orphan_manifests_in(hour.path)
+    for orphan in orphans:
+        orphan.unlink(missing_ok=True)
+    if (removed or orphans) and fsync:
+        fsync_directory(hour.path)
+    return removed
+
+
 def _verify_holds_at_least(path: Path, frames: int, mode: VerifyMode) -> None:
     got = inspect_merged(path, mode=mode)
-    expected_decoded = got.frames if mode == "full" else got.keyframes
+    expected_decoded = _expected_decoded(mode, got.frames, got.keyframes)
     if got.decoded != expected_decoded:
         raise MergeError(f"{path} does not decode: {got.decoded} of {expected_decoded} frames")
     if got.frames < frames:
         raise MergeError(f"{path} holds {got.frames} frames, fewer than its remaining segments' {frames}")
 
 
-def clean_interrupted_merges(root: Path, *, verify: VerifyMode = "full", fsync: bool = True) -> list[str]:
+def clean_interrupted_merges(
+    root: Path, *, verify: VerifyMode = DEFAULT_VERIFY, fsync: bool = True,
+) -> list[str]:
     """Remove temporary merge files and finish cut-short removals under `root`; what was done.
 
     Call with the root's housekeeping lock held. A temporary file is always removed: the
@@ -663,7 +781,7 @@ def has_footage_of(root: Path, hour: float) -> bool:
 
 
 def force_merge(
-    roots: Sequence[Path], *, hour: float | None, now: float, verify: VerifyMode = "full",
+    roots: Sequence[Path], *, hour: float | None, now: float, verify: VerifyMode = DEFAULT_VERIFY,
     open_segments: Sequence[Path] = (), lock_timeout: float | None = None,
     should_abort: AbortCheck | None = None, reserve_bytes: Callable[[Path], int] | None = None,
     missing_ok: bool = False, signer: Signer | None = None,

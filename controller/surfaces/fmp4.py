@@ -225,6 +225,11 @@ def scan_fragmented(path: Path, *, limit: int | None = None) -> FragmentedFile:
         os.close(fd)
 
 
+def is_fragmented(path: Path) -> bool:
+    """Whether the file's moov announces fragments (`mvex`); Mp4Error when it has no moov."""
+    return b"mvex" in _children(read_moov(path))
+
+
 def sample_deltas(path: Path) -> tuple[int, list[tuple[int, int]]]:
     """(timescale, stts runs of (count, delta)) of an ordinary MP4 such as a merged hour."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)

@@ -95,10 +95,15 @@ def segment_runs(path: Path, kind: FileKind = "segment") -> FileTimeline:
 
 
 def _split_fragments(scanned: fmp4.FragmentedFile, anchor: float, first: int) -> tuple[Run, ...]:
+    # The muxer gives a fragment's last frame the time up to the next fragment's first, so a
+    # pause (a restart joined by a merge, a camera loss) hides in that frame's duration: a
+    # fragment ends after its frames at the file's typical frame duration, at the latest.
+    per_frame = sorted(f.duration / f.frames for f in scanned.fragments if f.frames)
+    typical = per_frame[len(per_frame) // 2] if per_frame else 0.0
     runs: list[Run] = []
     for frag in scanned.fragments:
         t0 = anchor + (frag.start - first) / scanned.timescale
-        t1 = t0 + frag.duration / scanned.timescale
+        t1 = t0 + min(frag.duration, frag.frames * typical) / scanned.timescale
         if runs and t0 - runs[-1].end <= GAP_SECONDS:
             last = runs[-1]
             runs[-1] = Run(last.start, max(last.end, t1), last.frames + frag.frames)
@@ -108,7 +113,11 @@ def _split_fragments(scanned: fmp4.FragmentedFile, anchor: float, first: int) ->
 
 
 def merged_runs(path: Path) -> FileTimeline:
-    """The runs of a merged hour: its frames' times from `stts`, split at the gaps it kept."""
+    """The runs of a merged hour, split at the gaps it kept: from its fragments, as a
+    segment's (an adopted segment, or segments joined since merges write fragmented MP4),
+    or from `stts` (an hour merged by an older vigil into an ordinary MP4)."""
+    if fmp4.is_fragmented(path):
+        return segment_runs(path, "merged")
     timescale, deltas = fmp4.sample_deltas(path)
     anchor = anchor_of(fmp4.read_moov(path), path)
     runs: list[Run] = []

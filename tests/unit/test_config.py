@@ -76,7 +76,7 @@ def test_no_file_anywhere_gives_built_in_defaults(tmp_path: Path) -> None:
     assert config.camera.read_timeout_seconds == 2.0
     assert config.recording.root == Path("recordings")
     assert config.recording.fallback_roots == []
-    assert (config.recording.segment_seconds, config.recording.fragment_seconds) == (60, 1.0)
+    assert (config.recording.segment_seconds, config.recording.fragment_seconds) == (3600, 1.0)
     assert (config.recording.encoder_preset, config.recording.crf) == ("ultrafast", 23)
     assert (config.recording.queue_frames, config.recording.autostart) == (60, True)
     assert config.recovery.max_attempts == 3
@@ -251,7 +251,7 @@ logging:
     assert config.recording.root == Path("/var/lib/vigil")
     assert config.recording.fallback_roots == [Path("/mnt/usb"), Path("/tmp/vigil")]
     assert config.recording.fragment_seconds == 0.5
-    assert config.recording.segment_seconds == 60
+    assert config.recording.segment_seconds == 3600  # the default: a file ends on the clock hour
     assert config.logging.level == "DEBUG"
 
 
@@ -731,7 +731,7 @@ def test_gpio_hold_time_has_a_range(tmp_path: Path) -> None:
 def test_storage_defaults_keep_30_days_and_a_gigabyte_free() -> None:
     config = parse_config_text("", "vigil.yaml")
 
-    assert (config.recording.merge, config.recording.merge_verify) == ("hourly", "full")
+    assert (config.recording.merge, config.recording.merge_verify) == ("hourly", "packets")
     storage = config.storage
     assert (storage.retention_days, storage.reserve_mb, storage.reserve_percent) == (30, 1024, 5)
     assert storage.check_seconds == 60
