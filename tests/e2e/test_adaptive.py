@@ -10,10 +10,7 @@ little over half of what this recording needs" on any machine.
 from __future__ import annotations
 
 import itertools
-import json
 import os
-import subprocess
-import sys
 import threading
 import time
 from dataclasses import replace
@@ -21,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import av
-import psutil
 import pytest
 
 from controller.storage.merge import merge_hour
@@ -31,7 +27,7 @@ from hw.factory import Hardware
 from hw.footage import hour_folders
 from hw.writer import START_TAG
 from tests import cpulimit
-from tests.conftest import REPO
+from tests.adaptive_harness import Harness
 from tests.helpers import segments
 from tests.specs import camera_spec, recording_spec
 
@@ -74,66 +70,11 @@ def segment_rate(path: Path) -> float:
         return float(rate)
 
 
-class Harness:
-    """The recording child: its counter lines, and a way to stop it and read its report."""
-
-    def __init__(self, root: Path, limit: cpulimit.CpuLimit, *, adaptive: bool) -> None:
-        args = json.dumps({"root": str(root), "adaptive": adaptive, "width": WIDTH, "height": HEIGHT,
-                           "fps": FPS, "down_after_seconds": 1.0, "up_after_seconds": 3.0})
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "tests.adaptive_harness", args], cwd=REPO,
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-            preexec_fn=limit.preexec)
-        self.ps = psutil.Process(self.process.pid)
-        self.last: dict[str, Any] = {}
-        self.lines: list[dict[str, Any]] = []
-        self._first = threading.Event()
-        self._final: dict[str, Any] | None = None
-        self._reader = threading.Thread(target=self._read, name="harness-reader", daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            data = json.loads(line)
-            if data.get("final"):
-                self._final = data
-            else:
-                self.last = data
-                self.lines.append(data)
-                self._first.set()
-
-    def wait_for_recording(self, timeout: float = 30.0) -> None:
-        assert self._first.wait(timeout), "the harness never reported"
-
-    def cpu_seconds(self) -> float:
-        times = self.ps.cpu_times()
-        return float(times.user + times.system)
-
-    def wait_for(self, check: str, predicate: Any, timeout: float) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.last and predicate(self.last):
-                return self.last
-            assert self.process.poll() is None, "the harness exited"
-            time.sleep(0.05)
-        raise AssertionError(f"{check} did not happen within {timeout} s; last {self.last}")
-
-    def stop(self) -> dict[str, Any]:
-        assert self.process.stdin is not None
-        self.process.stdin.write("stop\n")
-        self.process.stdin.flush()
-        self.process.wait(timeout=30)
-        self._reader.join(timeout=10)
-        assert self._final is not None, "the harness wrote no report"
-        return self._final
-
-
 @pytest.mark.skipif(bool(cpulimit.unavailable()), reason=f"no CPU quota: {cpulimit.unavailable()}")
 def test_under_a_cpu_quota_adaptation_keeps_every_second_and_climbs_back(tmp_path: Path) -> None:
     with cpulimit.CpuLimit(f"vigil-test-adaptive-{os.getpid()}", None) as limit:
         # Without adaptation, at the same quota: frames are dropped at random.
-        plain = Harness(tmp_path / "plain", limit, adaptive=False)
+        plain = Harness(tmp_path / "plain", limit, adaptive=False, width=WIDTH, height=HEIGHT, fps=FPS)
         plain.wait_for_recording()
         used = plain.cpu_seconds()
         time.sleep(CALIBRATE_SECONDS)  # measuring, not waiting for anything
@@ -145,7 +86,7 @@ def test_under_a_cpu_quota_adaptation_keeps_every_second_and_climbs_back(tmp_pat
         assert without["dropped"] > 0 and without["decimated"] == 0
 
         throttled_before = limit.times_throttled()
-        adaptive = Harness(tmp_path / "adaptive", limit, adaptive=True)
+        adaptive = Harness(tmp_path / "adaptive", limit, adaptive=True, width=WIDTH, height=HEIGHT, fps=FPS)
         adaptive.wait_for_recording()
         limit.set(need * QUOTA_SHARE)
         adaptive.wait_for("a step down", lambda s: s["level"] >= 1, LIMITED_SECONDS)
