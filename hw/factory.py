@@ -8,7 +8,7 @@ from pathlib import Path
 
 from loguru import logger
 
-from hw.adaptive import AdaptiveSpec, QualityGovernor, QualityStep, build_ladder
+from hw.adaptive import AdaptiveSpec, LoadMeter, QualityGovernor, QualityStep, build_ladder
 from hw.camera import Camera, CameraMode
 from hw.encoder import LIBX264, EncoderChoice, H264Encoder, choose_encoder, probe_m2m_encoder
 from hw.errors import BackendUnavailable, CameraUnavailable, EncoderError
@@ -149,6 +149,9 @@ class Hardware:
     unavailable: str = ""
     # Signs each closed segment's manifest (hw.integrity); None records without manifests.
     signer: Signer | None = None
+    # Makes each pipeline's load meter for adaptive quality (tests inject one whose
+    # thermometer they control).
+    load_meter: Callable[[], LoadMeter] = LoadMeter
     _chain: Chain | None = field(default=None, init=False, repr=False)
     _encoder_choice: EncoderChoice | None = field(default=None, init=False, repr=False)
 
@@ -167,7 +170,8 @@ class Hardware:
     def rebuilt(self) -> Hardware:
         """A fresh factory for the same specs: backend detection runs again."""
         return Hardware(self.camera, self.recording, faults=self.faults, makers=self.makers,
-                        encoder_probe=self.encoder_probe, signer=self.signer)
+                        encoder_probe=self.encoder_probe, signer=self.signer,
+                        load_meter=self.load_meter)
 
     @property
     def chain(self) -> Chain:
@@ -230,7 +234,8 @@ class Hardware:
         if len(ladder) < 2:
             return None
         return QualityControl(QualityGovernor(ladder, self.recording.adaptive),
-                              lambda step: self.make_step_encoder(mode, step), when_step=when_step)
+                              lambda step: self.make_step_encoder(mode, step),
+                              meter=self.load_meter(), when_step=when_step)
 
     def make_camera(self) -> Camera:
         if self.unavailable:

@@ -20,7 +20,9 @@ from typing import Any
 import av
 import pytest
 
+from controller.core.controller import Controller
 from controller.storage.merge import merge_hour
+from controller.surfaces.metrics import render_metrics
 from hw import framecode
 from hw.adaptive import LoadMeter
 from hw.factory import Hardware
@@ -28,6 +30,7 @@ from hw.footage import hour_folders
 from hw.writer import START_TAG
 from tests import cpulimit
 from tests.adaptive_harness import Harness
+from tests.e2e.conftest import HANDS_OFF_STORAGE, RunningController
 from tests.helpers import segments
 from tests.specs import camera_spec, recording_spec
 
@@ -189,3 +192,40 @@ def wait_until(predicate: Any, what: str, timeout: float = 30.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: not within {timeout} s")
         time.sleep(0.02)
+
+
+def test_a_step_shows_in_status_metrics_health_and_alerts(tmp_path: Path) -> None:
+    hot = threading.Event()
+    rec = recording_spec(root=tmp_path / "rec", segment_seconds=3600.0)
+    rec = replace(rec, adaptive=replace(rec.adaptive, crf_ceiling=rec.crf, down_after_seconds=0.0,
+                                        up_after_seconds=3600.0))
+    hardware = Hardware(camera_spec(backend="synthetic", width=160, height=120, fps=FPS), rec,
+                        load_meter=lambda: LoadMeter(temperature=lambda: 90.0 if hot.is_set() else 50.0,
+                                                     throttle=lambda now: ""))
+    controller = Controller(hardware, autostart=True, storage=HANDS_OFF_STORAGE)
+    running = RunningController(controller)
+    running.thread.start()
+    try:
+        assert controller.wait_for_state("recording", 20)
+        assert controller.snapshot.quality is not None and controller.snapshot.quality.level == 0
+        hot.set()
+        wait_until(lambda: (q := controller.snapshot.quality) is not None and q.level == 1,
+                   "a step down on temperature")
+        hot.clear()
+        wait_until(lambda: controller.snapshot.run.frames_decimated >= 30, "decimated frames")
+        wait_until(lambda: (h := controller.snapshot.health) is not None
+                   and h.penalties.get("decimated", 0) > 0, "the health score's decimated part")
+        snap = controller.snapshot
+    finally:
+        assert running.stop() == 0
+
+    status = snap.as_dict()
+    assert status["quality"]["level"] == 1 and status["quality"]["fps"] == 15.0
+    assert status["quality"]["last_change"] == "CPU 90 °C: fps 30 -> 15"
+    assert status["frames_decimated"] >= 30 and status["frames_dropped"] == 0
+    assert status["health"]["penalties"]["drops"] == 0
+    quality_alerts = [a for a in snap.alerts if a.kind == "quality"]
+    assert [a.message for a in quality_alerts] == ["quality down to level 1: CPU 90 °C: fps 30 -> 15"]
+    metrics = render_metrics(snap)
+    assert "vigil_quality_level 1" in metrics.splitlines()
+    assert f"vigil_frames_decimated_total {snap.totals.frames_decimated}" in metrics.splitlines()
