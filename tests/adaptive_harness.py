@@ -36,10 +36,12 @@ class Harness:
     to stop it and read its report."""
 
     def __init__(self, root: Path, limit: CpuLimit, *, adaptive: bool, width: int, height: int,
-                 fps: float, down_after_seconds: float = 1.0, up_after_seconds: float = 3.0) -> None:
+                 fps: float, down_after_seconds: float = 1.0, up_after_seconds: float = 3.0,
+                 height_floor: int | None = None) -> None:
         args = json.dumps({"root": str(root), "adaptive": adaptive, "width": width, "height": height,
                            "fps": fps, "down_after_seconds": down_after_seconds,
-                           "up_after_seconds": up_after_seconds})
+                           "up_after_seconds": up_after_seconds,
+                           "height_floor": height_floor if height_floor is not None else height})
         self.process = subprocess.Popen(
             [sys.executable, "-m", "tests.adaptive_harness", args], cwd=REPO,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,

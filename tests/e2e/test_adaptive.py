@@ -89,7 +89,10 @@ def test_under_a_cpu_quota_adaptation_keeps_every_second_and_climbs_back(tmp_pat
         assert without["dropped"] > 0 and without["decimated"] == 0
 
         throttled_before = limit.times_throttled()
-        adaptive = Harness(tmp_path / "adaptive", limit, adaptive=True, width=WIDTH, height=HEIGHT, fps=FPS)
+        # The whole ladder, size steps too, so that a machine busier than this one still
+        # finds a rung it can keep up on.
+        adaptive = Harness(tmp_path / "adaptive", limit, adaptive=True, width=WIDTH, height=HEIGHT,
+                           fps=FPS, height_floor=HEIGHT // 2)
         adaptive.wait_for_recording()
         limit.set(need * QUOTA_SHARE)
         adaptive.wait_for("a step down", lambda s: s["level"] >= 1, LIMITED_SECONDS)
