@@ -29,6 +29,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -45,6 +46,7 @@ SETTLE_SECONDS = 2.0
 # twice as long, up to MAX_UP_BACKOFF times `up_after_seconds`.
 FAILED_UP_PERIODS = 2.0
 MAX_UP_BACKOFF = 64
+CHANGES_KEPT = 100
 THERMAL_ROOT = Path("/sys/class/thermal")
 THROTTLE_READ_SECONDS = 10.0
 # `vcgencmd get_throttled` bits that describe the present (the ones above 16 say "since boot").
@@ -199,7 +201,7 @@ class QualityGovernor:
         self.ladder = ladder
         self.spec = spec
         self.level = 0
-        self.changes: list[StepChange] = []
+        self.changes: deque[StepChange] = deque(maxlen=CHANGES_KEPT)  # the newest steps
         self._busy_since: dict[str, float] = {}
         self._calm_since: float | None = None
         self._last_change: float | None = None

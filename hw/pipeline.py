@@ -222,7 +222,8 @@ class RecordingPipeline:
                         stats.frames_invalid += 1
                         continue
                 self.latest_frame = item
-                if self.quality is not None and self._adapt(item.timestamp):
+                # Load is a matter of real time, whatever clock the camera stamps frames with.
+                if self.quality is not None and self._adapt(time.monotonic()):
                     stats.frames_decimated += 1
                     if self.quality.when_decimated is not None:
                         self.quality.when_decimated(item.sequence)
