@@ -6,8 +6,10 @@ import random
 from dataclasses import replace
 from pathlib import Path
 
+import av
 import pytest
 
+from hw import framecode
 from hw.adaptive import (
     SETTLE_SECONDS,
     AdaptiveSpec,
@@ -20,6 +22,8 @@ from hw.adaptive import (
     read_cpu_temperature_c,
 )
 from hw.camera import CameraMode
+from hw.encoder import H264Encoder
+from hw.synthetic import FrameCounter, SyntheticCamera
 from tests.specs import recording_spec
 
 SPEC = recording_spec().adaptive  # the schema's defaults
@@ -256,3 +260,29 @@ def test_the_load_meter_reports_each_period_from_running_totals() -> None:
     s = meter.sample(12.0, queue_depth=30, dropped_total=9, encoded_total=130,
                      encode_seconds_total=1.6, **kw)
     assert s is not None and s.encode_seconds == pytest.approx(1.0)
+
+
+def test_a_size_step_scales_frames_in_the_encoder_and_the_frame_code_survives(tmp_path: Path) -> None:
+    camera_mode = CameraMode(640, 480, 30)
+    steps = build_ladder(camera_mode, preset="ultrafast", crf=23, hardware=False,
+                         spec=replace(SPEC, height_floor=240))
+    step = steps[-1]
+    assert (step.width, step.height, step.fps) == (320, 240, 10)
+    encoder = H264Encoder(step.encoder_mode(), fragment_seconds=1.0, input_size=(640, 480))
+    camera = SyntheticCamera(camera_mode, paced=False, counter=FrameCounter())
+    camera.open()
+    data = bytearray()
+    for i in range(20):
+        frame = camera.read(1.0)
+        frame.timestamp = i * 0.1
+        for packet in encoder.encode(frame):
+            data += packet.data
+    for packet in encoder.flush():
+        data += packet.data
+    path = tmp_path / "scaled.h264"
+    path.write_bytes(bytes(data))
+    with av.open(str(path), format="h264") as container:
+        decoded = list(container.decode(video=0))
+    assert {(f.width, f.height) for f in decoded} == {(320, 240)}
+    numbers = [framecode.read_video_frame(f.reformat(width=640, height=480)) for f in decoded]
+    assert numbers == list(range(20))
