@@ -20,6 +20,7 @@ from typing import Any
 import av
 import pytest
 
+from controller.client import format_status
 from controller.core.controller import Controller
 from controller.storage.merge import merge_hour
 from controller.surfaces.metrics import render_metrics
@@ -229,6 +230,9 @@ def test_a_step_shows_in_status_metrics_health_and_alerts(tmp_path: Path) -> Non
     assert status["health"]["penalties"]["drops"] == 0
     quality_alerts = [a for a in snap.alerts if a.kind == "quality"]
     assert [a.message for a in quality_alerts] == ["quality down to level 1: CPU 90 °C: fps 30 -> 15"]
+    shown = format_status(status)
+    assert "quality" in shown and "level 1 of 2: preset ultrafast crf 23, 15 fps, 160x120" in shown
+    assert "decimated " in shown
     metrics = render_metrics(snap)
     assert "vigil_quality_level 1" in metrics.splitlines()
     assert f"vigil_frames_decimated_total {snap.totals.frames_decimated}" in metrics.splitlines()
