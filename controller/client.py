@@ -198,7 +198,14 @@ def format_status(status: dict[str, Any], *, now: float | None = None) -> str:
     totals = status.get("totals") or status
     rows.append(("frames", ", ".join(f"{key.removeprefix('frames_')} {totals.get(key, 0)}" for key in
                                      ("frames_captured", "frames_recorded", "frames_dropped",
-                                      "frames_invalid"))))
+                                      "frames_invalid", "frames_decimated"))))
+    quality = status.get("quality")
+    if isinstance(quality, dict):
+        lowest = int(quality.get("levels", 1)) - 1
+        text = f"level {quality.get('level')} of {lowest}: {quality.get('describe')}"
+        if quality.get("last_change"):
+            text += f" (last step: {quality['last_change']})"
+        rows.append(("quality", text))
     rows.append(("errors", _counts(status.get("errors"))))
     rows.append(("faults", _counts(status.get("faults"))))
     rows.append(("recovery", f"attempt {status.get('recovery_attempts', 0)} now, "

@@ -24,6 +24,7 @@ from controller.surfaces.credentials import api_with_credential_token
 from controller.surfaces.history import HistoryRecorder, history_path
 from controller.surfaces.metrics import MetricsHook
 from controller.surfaces.sdnotify import ServiceNotifier
+from hw.adaptive import AdaptiveSpec
 from hw.factory import CameraMaker, CameraSpec, Hardware, RecordingSpec
 from hw.gpio import GpioSpec, OperatorPanel, open_panel
 from hw.integrity import Signer
@@ -57,6 +58,20 @@ def recording_spec_from_config(config: VigilConfig) -> RecordingSpec:
         root=Path(rec.root), fallback_roots=tuple(Path(p) for p in rec.fallback_roots),
         segment_seconds=rec.segment_seconds, fragment_seconds=rec.fragment_seconds,
         encoder_preset=rec.encoder_preset, crf=rec.crf, queue_frames=rec.queue_frames,
+        adaptive=adaptive_spec_from_config(config),
+    )
+
+
+def adaptive_spec_from_config(config: VigilConfig) -> AdaptiveSpec:
+    """What `recording.adaptive` asks of the quality ladder."""
+    ad = config.recording.adaptive
+    return AdaptiveSpec(
+        enabled=ad.enabled, preset_floor=ad.preset_floor, crf_ceiling=ad.crf_ceiling,
+        bitrate_floor_fraction=ad.bitrate_floor_fraction, fps_floor=ad.fps_floor,
+        height_floor=ad.height_floor, queue_high_fraction=ad.queue_high_fraction,
+        queue_low_fraction=ad.queue_low_fraction, down_after_seconds=ad.down_after_seconds,
+        up_after_seconds=ad.up_after_seconds, up_headroom=ad.up_headroom,
+        temperature_max_c=ad.temperature_max_c,
     )
 
 

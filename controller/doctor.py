@@ -132,6 +132,7 @@ def _check_camera(report: DoctorReport, config: VigilConfig, hardware: Hardware)
             raise CameraError(f"it delivers {got.width}x{got.height}@{got.fps:g}, configured {asked}")
         encoder = _encoder_line(camera, config, hardware)
         report.lines.append(f"  encoder: {encoder}")
+        report.lines.append(f"  adaptive quality: {_adaptive_line(camera, config, hardware)}")
         kind = "H.264 packet" if isinstance(item, EncodedPacket) else "frame"
         detail = f"{hardware.backend} delivered a {kind} at {asked}"
         if hardware.backend == "synthetic" and cam.backend == "auto":
@@ -172,6 +173,19 @@ def _camera_problem(backend: str, err: BaseException) -> str:
     if "busy" in text.lower():
         text += " (if `vigil run` is recording from it, stop it before running doctor)"
     return text
+
+
+def _adaptive_line(camera: Camera, config: VigilConfig, hardware: Hardware) -> str:
+    """What the quality ladder can do with this camera (README "Adaptive quality")."""
+    if camera.mode.output == "packets":
+        return (f"cannot adapt: pass-through ({hardware.backend} hands over its own H.264; vigil "
+                "only muxes it, so under load it drops rather than lowers quality)")
+    if not config.recording.adaptive.enabled:
+        return "off (recording.adaptive.enabled is false)"
+    ladder = hardware.quality_ladder(camera.mode)
+    if len(ladder) < 2:
+        return "nothing to give up: every floor is at the configured quality"
+    return f"on, {len(ladder) - 1} steps down to {ladder[-1].describe()}"
 
 
 def _encoder_line(camera: Camera, config: VigilConfig, hardware: Hardware) -> str:

@@ -125,6 +125,8 @@ class H264Encoder:
         crf: int = 23,
         threads: int = 0,
         codec: str = LIBX264,
+        bit_rate_scale: float = 1.0,
+        input_size: tuple[int, int] | None = None,
     ) -> None:
         if preset not in PRESETS:
             raise ValueError(f"unknown libx264 preset {preset!r}; allowed: {', '.join(PRESETS)}")
@@ -132,6 +134,9 @@ class H264Encoder:
             raise ValueError(f"unknown H.264 encoder {codec!r}; allowed: {', '.join(CODECS)}")
         self.mode = mode
         self.codec = codec
+        # Frames of another size (the camera's, under a quality step of hw.adaptive) are
+        # scaled to the mode's by libswscale on the encode thread.
+        self.input_size = input_size if input_size is not None else (mode.width, mode.height)
         self.gop = keyframe_interval(mode.fps, fragment_seconds)
         try:
             # Both codecs are video encoders; the stubs type only literal names that precisely.
@@ -157,7 +162,8 @@ class H264Encoder:
         else:
             # The VideoCore encoder has no B-frames; FFmpeg's v4l2m2m wrapper sets the GOP
             # from gop_size and the driver repeats SPS/PPS before each IDR frame.
-            ctx.bit_rate = round(mode.width * mode.height * mode.fps * M2M_BITS_PER_PIXEL)
+            ctx.bit_rate = round(mode.width * mode.height * mode.fps * M2M_BITS_PER_PIXEL
+                                 * bit_rate_scale)
             ctx.max_b_frames = 0
         try:
             ctx.open()
@@ -189,7 +195,7 @@ class H264Encoder:
         self._last_pts = pts
         data = frame.data
         assert isinstance(data, np.ndarray)
-        video_frame = yuv420_video_frame(data)
+        video_frame = self._picture(data)
         video_frame.pts = pts
         if self._keyframe_next:
             self._keyframe_next = False
@@ -200,6 +206,12 @@ class H264Encoder:
             return self._packets(self._ctx.encode(video_frame))
         except av.FFmpegError as err:
             raise EncoderError(f"{self.codec} failed on frame {frame.sequence}: {err}") from err
+
+    def _picture(self, data: np.ndarray) -> av.VideoFrame:
+        video_frame = yuv420_video_frame(data)
+        if self.input_size != (self.mode.width, self.mode.height):
+            return video_frame.reformat(width=self.mode.width, height=self.mode.height)
+        return video_frame
 
     def flush(self) -> list[EncodedPacket]:
         """Packets still held by the encoder; it cannot take frames afterwards."""

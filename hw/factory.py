@@ -8,13 +8,14 @@ from pathlib import Path
 
 from loguru import logger
 
+from hw.adaptive import AdaptiveSpec, LoadMeter, QualityGovernor, QualityStep, build_ladder
 from hw.camera import Camera, CameraMode
 from hw.encoder import LIBX264, EncoderChoice, H264Encoder, choose_encoder, probe_m2m_encoder
 from hw.errors import BackendUnavailable, CameraUnavailable, EncoderError
 from hw.filecam import FileCamera
 from hw.integrity import Chain, Signer, newest_link
 from hw.picam import PicameraMaker
-from hw.pipeline import ErrorSink, RecordingOutput, RecordingPipeline
+from hw.pipeline import ErrorSink, QualityControl, RecordingOutput, RecordingPipeline, StepSink
 from hw.probe import BackendProbe
 from hw.synthetic import FaultPlan, SyntheticCamera
 from hw.v4l2.probe import V4L2Maker
@@ -75,6 +76,7 @@ class RecordingSpec:
     encoder_preset: str
     crf: int
     queue_frames: int
+    adaptive: AdaptiveSpec
 
 
 CameraMaker = Callable[[CameraSpec, FaultPlan], Camera]
@@ -147,6 +149,9 @@ class Hardware:
     unavailable: str = ""
     # Signs each closed segment's manifest (hw.integrity); None records without manifests.
     signer: Signer | None = None
+    # Makes each pipeline's load meter for adaptive quality (tests inject one whose
+    # thermometer they control).
+    load_meter: Callable[[], LoadMeter] = LoadMeter
     _chain: Chain | None = field(default=None, init=False, repr=False)
     _encoder_choice: EncoderChoice | None = field(default=None, init=False, repr=False)
 
@@ -165,7 +170,8 @@ class Hardware:
     def rebuilt(self) -> Hardware:
         """A fresh factory for the same specs: backend detection runs again."""
         return Hardware(self.camera, self.recording, faults=self.faults, makers=self.makers,
-                        encoder_probe=self.encoder_probe, signer=self.signer)
+                        encoder_probe=self.encoder_probe, signer=self.signer,
+                        load_meter=self.load_meter)
 
     @property
     def chain(self) -> Chain:
@@ -205,6 +211,32 @@ class Hardware:
             return H264Encoder(mode, fragment_seconds=rec.fragment_seconds, preset=rec.encoder_preset,
                                crf=rec.crf)
 
+    def quality_ladder(self, mode: CameraMode) -> tuple[QualityStep, ...]:
+        """The adaptive-quality ladder for raw frames of `mode` (one step: adaptation off)."""
+        rec = self.recording
+        return build_ladder(mode, preset=rec.encoder_preset, crf=rec.crf,
+                            hardware=self.encoder_choice.is_hardware, spec=rec.adaptive)
+
+    def make_step_encoder(self, mode: CameraMode, step: QualityStep) -> H264Encoder:
+        """An encoder for raw frames of `mode` set as the ladder's `step` says."""
+        rec = self.recording
+        return H264Encoder(step.encoder_mode(), fragment_seconds=rec.fragment_seconds,
+                           preset=step.preset, crf=step.crf, codec=self.encoder_choice.codec,
+                           bit_rate_scale=step.bit_rate_scale, input_size=(mode.width, mode.height))
+
+    def quality_control(self, mode: CameraMode,
+                        when_step: StepSink | None = None) -> QualityControl | None:
+        """What a pipeline of raw `mode` frames needs to adapt; None when nothing can adapt
+        (adaptation off, a ladder of one step, or a camera that encodes itself)."""
+        if mode.output != "frames":
+            return None
+        ladder = self.quality_ladder(mode)
+        if len(ladder) < 2:
+            return None
+        return QualityControl(QualityGovernor(ladder, self.recording.adaptive),
+                              lambda step: self.make_step_encoder(mode, step),
+                              meter=self.load_meter(), when_step=when_step)
+
     def make_camera(self) -> Camera:
         if self.unavailable:
             raise BackendUnavailable(self.unavailable)
@@ -219,7 +251,7 @@ class Hardware:
     def make_pipeline(
         self, camera: Camera, root: Path, when_error: ErrorSink,
         when_segment_closed: Callable[[ClosedSegment], None] | None = None,
-        *, resume: RecordingOutput | None = None,
+        *, resume: RecordingOutput | None = None, when_quality_step: StepSink | None = None,
     ) -> RecordingPipeline:
         """A pipeline from an opened camera into segments under `root`; not yet started.
 
@@ -248,4 +280,5 @@ class Hardware:
         validator = FrameValidator(mode, frozen_seconds=self.camera.frozen_seconds)
         return RecordingPipeline(camera, writer, encoder=encoder, validator=validator,
                                  when_error=when_error, queue_frames=queue_frames_for(mode, rec.queue_frames),
-                                 read_timeout=self.camera.read_timeout_seconds)
+                                 read_timeout=self.camera.read_timeout_seconds,
+                                 quality=self.quality_control(mode, when_quality_step))

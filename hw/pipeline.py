@@ -18,6 +18,7 @@ from pathlib import Path
 
 from loguru import logger
 
+from hw.adaptive import LoadMeter, QualityGovernor, QualityStep, StepChange
 from hw.camera import Camera, CameraMode, EncodedPacket, Frame
 from hw.encoder import H264Encoder
 from hw.errors import CameraError, CameraTimeout, EncoderError, StorageError
@@ -25,6 +26,8 @@ from hw.validate import FrameValidator
 from hw.writer import SegmentWriter
 
 ErrorSink = Callable[[str, str], None]
+StepSink = Callable[[StepChange], None]
+EncoderMaker = Callable[[QualityStep], H264Encoder]
 _STOP = object()
 STOP_GRACE_SECONDS = 1.0
 
@@ -37,6 +40,10 @@ class PipelineStats:
     frames_invalid: int = 0
     frames_dropped: int = 0
     frames_recorded: int = 0
+    # Frames the quality ladder skipped on purpose (frame-rate decimation): not dropped.
+    frames_decimated: int = 0
+    quality_level: int = 0
+    quality_steps: int = 0
     last_frame_monotonic: float = field(default_factory=time.monotonic)
 
 
@@ -51,18 +58,41 @@ class RecordingOutput:
     mode: CameraMode
     encoder: H264Encoder | None
     writer: SegmentWriter
+    quality_level: int = 0  # the ladder's rung the encoder was set for
 
     @property
     def open_path(self) -> Path | None:
         return self.writer.open_path
 
     def fits(self, mode: CameraMode) -> bool:
-        """Whether a camera delivering `mode` can continue into this output."""
-        return mode == self.mode and not self.writer.is_dead
+        """Whether a camera delivering `mode` can continue into this output (a new pipeline
+        starts at the top of the quality ladder, so an encoder stepped down does not fit)."""
+        return mode == self.mode and not self.writer.is_dead and self.quality_level == 0
 
     def close(self, when_error: ErrorSink) -> object | None:
         """Finish the open segment (flushing the encoder into it); storage errors are reported."""
         return _close_output(self.encoder, self.writer, when_error, flush=True)
+
+
+@dataclass(frozen=True)
+class _QualityCut:
+    """Queued by the capture thread where a quality step takes effect: the encode thread
+    finishes the segment there and carries on with an encoder set for `step`."""
+
+    step: QualityStep
+
+
+@dataclass
+class QualityControl:
+    """What a pipeline needs to adapt its quality: the governor, a load meter and a way to
+    open an encoder for a step (hw.factory builds it from the config's ladder)."""
+
+    governor: QualityGovernor
+    make_encoder: EncoderMaker
+    meter: LoadMeter = field(default_factory=LoadMeter)
+    when_step: StepSink | None = None
+    # Told the sequence number of each frame decimated (a test's record of what was skipped).
+    when_decimated: Callable[[int], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -88,6 +118,7 @@ class RecordingPipeline:
         when_error: ErrorSink,
         queue_frames: int = 60,
         read_timeout: float = 2.0,
+        quality: QualityControl | None = None,
     ) -> None:
         self.camera = camera
         self.writer = writer
@@ -100,6 +131,13 @@ class RecordingPipeline:
         # so the capture thread pays one attribute store per frame.
         self.latest_frame: Frame | None = None
         self._queue: queue.Queue[object] = queue.Queue(maxsize=queue_frames)
+        self.quality = quality if encoder is not None else None
+        self._decimation = 1
+        self._decimation_count = 0
+        self._pending_step: QualityStep | None = None
+        # Written by the encode thread only; the capture thread reads them for the meter.
+        self._encode_seconds = 0.0
+        self._encoded = 0
         self._stop = threading.Event()
         self._dead = threading.Event()
         self._output_failed = threading.Event()
@@ -184,10 +222,52 @@ class RecordingPipeline:
                         stats.frames_invalid += 1
                         continue
                 self.latest_frame = item
+                # Load is a matter of real time, whatever clock the camera stamps frames with.
+                if self.quality is not None and self._adapt(time.monotonic()):
+                    stats.frames_decimated += 1
+                    if self.quality.when_decimated is not None:
+                        self.quality.when_decimated(item.sequence)
+                    continue
             try:
                 q.put_nowait(item)
             except queue.Full:
                 stats.frames_dropped += 1
+
+    def _adapt(self, now: float) -> bool:
+        """Measure, maybe take a quality step, and say whether this frame is decimated.
+
+        Runs on the capture thread, which owns the decimation: a step is queued as a cut
+        before the first frame it applies to, so the encode thread switches exactly there.
+        """
+        quality = self.quality
+        assert quality is not None
+        if self._pending_step is None:
+            sample = quality.meter.sample(
+                now, queue_depth=self._queue.qsize(), queue_size=self._queue.maxsize,
+                dropped_total=self.stats.frames_dropped, encoded_total=self._encoded,
+                encode_seconds_total=self._encode_seconds,
+                frame_interval=self._decimation / self.camera.mode.fps)
+            change = quality.governor.observe(sample) if sample is not None else None
+            if change is not None:
+                self._pending_step = change.new
+                self.stats.quality_level = change.new.level
+                self.stats.quality_steps += 1
+                logger.warning("quality step {} level={} {}", "down" if change.is_down else "up",
+                               change.new.level, change.describe())
+                if quality.when_step is not None:
+                    quality.when_step(change)
+        if self._pending_step is not None:
+            try:
+                self._queue.put_nowait(_QualityCut(self._pending_step))
+            except queue.Full:
+                pass  # the encoder is behind: the cut goes in at the next frame
+            else:
+                self._decimation = self._pending_step.decimation
+                self._decimation_count = 0
+                self._pending_step = None
+        keep = self._decimation_count % self._decimation == 0
+        self._decimation_count += 1
+        return not keep
 
     def _encode_loop(self) -> None:
         encoder, writer, stats, q = self.encoder, self.writer, self.stats, self._queue
@@ -198,7 +278,11 @@ class RecordingPipeline:
             if self._output_failed.is_set():
                 continue  # keep draining so the capture side never blocks
             try:
+                if isinstance(item, _QualityCut):
+                    encoder = self._cut(item.step)
+                    continue
                 if encoder is not None and isinstance(item, Frame):
+                    started = time.perf_counter()
                     packets = encoder.encode(item)
                 elif isinstance(item, EncodedPacket):
                     packets = [item]
@@ -207,12 +291,27 @@ class RecordingPipeline:
                 for packet in packets:
                     writer.write(packet)
                 stats.frames_recorded += len(packets)
+                if encoder is not None and isinstance(item, Frame):
+                    self._encode_seconds += time.perf_counter() - started
+                    self._encoded += 1
             except StorageError as err:
                 self._fail_output(err.category, str(err))
             except EncoderError as err:
                 self._fail_output(err.category, str(err))
             except Exception as err:
                 self._fail_output("encoder_error", f"encode/write raised {err!r}")
+
+    def _cut(self, step: QualityStep) -> H264Encoder:
+        """Finish the open segment with the old encoder and open one for `step`: the new
+        encoder starts on a keyframe, which starts the next segment in the new parameters."""
+        assert self.encoder is not None and self.quality is not None
+        for packet in self.encoder.flush():
+            self.writer.write(packet)
+            self.stats.frames_recorded += 1
+        self.writer.restream(step.width, step.height, step.fps)
+        self.encoder = self.quality.make_encoder(step)
+        logger.info("encoder reopened for quality level={} {}", step.level, step.describe())
+        return self.encoder
 
     def stop(self, timeout: float = 5.0, *, keep_output: bool = False) -> StopReport:
         """Stop both threads, close the segment and the camera; never blocks past `timeout`.
@@ -260,7 +359,8 @@ class RecordingPipeline:
         elif (keep_output and not abandoned and not self._output_failed.is_set()
               and not self.writer.is_dead):
             if self._write_tail(tail):
-                kept = RecordingOutput(self.camera.mode, self.encoder, self.writer)
+                kept = RecordingOutput(self.camera.mode, self.encoder, self.writer,
+                                       self.stats.quality_level)
         else:
             closed = self._close_writer(tail)
         if finish is None and not close_with_timeout(

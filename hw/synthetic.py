@@ -281,7 +281,9 @@ class SyntheticCamera:
         return frame
 
     def _make_frame(self, timestamp: float) -> Frame:
-        wallclock = time.time()
+        # The wall clock at the frame's own instant (its scheduled time when paced), as a
+        # sensor timestamp would be, not when a busy thread got round to drawing it.
+        wallclock = time.time() + (timestamp - time.monotonic())
         if self._last is not None and timestamp < self.faults.frozen_until:
             frozen = self._last
             return Frame(frozen.data, timestamp, wallclock, frozen.sequence)

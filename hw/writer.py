@@ -258,6 +258,7 @@ class SegmentWriter:
         self.when_segment_closed = when_segment_closed
         self.when_error = when_error
         self._next_root: Path | None = None
+        self._next_stream: tuple[int, int, float] | None = None
         self._open: _OpenSegment | None = None
         self.segments_closed = 0
         self.last_closed: ClosedSegment | None = None
@@ -478,7 +479,21 @@ class SegmentWriter:
         """Record under `root` from the next keyframe on (a root that healed, or a fallback)."""
         self._next_root = Path(root)
 
+    def restream(self, width: int, height: int, fps: float) -> None:
+        """Start a new segment at the next keyframe, for a stream of these parameters (a
+        quality step: hw.adaptive); each segment holds one stream, so both halves decode."""
+        if self._open is None:
+            self.width, self.height, self.fps = width, height, fps
+        else:
+            self._next_stream = (width, height, fps)
+
     def _should_split(self, seg: _OpenSegment, packet: EncodedPacket) -> bool:
+        if self._next_stream is not None:
+            self.width, self.height, self.fps = self._next_stream
+            self._next_stream = None
+            if self._next_root is not None:
+                self.root, self._next_root = self._next_root, None
+            return True
         if self._next_root is not None:
             self.root, self._next_root = self._next_root, None
             return True

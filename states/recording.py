@@ -23,7 +23,8 @@ def enter(event: EventData) -> None:
     assert camera is not None and unit.root_status is not None  # the guards checked both
     held, unit.held_output = unit.held_output, None
     unit.pipeline = unit.hardware.make_pipeline(camera, unit.root_status.path, unit.report_error,
-                                                unit.when_segment_closed, resume=held)
+                                                unit.when_segment_closed, resume=held,
+                                                when_quality_step=unit.when_quality_step)
     unit.recording_since = unit.clock()
     unit.owned_threads.extend(unit.pipeline.threads)
     unit.pipeline.start()

@@ -17,7 +17,7 @@ from loguru import logger
 
 from hw.camera import Camera
 from hw.factory import Hardware
-from hw.pipeline import RecordingOutput, RecordingPipeline
+from hw.pipeline import RecordingOutput, RecordingPipeline, StepSink
 from hw.recovery import CloseOuts
 from hw.storage import RootStatus
 from hw.writer import ClosedSegment
@@ -62,6 +62,7 @@ class Unit(GuardWork):
         report_error: ErrorSink,
         reload: Reload | None = None,
         when_segment_closed: Callable[[ClosedSegment], None] | None = None,
+        when_quality_step: StepSink | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.hardware = hardware
@@ -73,6 +74,7 @@ class Unit(GuardWork):
         self.report_error = report_error
         self._reload = reload
         self.when_segment_closed = when_segment_closed
+        self.when_quality_step = when_quality_step
         self.pipeline: RecordingPipeline | None = None
         self.held_output: RecordingOutput | None = None
         self.pending_camera: Camera | None = None

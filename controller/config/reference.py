@@ -10,7 +10,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from controller.config.loading import CONFIG_ENV_VAR, SEARCH_PATHS
-from controller.config.schema import MACHINE_DEFAULT, VigilConfig
+from controller.config.schema import EXPANDED, MACHINE_DEFAULT, VigilConfig
 
 _COMMENT_WIDTH_CHARS = 96
 
@@ -36,6 +36,14 @@ def describe_defaults() -> str:
             if index:
                 lines.append("")
             lines.extend(_comment(field.description or "", indent="  "))
+            if _is_expanded(field):
+                nested = getattr(section, name)
+                lines.append(f"  {name}:")
+                for sub_name, sub_field in type(nested).model_fields.items():
+                    lines.extend(_comment(sub_field.description or "", indent="    "))
+                    lines.append(f"    {sub_name}: "
+                                 f"{_yaml_value(_shown_default(nested, sub_name, sub_field))}")
+                continue
             lines.append(f"  {name}: {_yaml_value(_shown_default(section, name, field))}")
     return "\n".join(lines) + "\n"
 
@@ -50,10 +58,25 @@ def reference_table() -> str:
     for section_name in VigilConfig.model_fields:
         section = getattr(defaults, section_name)
         for name, field in type(section).model_fields.items():
-            value = _yaml_value(_shown_default(section, name, field))
-            description = (field.description or "").replace("|", "\\|")
-            rows.append(f"| `{section_name}.{name}` | `{value}` | {description} |")
+            if _is_expanded(field):
+                nested = getattr(section, name)
+                rows.extend(_row(f"{section_name}.{name}.{sub}", nested, sub, sub_field)
+                            for sub, sub_field in type(nested).model_fields.items())
+                continue
+            rows.append(_row(f"{section_name}.{name}", section, name, field))
     return "\n".join(rows) + "\n"
+
+
+def _row(key: str, section: BaseModel, name: str, field: FieldInfo) -> str:
+    value = _yaml_value(_shown_default(section, name, field))
+    description = (field.description or "").replace("|", "\\|")
+    return f"| `{key}` | `{value}` | {description} |"
+
+
+def _is_expanded(field: FieldInfo) -> bool:
+    """A sub-section the reference lists key by key (`recording.adaptive.enabled`, ...)."""
+    extra = field.json_schema_extra
+    return isinstance(extra, dict) and bool(extra.get(EXPANDED))
 
 
 def _shown_default(section: BaseModel, name: str, field: FieldInfo) -> object:

@@ -43,6 +43,8 @@ TEXT_ERRORS = frozenset({EMPTY_TEXT, TEXT_WITH_NUL, TEXT_NOT_UNICODE, TEXT_TOO_L
 # A field whose default depends on the machine (json_schema_extra): the reference and the
 # example config show it as null, which the field reads as "this machine's default".
 MACHINE_DEFAULT = "vigil_machine_default"
+# A sub-section the configuration reference lists key by key (controller/config/reference.py).
+EXPANDED = "vigil_expanded"
 
 TEXT_MAX_CHARS = 4096
 PATH_MAX_BYTES = 4095  # Linux's PATH_MAX, 4096, counts the terminating NUL
@@ -300,6 +302,132 @@ class CameraConfig(BaseModel):
         return self
 
 
+class AdaptiveConfig(BaseModel):
+    """Adaptive quality: what vigil may give up, and in which order, when it cannot keep up."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    enabled: bool = Field(
+        default=True,
+        description=(
+            "When the encoder falls behind, record less of each frame instead of dropping "
+            "frames at random: first a faster x264 preset and a higher crf (the hardware "
+            "encoder: a lower bit rate), then fewer frames per second, then a smaller picture. "
+            "`false` keeps the configured quality and drops what the encoder cannot take."
+        ),
+    )
+    preset_floor: EncoderPreset = Field(
+        default="ultrafast",
+        description=(
+            "The fastest x264 preset the ladder may switch to, one preset at a time from "
+            "`recording.encoder_preset`."
+        ),
+    )
+    crf_ceiling: WholeNumber = Field(
+        default=28,
+        ge=0,
+        le=51,
+        description=(
+            "The highest crf (lowest quality) the ladder may switch to, from 0 to 51; a "
+            "value not above `recording.crf` leaves crf alone."
+        ),
+    )
+    bitrate_floor_fraction: Number = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description=(
+            "The hardware encoder's lowest bit rate, as a fraction of the one it starts "
+            "with: more than 0, at most 1 (1 leaves the bit rate alone)."
+        ),
+    )
+    fps_floor: Number = Field(
+        default=10.0,
+        gt=0,
+        le=240,
+        description=(
+            "The lowest frame rate the ladder may record at, in frames per second: it keeps "
+            "one frame in 2, then in 3, ... (30 -> 15 -> 10) while the rate stays at or above "
+            "this. At or above `camera.fps` leaves the frame rate alone."
+        ),
+    )
+    height_floor: WholeNumber = Field(
+        default=360,
+        ge=2,
+        le=4320,
+        description=(
+            "The smallest picture height the ladder may scale down to, in pixels (3/4, then "
+            "1/2, ... of the camera's); at or above `camera.height` leaves the size alone."
+        ),
+    )
+    queue_high_fraction: Number = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description=(
+            "Step down when the frame queue stays at least this full (a fraction of "
+            "`recording.queue_frames`) for `down_after_seconds`; any dropped frame steps "
+            "down at once."
+        ),
+    )
+    queue_low_fraction: Number = Field(
+        default=0.1,
+        ge=0,
+        lt=1,
+        description=(
+            "Step back up only while the frame queue is at most this full (a fraction of "
+            "`recording.queue_frames`); below `queue_high_fraction`."
+        ),
+    )
+    down_after_seconds: Number = Field(
+        default=2.0,
+        ge=0,
+        le=600,
+        description=(
+            "How long a full queue, an encode time above the frame interval, a hot CPU or "
+            "firmware throttling must last before the ladder steps down, in seconds."
+        ),
+    )
+    up_after_seconds: Number = Field(
+        default=60.0,
+        ge=1,
+        le=86400,
+        description=(
+            "How long the load must stay low before the ladder steps back up, in seconds; "
+            "it doubles (up to 64 times) after each step up that had to be taken back soon."
+        ),
+    )
+    up_headroom: Number = Field(
+        default=0.7,
+        gt=0,
+        lt=1,
+        description=(
+            "Step back up only when the encoder would then need at most this fraction of "
+            "each frame interval (measured, and scaled for a frame-rate step)."
+        ),
+    )
+    temperature_max_c: Number = Field(
+        default=80.0,
+        ge=30,
+        le=150,
+        description=(
+            "Step down while the CPU is at least this hot, in °C (where the kernel tells); "
+            "step up again only 5 °C below."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _low_below_high(self) -> AdaptiveConfig:
+        if self.queue_low_fraction >= self.queue_high_fraction:
+            raise broken_rule(
+                "queue_low_fraction",
+                self.queue_low_fraction,
+                f"{show_value(self.queue_low_fraction)} is out of range; queue_low_fraction must "
+                f"be less than queue_high_fraction ({show_value(self.queue_high_fraction)})",
+            )
+        return self
+
+
 class RecordingConfig(BaseModel):
     """Where footage goes and how it is cut and encoded."""
 
@@ -379,6 +507,15 @@ class RecordingConfig(BaseModel):
             "that every packet is byte-identical to the segments' (CRC), and the frame count "
             "and time span; `keyframes` also decodes every keyframe, `full` every frame "
             "(about a second of CPU per recorded minute at 720p, several on a Pi)."
+        ),
+    )
+
+    adaptive: AdaptiveConfig = Field(
+        default_factory=AdaptiveConfig,
+        json_schema_extra={EXPANDED: True},
+        description=(
+            "Adaptive quality under load (README, \"Adaptive quality\"): the ladder's floors and "
+            "when it steps down and back up."
         ),
     )
 

@@ -20,9 +20,9 @@ from typing import Any, Literal
 from loguru import logger
 
 AlertKind = Literal["state_change", "fault", "recovery", "low_disk", "flapping", "upload", "footage_lost",
-                    "footage_altered"]
+                    "footage_altered", "quality"]
 ALERT_KINDS: tuple[AlertKind, ...] = ("state_change", "fault", "recovery", "low_disk", "flapping", "upload",
-                                      "footage_lost", "footage_altered")
+                                      "footage_lost", "footage_altered", "quality")
 DEFAULT_CAPACITY = 100
 
 

@@ -35,9 +35,10 @@ from controller.core.events import (
 )
 from controller.core.health import Health, HealthSampler
 from controller.core.ledger import Budget, ErrorLedger
-from controller.core.snapshot import Refusal, RunCounters, StatusSnapshot
+from controller.core.snapshot import QualityStatus, Refusal, RunCounters, StatusSnapshot
 from controller.storage.housekeeping import StorageHousekeeper, StorageSettings
 from controller.storage.merge import MergedHour
+from hw.adaptive import StepChange
 from hw.factory import Hardware
 from hw.pipeline import RecordingPipeline
 from hw.recovery import recover_partials
@@ -151,6 +152,7 @@ class Controller:
             report_error=self.report_error,
             reload=self._reload_parts,
             when_segment_closed=self._segment_closed,
+            when_quality_step=self._quality_step,
         )
         # -- storage lifecycle: merge, retention, disk watch in their own thread --
         self.housekeeper = StorageHousekeeper(
@@ -267,6 +269,7 @@ class Controller:
             latest_frame=latest,
             no_frame_reason=_why_no_frame(unit.state, pipeline),
             is_running=self._running,
+            quality=_quality_status(pipeline),
         )
 
     def _publish_snapshot(self) -> None:
@@ -282,6 +285,11 @@ class Controller:
         if cause is not None:
             self._pending[cause] = self._pending.get(cause, 0) + 1
         self.events.put(Event("trigger", trigger, reason, cause=cause))
+
+    def _quality_step(self, change: StepChange) -> None:
+        """A quality step (on the capture thread): an alert; AlertLog is safe from any thread."""
+        self.alerts.record("quality", f"quality {'down' if change.is_down else 'up'} to level "
+                           f"{change.new.level}: {change.describe()}")
 
     def _segment_closed(self, closed: ClosedSegment) -> None:
         # The encode thread calls this; publishing never blocks it.
@@ -619,7 +627,20 @@ def _run_counts(pipeline: RecordingPipeline | None) -> RunCounters:
     stats = pipeline.stats
     return RunCounters(frames_captured=stats.frames_captured, frames_recorded=stats.frames_recorded,
                        frames_dropped=stats.frames_dropped, frames_invalid=stats.frames_invalid,
+                       frames_decimated=stats.frames_decimated,
                        segments_closed=pipeline.segments_closed, bytes_written=pipeline.bytes_written)
+
+
+def _quality_status(pipeline: RecordingPipeline | None) -> QualityStatus | None:
+    """Where the pipeline's quality ladder stands, if it has one."""
+    if pipeline is None or pipeline.quality is None:
+        return None
+    governor = pipeline.quality.governor
+    step = governor.step
+    last = governor.changes[-1].describe() if governor.changes else ""
+    return QualityStatus(level=step.level, levels=len(governor.ladder), fps=step.fps,
+                         width=step.width, height=step.height, describe=step.describe(),
+                         steps=pipeline.stats.quality_steps, last_change=last)
 
 
 def _why_no_frame(state: str, pipeline: RecordingPipeline | None) -> str:

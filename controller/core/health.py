@@ -11,6 +11,10 @@ from 0 at its threshold to its full weight:
 | disk | free space on the recording root falls from 10 % to 0 % | 15 |
 | memory | the process uses from 25 % to 50 % of the machine's memory | 5 |
 | temperature | CPU temperature from 70 C to 85 C (where readable) | 10 |
+| decimated | 2/3 of captured frames skipped on purpose by adaptive quality (30 -> 10 fps) | 5 |
+
+Frames the adaptive-quality ladder skips on purpose (`frames_decimated`) are not drops: they
+cost the small `decimated` part, not the `drops` part, since every second is still recorded.
 
 State caps: recording 100, idle 60 (not recording, by choice), recovering 40, reset 40,
 critical 10. The frame-rate, drop and error parts count only while recording.
@@ -43,6 +47,8 @@ MEMORY_WEIGHT = 5.0
 MEMORY_FROM, MEMORY_TO = 0.25, 0.50
 TEMPERATURE_WEIGHT = 10.0
 TEMPERATURE_FROM_C, TEMPERATURE_TO_C = 70.0, 85.0
+DECIMATED_WEIGHT = 5.0
+DECIMATED_FULL_FRACTION = 2 / 3
 THERMAL_ZONE = Path("/sys/class/thermal/thermal_zone0/temp")
 
 
@@ -58,6 +64,7 @@ class HealthInputs:
     disk_free_fraction: float | None
     memory_fraction: float
     temperature_c: float | None
+    decimated_fraction: float = 0.0  # of captured frames, skipped on purpose (adaptive quality)
 
 
 @dataclass(frozen=True)
@@ -86,6 +93,8 @@ def score(m: HealthInputs) -> Health:
         penalties["fps"] = FPS_WEIGHT * _ramp(m.achieved_fps, m.configured_fps, 0.0)
         penalties["drops"] = DROP_WEIGHT * _ramp(m.drop_fraction, 0.0, DROP_FULL_FRACTION)
         penalties["errors"] = ERROR_WEIGHT * _ramp(m.errors_per_minute, 0.0, ERRORS_FULL_PER_MINUTE)
+        penalties["decimated"] = DECIMATED_WEIGHT * _ramp(m.decimated_fraction, 0.0,
+                                                          DECIMATED_FULL_FRACTION)
     if m.disk_free_fraction is not None:
         penalties["disk"] = DISK_WEIGHT * _ramp(m.disk_free_fraction, DISK_LOW_FRACTION, 0.0)
     penalties["memory"] = MEMORY_WEIGHT * _ramp(m.memory_fraction, MEMORY_FROM, MEMORY_TO)
@@ -115,6 +124,8 @@ def _describe(part: str, m: HealthInputs) -> str:
         return f"disk {m.disk_free_fraction:.0%} free"
     if part == "memory":
         return f"using {m.memory_fraction:.0%} of memory"
+    if part == "decimated":
+        return f"{m.decimated_fraction:.0%} of frames skipped by adaptive quality"
     return f"CPU at {m.temperature_c:.0f} C"
 
 
@@ -133,7 +144,7 @@ class HealthSampler:
     """Turns the controller's counters into HealthInputs over a sliding window, once a second."""
 
     def __init__(self) -> None:
-        self._samples: deque[tuple[float, int, int, int]] = deque()
+        self._samples: deque[tuple[float, int, int, int, int]] = deque()
         self._stats: PipelineStats | None = None
         self._process = psutil.Process()
         self._memory_total = psutil.virtual_memory().total
@@ -154,10 +165,11 @@ class HealthSampler:
             self._stats = stats
         captured = stats.frames_captured if stats else 0
         bad = stats.frames_dropped + stats.frames_invalid if stats else 0
-        self._samples.append((now, captured, bad, errors))
+        decimated = stats.frames_decimated if stats else 0
+        self._samples.append((now, captured, bad, errors, decimated))
         while len(self._samples) > 1 and now - self._samples[0][0] > WINDOW_SECONDS:
             self._samples.popleft()
-        t0, c0, b0, e0 = self._samples[0]
+        t0, c0, b0, e0, d0 = self._samples[0]
         span = now - t0
         if stats is not None and span >= 1.0:
             self.achieved_fps = (captured - c0) / span
@@ -173,6 +185,7 @@ class HealthSampler:
             disk_free_fraction=_free_fraction(root),
             memory_fraction=self._read_memory_fraction(),
             temperature_c=read_temperature_c(),
+            decimated_fraction=(decimated - d0) / (captured - c0) if captured > c0 else 0.0,
         )
         return score(self.inputs)
 

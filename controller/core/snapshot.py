@@ -28,6 +28,8 @@ class RunCounters:
     frames_recorded: int = 0
     frames_dropped: int = 0
     frames_invalid: int = 0
+    # Skipped on purpose by the adaptive-quality ladder (frame-rate decimation): not dropped.
+    frames_decimated: int = 0
     segments_closed: int = 0
     bytes_written: int = 0
 
@@ -36,6 +38,25 @@ class RunCounters:
 
     def as_dict(self) -> dict[str, int]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True, slots=True)
+class QualityStatus:
+    """Where the adaptive-quality ladder stands (hw.adaptive): the rung and what it records."""
+
+    level: int  # 0: the configured quality
+    levels: int  # rungs on the ladder, the top one included
+    fps: float
+    width: int
+    height: int
+    describe: str
+    steps: int  # steps taken during this run
+    last_change: str  # the last step's measured cause and change, "" before any
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"level": self.level, "levels": self.levels, "fps": self.fps, "width": self.width,
+                "height": self.height, "describe": self.describe, "steps": self.steps,
+                "last_change": self.last_change}
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +103,7 @@ class StatusSnapshot:
     no_frame_reason: str  # why there is no latest frame, when there is none
     is_running: bool
     public_key: str | None = None  # the key footage manifests are signed with (hex), if any
+    quality: QualityStatus | None = None  # None: nothing adapts (not recording, or adaptation off)
 
     @property
     def is_recording(self) -> bool:
@@ -117,4 +139,5 @@ class StatusSnapshot:
             "alerts": [alert.as_dict() for alert in self.alerts],
             "merges": dict(self.merges),
             "events_dropped": {s.name: s.dropped for s in self.events},
+            "quality": self.quality.as_dict() if self.quality is not None else None,
         }

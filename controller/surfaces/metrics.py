@@ -76,6 +76,8 @@ def render_metrics(snap: StatusSnapshot, *, version: str = "",
          "Frames dropped because the encoder fell behind (queue full)."),
         ("frames_invalid", totals.frames_invalid,
          "Frames refused by validation (bad shape, type or timestamp)."),
+        ("frames_decimated", totals.frames_decimated,
+         "Frames skipped on purpose by adaptive quality (a lower frame rate), not dropped."),
         ("segments_closed", totals.segments_closed, "Recording segments closed and made durable on disk."),
         ("bytes_written", totals.bytes_written, "Bytes of video written into recording segments."),
     ):
@@ -134,6 +136,12 @@ def render_metrics(snap: StatusSnapshot, *, version: str = "",
     if snap.fps_achieved is not None:
         out.gauge("vigil_fps_achieved", "Frames per second the camera delivers, over the last seconds.",
                   snap.fps_achieved)
+    if snap.quality is not None:
+        q = snap.quality
+        out.gauge("vigil_quality_level", "Adaptive quality's rung: 0 records as configured, higher "
+                  "records less of each frame (lower rate or size).", q.level)
+        out.gauge("vigil_fps_recorded", "Frames per second recorded at the current quality step.",
+                  q.fps)
     for hook in tuple(hooks):
         hook(out)
     return out.text()

@@ -82,6 +82,8 @@ def test_with_no_camera_at_all_it_records_the_test_pattern(tmp_path: Path) -> No
     assert "/dev/video10: bcm2835-codec-decode (fake-codec) is not a capture device" in text
     assert "backend auto -> synthetic" in text
     assert "encoder: libx264 preset ultrafast, crf 23" in text
+    # 160x120 is under the default height floor (360): the ladder gives up crf and frame rate.
+    assert "adaptive quality: on, 3 steps down to preset ultrafast crf 28, 10 fps, 160x120" in text
     assert "camera: ok (synthetic delivered a frame at 160x120@30; no Pi or V4L2 camera was found" in text
 
 
@@ -93,6 +95,7 @@ def test_a_v4l2_camera_shows_its_modes_and_the_pass_through(tmp_path: Path) -> N
     assert report.exit_code == EXIT_OK, text
     assert "h264 160x120@30; mjpeg 640x480@30, 160x120@30" in text
     assert "encoder: pass-through: the camera's own H.264, muxed without re-encoding" in text
+    assert "adaptive quality: cannot adapt: pass-through (v4l2 hands over its own H.264" in text
 
 
 def test_a_configured_backend_that_is_missing_fails(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydantic import BaseModel
 
 from controller.config import (
     DEFAULTS_SOURCE,
@@ -614,8 +615,15 @@ def test_describe_defaults_explains_every_key_in_a_comment_above_it() -> None:
         assert section_model is not None
         for name, field in section_model.model_fields.items():
             assert field.description, f"{section_name}.{name} has no description"
-            [index] = [i for i in range(start, end) if lines[i].startswith(f"  {name}: ")]
+            [index] = [i for i in range(start, end)
+                       if lines[i].startswith(f"  {name}: ") or lines[i] == f"  {name}:"]
             assert lines[index - 1].startswith("  # "), f"{section_name}.{name} is not commented"
+            if lines[index] == f"  {name}:":  # a sub-section shown key by key (recording.adaptive)
+                nested = field.annotation
+                assert nested is not None and issubclass(nested, BaseModel)
+                for sub in nested.model_fields:
+                    [sub_index] = [i for i in range(index, end) if lines[i].startswith(f"    {sub}: ")]
+                    assert lines[sub_index - 1].startswith("    # "), f"{name}.{sub} is not commented"
 
 
 # --- api ---------------------------------------------------------------------------------------
