@@ -48,6 +48,25 @@ class Refusal:
 
 
 @dataclass(frozen=True, slots=True)
+class UploadBacklog:
+    """Closed footage not yet verified in the bucket, and whether the uploader gets through."""
+
+    files: int
+    bytes: int
+    oldest_pending_seconds: float  # how long the oldest pending file has waited; 0 when none
+    in_flight: int = 0  # files being uploaded now
+    started: int = 0  # pending files with a multipart upload under way (resumable)
+    failed: int = 0  # pending files whose latest attempt failed
+    endpoint: str = "ok"  # "ok", "failing" (retried with backoff) or "stopped" (permanent error)
+    error: str | None = None  # the alert out for the current failure, if any
+    stopped_by: str | None = None  # the permanent error's code (NoSuchBucket, AccessDenied, ...)
+    fix: str | None = None  # what to change so a stopped upload can go on
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True, slots=True)
 class StatusSnapshot:
     """One consistent look at the recorder, taken on the controller thread."""
 
@@ -82,6 +101,7 @@ class StatusSnapshot:
     no_frame_reason: str  # why there is no latest frame, when there is none
     is_running: bool
     public_key: str | None = None  # the key footage manifests are signed with (hex), if any
+    upload: UploadBacklog | None = None  # None when upload is off
 
     @property
     def is_recording(self) -> bool:
@@ -117,4 +137,5 @@ class StatusSnapshot:
             "alerts": [alert.as_dict() for alert in self.alerts],
             "merges": dict(self.merges),
             "events_dropped": {s.name: s.dropped for s in self.events},
+            "upload": self.upload.as_dict() if self.upload is not None else None,
         }

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, NoReturn, Protocol
 
 import anyio.to_thread
 import h11
@@ -263,6 +263,17 @@ class LoginRequest(BaseModel):
     token: str = Field(min_length=1, max_length=4096)
 
 
+class UploadDesk(Protocol):
+    """What the API asks of the upload surface (controller.surfaces.upload.Uploader)."""
+
+    def status(self) -> dict[str, Any]: ...
+
+    def request_now(self) -> dict[str, Any]: ...
+
+
+UPLOAD_OFF = "upload is off: set upload.enabled: true and upload.bucket in the config, then reset"
+
+
 _bearer = HTTPBearer(auto_error=False, description="The token in the file named by api.token_file.")
 
 
@@ -302,6 +313,9 @@ def create_app(controller: Controller, *, token_file: Path | None,
     app.state.footage = footage
     app.state.commands = commands
     app.state.metric_hooks = []  # surfaces beside the API (MQTT) add their counters here
+    # The upload surface, while one runs (daemon.Surfaces sets this; a reset swaps it).
+    no_uploader: Callable[[], UploadDesk | None] = lambda: None  # noqa: E731
+    app.state.uploader = no_uploader
 
     def authorized(
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
@@ -619,6 +633,28 @@ def create_app(controller: Controller, *, token_file: Path | None,
         chosen = _merge_hour(hour, body.hour if body is not None else None)
         status_code, result = perform_merge(controller, chosen, ACTION_WAIT_SECONDS)
         return JSONResponse(jsonable_encoder(result), status_code=status_code)
+
+    @app.get("/upload/status", summary="The upload queue: pending, in flight, done, failed and why")
+    def upload_status() -> dict[str, Any]:
+        uploader = app.state.uploader()
+        if uploader is None:
+            return {"enabled": False, "reason": UPLOAD_OFF}
+        status: dict[str, Any] = uploader.status()
+        return status
+
+    @app.post("/actions/upload", summary="Upload everything pending now (past upload.hours and a "
+              "permanent error's hold); follow it on GET /upload/status",
+              responses={**auth_responses,
+                         202: {"description": "Started; `now` in the answer and in /upload/status "
+                                              "shows how far it got."},
+                         409: {"model": Problem, "description": "Upload is off."}},
+              status_code=202, dependencies=[Depends(authorized)])
+    def upload_now() -> JSONResponse:
+        uploader = app.state.uploader()
+        if uploader is None:
+            return JSONResponse({"detail": UPLOAD_OFF}, status_code=409)
+        progress = uploader.request_now()
+        return JSONResponse({**uploader.status(), "now": progress}, status_code=202)
 
     return app
 
