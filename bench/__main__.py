@@ -7,7 +7,7 @@ import sys
 
 MODULES = [
     "validate", "merge", "passthrough", "throughput", "baseline", "overhead", "startup", "cpu", "memory",
-    "api_memory", "export", "integrity", "live",
+    "api_memory", "export", "integrity", "live", "upload",
 ]
 
 
