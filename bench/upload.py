@@ -10,7 +10,8 @@ vigil: controller.surfaces.upload.Uploader.upload_all, as `vigil upload now --ro
 one request at a time, SHA-256 of every part and of the whole file, the queue record
 fsynced after each part, then `verify: checksum` (the bucket's checksums read back).
 Reference: boto3's `upload_file` with its default TransferConfig, what `aws s3 cp` does
-(8 MiB parts, up to 10 at once, botocore's default CRC32 checksums, no read-back).
+(8 MiB parts, up to 10 at once, botocore's default CRC32 checksums, no read-back), and the
+same with one thread (max_concurrency=1), which sends parts one at a time as vigil does.
 Interleaved runs, so a busy moment of the shared machine hits both.
 """
 
@@ -118,11 +119,16 @@ def run_vigil(url: str, root: Path, prefix: str, part_bytes: int) -> tuple[float
     return wall, cpu, uploader.stats.uploaded_bytes
 
 
-def run_boto3(url: str, files: list[Path], root: Path, prefix: str) -> tuple[float, float, int]:
+def run_boto3(url: str, files: list[Path], root: Path, prefix: str, *,
+              concurrency: int = 10) -> tuple[float, float, int]:
+    from boto3.s3.transfer import TransferConfig  # type: ignore[import-untyped]
+
     client = boto3_client(url)
+    config = TransferConfig(max_concurrency=concurrency)  # 10: the default, as `aws s3 cp`
     cpu, wall = time.process_time(), time.perf_counter()
     for path in files:
-        client.upload_file(str(path), BUCKET, prefix + path.relative_to(root).as_posix())  # type: ignore[attr-defined]
+        client.upload_file(str(path), BUCKET, prefix + path.relative_to(root).as_posix(),  # type: ignore[attr-defined]
+                           Config=config)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     return wall, cpu, sum(p.stat().st_size for p in files)
 
@@ -130,30 +136,37 @@ def run_boto3(url: str, files: list[Path], root: Path, prefix: str) -> tuple[flo
 def run(*, files: int = 6, file_mb: float = 24.0, part_mb: float = 8.0, runs: int = 3) -> str:
     size = int(file_mb * MiB)
     part_bytes = int(part_mb * MiB)
-    speed: dict[str, list[float]] = {"vigil": [], "boto3": []}
-    cpu_per_mb: dict[str, list[float]] = {"vigil": [], "boto3": []}
+    who_all = ("vigil", "boto3", "boto3-serial")
+    speed: dict[str, list[float]] = {who: [] for who in who_all}
+    cpu_per_mb: dict[str, list[float]] = {who: [] for who in who_all}
     with quiet_logs(), aws_environment(), workdir("vigil-bench-upload-") as work, moto_process() as url:
         boto3_client(url).create_bucket(Bucket=BUCKET)  # type: ignore[attr-defined]
         root = work / "rec"
         made = make_files(root, files, size)
         total_mb = files * size / MiB
         for i in range(runs):
-            for who in ("vigil", "boto3"):
+            for who in who_all:
                 prefix = f"{who}-{i}/"
                 if who == "vigil":
                     wall, cpu, sent = run_vigil(url, root, prefix, part_bytes)
                 else:
-                    wall, cpu, sent = run_boto3(url, made, root, prefix)
+                    wall, cpu, sent = run_boto3(url, made, root, prefix,
+                                                concurrency=1 if who == "boto3-serial" else 10)
                 if sent != files * size:
                     raise RuntimeError(f"{who} uploaded {sent} of {files * size} bytes")
                 speed[who].append(total_mb / wall)
                 cpu_per_mb[who].append(cpu / total_mb * 1000)
     rows = [
-        ("throughput", Figure(tuple(speed["vigil"])), Figure(tuple(speed["boto3"])), "(higher is better)"),
+        ("throughput vs upload_file", Figure(tuple(speed["vigil"])), Figure(tuple(speed["boto3"])),
+         "(higher is better)"),
+        ("throughput vs upload_file, 1 thread", Figure(tuple(speed["vigil"])),
+         Figure(tuple(speed["boto3-serial"])), "(vigil sends one part at a time)"),
     ]
     cpu_rows = [
-        ("client CPU per uploaded MiB", Figure(tuple(cpu_per_mb["vigil"])),
+        ("client CPU/MiB vs upload_file", Figure(tuple(cpu_per_mb["vigil"])),
          Figure(tuple(cpu_per_mb["boto3"])), "(lower is better)"),
+        ("client CPU/MiB vs 1 thread", Figure(tuple(cpu_per_mb["vigil"])),
+         Figure(tuple(cpu_per_mb["boto3-serial"])), ""),
     ]
     vigil_speed = Figure(tuple(speed["vigil"])).median
     behind = SEGMENT_BYTES_AT_DEFAULT_BITRATE / MiB / vigil_speed if vigil_speed else float("nan")

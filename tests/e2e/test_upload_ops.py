@@ -294,3 +294,54 @@ def test_live_recorder_with_the_endpoint_down_loses_no_frame_and_the_backlog_dra
             assert sha256(object_bytes(url, key)) == sha256(path.read_bytes()), key
             checked += 1
     assert checked >= len(closed_while_down)
+
+
+def test_a_reset_retries_a_stopped_upload_at_once_and_the_snapshot_shows_it(
+    s3: tuple[str, Proxy], tmp_path: Path
+) -> None:
+    from controller.config import load_config
+    from controller.daemon import Surfaces, build_controller
+    from tests.e2e.conftest import RunningController
+
+    url, proxy = s3
+    root = tmp_path / "rec"
+    bucket = "vigil-made-later"
+    config = upload_config(tmp_path / "vigil.yaml", proxy.url, bucket, root=root)
+    loaded = load_config(str(config))
+    controller = build_controller(loaded, str(config))
+    running = RunningController(controller)
+    running.thread.start()
+    surfaces = Surfaces(loaded.config, controller)
+    surfaces.start()
+    try:
+        def stopped() -> bool:
+            upload = controller.snapshot.upload
+            return upload is not None and upload.stopped_by == "NoSuchBucket" and upload.files >= 1
+
+        assert controller.wait_until(stopped, WAIT), controller.snapshot.upload
+        upload = controller.snapshot.upload
+        assert upload is not None and upload.fix is not None
+        assert f"bucket {bucket} does not exist" in upload.fix
+        assert controller.snapshot.state == "recording"
+        assert controller.wait_until(lambda: controller.snapshot.health is not None
+                                     and controller.snapshot.health.penalties.get("upload") == 10.0, WAIT)
+        alerts = [a for a in controller.alerts.recent() if a.kind == "upload"]
+        assert len(alerts) == 1 and "NoSuchBucket" in alerts[0].message
+        uploader = surfaces.uploader
+        assert uploader is not None and uploader.retry_at - time.monotonic() > 60  # held, not retried
+        client(url).create_bucket(Bucket=bucket)  # type: ignore[attr-defined]
+        controller.post("reset")  # the same config reloaded: the held queue is tried at once
+
+        def going() -> bool:
+            upload = controller.snapshot.upload
+            return upload is not None and upload.endpoint == "ok" and bool(
+                client(url).list_objects_v2(Bucket=bucket).get("KeyCount"))  # type: ignore[attr-defined]
+
+        assert controller.wait_until(going, WAIT), controller.snapshot.upload
+        assert surfaces.uploader is uploader  # the same uploader: the settings did not change
+        cleared = [a for a in controller.alerts.recent() if a.kind == "upload"]
+        assert cleared[-1].message.startswith("cleared:")
+    finally:
+        surfaces.stop()
+        running.stop()
+        controller.bus.close()
