@@ -345,3 +345,27 @@ def test_a_reset_retries_a_stopped_upload_at_once_and_the_snapshot_shows_it(
         surfaces.stop()
         running.stop()
         controller.bus.close()
+
+
+def test_upload_now_goes_past_the_upload_hours(s3: tuple[str, Proxy], tmp_path: Path) -> None:
+    from datetime import datetime
+
+    from controller.surfaces.upload import in_window
+
+    url, proxy = s3
+    root = tmp_path / "rec"
+    path = write_segment(root, 1_700_000_000.0, 0, 10)
+    hour = datetime.now().hour
+    hours = f"{(hour + 2) % 24:02d}:00-{(hour + 3) % 24:02d}:00"  # a window that is not now
+    assert not in_window(hours, datetime.now())
+    uploader = Uploader(settings(proxy.url, hours=hours), roots=lambda: [root])
+    uploader.start()
+    try:
+        progress = uploader.request_now()
+        assert progress["files"] == 1 and progress["left"] == 1
+        assert uploader.wait_idle(WAIT)
+        assert uploader.now_progress() == {**progress, "uploaded": 1, "left": 0, "left_bytes": 0,
+                                           "finished": True}
+    finally:
+        assert uploader.stop()
+    assert object_bytes(url, "cam-1/" + path.relative_to(root).as_posix()) == path.read_bytes()
