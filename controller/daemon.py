@@ -179,11 +179,10 @@ class BackgroundApi:
     def _start(self) -> None:
         from controller.surfaces.api import start_api
 
-        self._server = start_api(self._config, self._controller, self._signer)  # None: disabled or port taken
+        # None: disabled or port taken. The uploader provider is in before the first request.
+        self._server = start_api(self._config, self._controller, self._signer, uploader=self._uploader)
         if self._server is not None:
             self._server.app.state.metric_hooks = self._metric_hooks  # shared: MQTT comes and goes
-            if self._uploader is not None:
-                self._server.app.state.uploader = self._uploader  # the current one, across resets
         if self._server is not None and self._config.token_file != self._server.app.state.tokens.token_file:
             self._server.app.state.tokens.reload(self._config.token_file)  # a reset came first
         if self._server is not None and (

@@ -284,7 +284,8 @@ def create_app(controller: Controller, *, token_file: Path | None,
                root_provider: RootProvider | None = None, viewer_token_file: Path | None = None,
                public_footage: bool = False,
                export_max_seconds: float = DEFAULT_EXPORT_MAX_SECONDS,
-               signer: Signer | None = None) -> FastAPI:
+               signer: Signer | None = None,
+               uploader: Callable[[], UploadDesk | None] | None = None) -> FastAPI:
     """The API for `controller`, serving recordings below `root_provider()` (default: the
     root the snapshot says recording goes to); footage needs the token in
     `viewer_token_file` or `token_file` unless `public_footage`; exported clips' manifests
@@ -313,9 +314,10 @@ def create_app(controller: Controller, *, token_file: Path | None,
     app.state.footage = footage
     app.state.commands = commands
     app.state.metric_hooks = []  # surfaces beside the API (MQTT) add their counters here
-    # The upload surface, while one runs (daemon.Surfaces sets this; a reset swaps it).
+    # The upload surface, while one runs (daemon.Surfaces gives the provider; a reset swaps
+    # the uploader behind it).
     no_uploader: Callable[[], UploadDesk | None] = lambda: None  # noqa: E731
-    app.state.uploader = no_uploader
+    app.state.uploader = uploader or no_uploader
 
     def authorized(
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
@@ -1324,7 +1326,8 @@ def recording_root_of(controller: Controller) -> RootProvider:
     return root
 
 
-def start_api(config: ApiConfig, controller: Controller, signer: Signer | None = None) -> ApiServer | None:
+def start_api(config: ApiConfig, controller: Controller, signer: Signer | None = None, *,
+              uploader: Callable[[], UploadDesk | None] | None = None) -> ApiServer | None:
     """The running API as configured, or None (disabled, or its address unusable: logged)."""
     if not config.enabled:
         logger.info("HTTP API disabled (api.enabled: false)")
@@ -1332,7 +1335,7 @@ def start_api(config: ApiConfig, controller: Controller, signer: Signer | None =
     host, port = parse_listen(config.listen)
     app = create_app(controller, token_file=config.token_file, viewer_token_file=config.viewer_token_file,
                      public_footage=config.public_footage, export_max_seconds=config.export_max_seconds,
-                     signer=signer)
+                     signer=signer, uploader=uploader)
     server = ApiServer(app, host, port)
     try:
         server.start()

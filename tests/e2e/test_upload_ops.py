@@ -247,9 +247,14 @@ def test_live_recorder_with_the_endpoint_down_loses_no_frame_and_the_backlog_dra
             return body is not None and body["endpoint"] == "failing" and body["pending"] >= 3
 
         wait_for(backlog_while_down, "a backlog of 3 files with the endpoint down", proc)
+
+        def in_snapshot() -> bool:  # rebuilt every loop iteration: it may be a tick behind
+            upload = get_json(f"{api}/status")["upload"]
+            return bool(upload["files"] >= 3 and upload["endpoint"] == "failing")
+
+        wait_for(in_snapshot, "the backlog in GET /status", proc)
         snap = get_json(f"{api}/status")
         assert snap["state"] == "recording"
-        assert snap["upload"]["files"] >= 3 and snap["upload"]["endpoint"] == "failing"
         assert snap["upload"]["oldest_pending_seconds"] > 0
         with urllib.request.urlopen(f"{api}/metrics", timeout=10) as reply:
             metrics = reply.read().decode()
