@@ -7,7 +7,7 @@ import sys
 
 MODULES = [
     "validate", "merge", "passthrough", "throughput", "baseline", "overhead", "startup", "cpu", "memory",
-    "api_memory", "export", "integrity", "live", "writes", "adaptive",
+    "api_memory", "export", "integrity", "live", "writes", "adaptive", "upload",
 ]
 
 

@@ -604,6 +604,9 @@ def build_parser() -> argparse.ArgumentParser:
                                     "when no offset is given)")
     check_footage.add_argument("--until", metavar="TIME",
                                help="check only footage that starts before TIME (ISO 8601)")
+    from controller.upload_command import add_parser as add_upload
+
+    add_upload(sub, url_option=_url_option, token_file_option=_token_file_option)
     key = command("key", "print the public key footage manifests are signed with", _key)
     key.add_argument("--create", action="store_true",
                      help="create the key pair at integrity.key_file when there is none")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -183,10 +183,12 @@ class BackgroundApi:
 
     def __init__(self, config: ApiConfig, controller: Controller, *,
                  metric_hooks: list[MetricsHook] | None = None, signer: Signer | None = None,
-                 history: HistoryRecorder | None = None) -> None:
+                 history: HistoryRecorder | None = None,
+                 uploader: Callable[[], Uploader | None] | None = None) -> None:
         self._config = config
         self._controller = controller
         self._history = history
+        self._uploader = uploader
         self._signer = signer  # signs exported clips' manifests
         self._metric_hooks = metric_hooks if metric_hooks is not None else []
         self._server: Any = None
@@ -195,8 +197,9 @@ class BackgroundApi:
     def _start(self) -> None:
         from controller.surfaces.api import start_api
 
-        # None: disabled or port taken
-        self._server = start_api(self._config, self._controller, self._signer, history=self._history)
+        # None: disabled or port taken. The uploader provider is in before the first request.
+        self._server = start_api(self._config, self._controller, self._signer, history=self._history,
+                                 uploader=self._uploader)
         if self._server is not None:
             self._server.app.state.metric_hooks = self._metric_hooks  # shared: MQTT comes and goes
         if self._server is not None and self._config.token_file != self._server.app.state.tokens.token_file:
@@ -301,7 +304,7 @@ class Surfaces:
         # The same key the recording signs with (loaded again: the unit is the controller's).
         self.api = BackgroundApi(api_with_credential_token(config.api), controller,
                                  metric_hooks=self.metric_hooks, signer=signer_from_config(config),
-                                 history=self.history)
+                                 history=self.history, uploader=lambda: self.uploader)
         self.mqtt_settings: tuple[MqttConfig, str] = (config.mqtt, config.unit.id)
         self.mqtt: MqttSurface | None = mqtt_from_config(config, controller)
         self.upload_settings = upload_settings_from_config(config)
@@ -342,6 +345,10 @@ class Surfaces:
             self.uploader = uploader_from_config(config, self.controller)
             if self._started:
                 self._start_uploader()
+        elif self.uploader is not None:
+            # The same settings, reloaded: what was fixed outside vigil (the bucket created,
+            # a policy granted) is tried at once, past a permanent error's hold.
+            self.uploader.retry_now()
 
     def _start_uploader(self) -> None:
         uploader = self.uploader
@@ -355,6 +362,7 @@ class Surfaces:
                                                       kinds=(SegmentClosed, HourMerged), maxsize=1024)
         uploader.start()
         self.metric_hooks.append(uploader.metrics)
+        self.controller.upload_backlog = uploader.summary
 
     def _stop_uploader(self) -> None:
         uploader = self.uploader
@@ -364,6 +372,7 @@ class Surfaces:
             self.controller.bus.unsubscribe(self._uploads)
             self._uploads = None
         self.controller.housekeeper.is_uploaded = None
+        self.controller.upload_backlog = None
         if uploader.metrics in self.metric_hooks:
             self.metric_hooks.remove(uploader.metrics)
         uploader.stop()

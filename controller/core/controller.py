@@ -35,7 +35,7 @@ from controller.core.events import (
 )
 from controller.core.health import Health, HealthSampler
 from controller.core.ledger import Budget, ErrorLedger
-from controller.core.snapshot import QualityStatus, Refusal, RunCounters, StatusSnapshot
+from controller.core.snapshot import QualityStatus, Refusal, RunCounters, StatusSnapshot, UploadBacklog
 from controller.storage.housekeeping import StorageHousekeeper, StorageSettings
 from controller.storage.merge import MergedHour
 from hw.adaptive import StepChange
@@ -167,6 +167,9 @@ class Controller:
                 "footage_altered", f"{path} no longer matches its manifest: {detail}"),
         )
         self.housekeeper.when_footage_lost = self._footage_lost
+        # The upload surface's backlog, read into every snapshot; set while an uploader runs
+        # (daemon.Surfaces). It must be cheap and safe to call from this thread.
+        self.upload_backlog: Callable[[], UploadBacklog] | None = None
         self.snapshot: StatusSnapshot = self._build_snapshot()
 
     def __repr__(self) -> str:
@@ -270,7 +273,18 @@ class Controller:
             no_frame_reason=_why_no_frame(unit.state, pipeline),
             is_running=self._running,
             quality=_quality_status(pipeline),
+            upload=self._upload_backlog(),
         )
+
+    def _upload_backlog(self) -> UploadBacklog | None:
+        read = self.upload_backlog
+        if read is None:
+            return None
+        try:
+            return read()
+        except Exception as err:  # a surface's bug must not stop the loop
+            logger.opt(exception=err).error("reading the upload backlog failed; status shows none")
+            return None
 
     def _publish_snapshot(self) -> None:
         self.snapshot = self._build_snapshot()  # one reference swap: readers see old or new
@@ -521,7 +535,8 @@ class Controller:
                 state=unit.state, configured_fps=unit.hardware.camera.fps,
                 stats=pipeline.stats if pipeline is not None else None,
                 errors=sum(self.ledger.totals.values()),
-                root=unit.root_status.path if unit.root_status is not None else None)
+                root=unit.root_status.path if unit.root_status is not None else None,
+                upload=self.snapshot.upload)
         if unit.state != "recording" or pipeline is None:
             return
         writer = pipeline.writer

@@ -12,12 +12,15 @@ from 0 at its threshold to its full weight:
 | memory | the process uses from 25 % to 50 % of the machine's memory | 5 |
 | temperature | CPU temperature from 70 C to 85 C (where readable) | 10 |
 | decimated | 2/3 of captured frames skipped on purpose by adaptive quality (30 -> 10 fps) | 5 |
+| upload | oldest file waiting for upload from 10 to 60 min old; all at once when stopped | 10 |
 
 Frames the adaptive-quality ladder skips on purpose (`frames_decimated`) are not drops: they
 cost the small `decimated` part, not the `drops` part, since every second is still recorded.
 
 State caps: recording 100, idle 60 (not recording, by choice), recovering 40, reset 40,
-critical 10. The frame-rate, drop and error parts count only while recording.
+critical 10. The frame-rate, drop and error parts count only while recording. The upload
+part counts only where upload is on; "stopped" is a permanent error (no such bucket, access
+denied, ...) that holds uploading until the config or the account is fixed.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import psutil
 from loguru import logger
 
 if TYPE_CHECKING:
+    from controller.core.snapshot import UploadBacklog
     from hw.pipeline import PipelineStats
 
 STATE_CAP = {"recording": 100, "idle": 60, "recovering": 40, "reset": 40, "critical": 10}
@@ -49,6 +53,10 @@ TEMPERATURE_WEIGHT = 10.0
 TEMPERATURE_FROM_C, TEMPERATURE_TO_C = 70.0, 85.0
 DECIMATED_WEIGHT = 5.0
 DECIMATED_FULL_FRACTION = 2 / 3
+UPLOAD_WEIGHT = 10.0
+# Footage leaves the unit within about a segment (60 s) of closing while the endpoint answers;
+# ten minutes behind is a real backlog, an hour behind is footage at risk.
+UPLOAD_BEHIND_FROM_SECONDS, UPLOAD_BEHIND_FULL_SECONDS = 600.0, 3600.0
 THERMAL_ZONE = Path("/sys/class/thermal/thermal_zone0/temp")
 
 
@@ -65,6 +73,8 @@ class HealthInputs:
     memory_fraction: float
     temperature_c: float | None
     decimated_fraction: float = 0.0  # of captured frames, skipped on purpose (adaptive quality)
+    upload_behind_seconds: float | None = None  # age of the oldest pending upload; None: upload off
+    upload_stopped_by: str | None = None  # the permanent error that stops uploading, if any
 
 
 @dataclass(frozen=True)
@@ -101,6 +111,9 @@ def score(m: HealthInputs) -> Health:
     if m.temperature_c is not None:
         penalties["temperature"] = TEMPERATURE_WEIGHT * _ramp(
             m.temperature_c, TEMPERATURE_FROM_C, TEMPERATURE_TO_C)
+    if m.upload_behind_seconds is not None:
+        penalties["upload"] = UPLOAD_WEIGHT * (1.0 if m.upload_stopped_by is not None else _ramp(
+            m.upload_behind_seconds, UPLOAD_BEHIND_FROM_SECONDS, UPLOAD_BEHIND_FULL_SECONDS))
     cap = STATE_CAP.get(m.state, 0)
     value = max(0, min(cap, round(100 - sum(penalties.values()))))
     worst = max(penalties.items(), key=lambda kv: kv[1], default=("", 0.0))
@@ -126,6 +139,10 @@ def _describe(part: str, m: HealthInputs) -> str:
         return f"using {m.memory_fraction:.0%} of memory"
     if part == "decimated":
         return f"{m.decimated_fraction:.0%} of frames skipped by adaptive quality"
+    if part == "upload":
+        if m.upload_stopped_by is not None:
+            return f"upload stopped by {m.upload_stopped_by}"
+        return f"upload {(m.upload_behind_seconds or 0.0) / 60:.0f} min behind"
     return f"CPU at {m.temperature_c:.0f} C"
 
 
@@ -157,7 +174,7 @@ class HealthSampler:
         self._read_failing = False
 
     def sample(self, *, state: str, configured_fps: float, stats: PipelineStats | None,
-               errors: int, root: Path | None) -> Health:
+               errors: int, root: Path | None, upload: UploadBacklog | None = None) -> Health:
         """The health now, from the current run's counters and the errors counted so far."""
         now = time.monotonic()
         if stats is not self._stats:
@@ -186,6 +203,8 @@ class HealthSampler:
             memory_fraction=self._read_memory_fraction(),
             temperature_c=read_temperature_c(),
             decimated_fraction=(decimated - d0) / (captured - c0) if captured > c0 else 0.0,
+            upload_behind_seconds=upload.oldest_pending_seconds if upload is not None else None,
+            upload_stopped_by=upload.stopped_by if upload is not None else None,
         )
         return score(self.inputs)
 

@@ -69,6 +69,25 @@ class Refusal:
 
 
 @dataclass(frozen=True, slots=True)
+class UploadBacklog:
+    """Closed footage not yet verified in the bucket, and whether the uploader gets through."""
+
+    files: int
+    bytes: int
+    oldest_pending_seconds: float  # how long the oldest pending file has waited; 0 when none
+    in_flight: int = 0  # files being uploaded now
+    started: int = 0  # pending files with a multipart upload under way (resumable)
+    failed: int = 0  # pending files whose latest attempt failed
+    endpoint: str = "ok"  # "ok", "failing" (retried with backoff) or "stopped" (permanent error)
+    error: str | None = None  # the alert out for the current failure, if any
+    stopped_by: str | None = None  # the permanent error's code (NoSuchBucket, AccessDenied, ...)
+    fix: str | None = None  # what to change so a stopped upload can go on
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True, slots=True)
 class StatusSnapshot:
     """One consistent look at the recorder, taken on the controller thread."""
 
@@ -104,6 +123,7 @@ class StatusSnapshot:
     is_running: bool
     public_key: str | None = None  # the key footage manifests are signed with (hex), if any
     quality: QualityStatus | None = None  # None: nothing adapts (not recording, or adaptation off)
+    upload: UploadBacklog | None = None  # None when upload is off
 
     @property
     def is_recording(self) -> bool:
@@ -140,4 +160,5 @@ class StatusSnapshot:
             "merges": dict(self.merges),
             "events_dropped": {s.name: s.dropped for s in self.events},
             "quality": self.quality.as_dict() if self.quality is not None else None,
+            "upload": self.upload.as_dict() if self.upload is not None else None,
         }

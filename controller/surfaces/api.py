@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, NoReturn, Protocol
 
 import anyio.to_thread
 import h11
@@ -264,6 +264,17 @@ class LoginRequest(BaseModel):
     token: str = Field(min_length=1, max_length=4096)
 
 
+class UploadDesk(Protocol):
+    """What the API asks of the upload surface (controller.surfaces.upload.Uploader)."""
+
+    def status(self) -> dict[str, Any]: ...
+
+    def request_now(self) -> dict[str, Any]: ...
+
+
+UPLOAD_OFF = "upload is off: set upload.enabled: true and upload.bucket in the config, then reset"
+
+
 _bearer = HTTPBearer(auto_error=False, description="The token in the file named by api.token_file.")
 
 
@@ -274,7 +285,8 @@ def create_app(controller: Controller, *, token_file: Path | None,
                root_provider: RootProvider | None = None, viewer_token_file: Path | None = None,
                public_footage: bool = False,
                export_max_seconds: float = DEFAULT_EXPORT_MAX_SECONDS,
-               signer: Signer | None = None, history: HistoryRecorder | None = None) -> FastAPI:
+               signer: Signer | None = None, history: HistoryRecorder | None = None,
+               uploader: Callable[[], UploadDesk | None] | None = None) -> FastAPI:
     """The API for `controller`, serving recordings below `root_provider()` (default: the
     root the snapshot says recording goes to); footage needs the token in
     `viewer_token_file` or `token_file` unless `public_footage`; exported clips' manifests
@@ -303,6 +315,10 @@ def create_app(controller: Controller, *, token_file: Path | None,
     app.state.footage = footage
     app.state.commands = commands
     app.state.metric_hooks = []  # surfaces beside the API (MQTT) add their counters here
+    # The upload surface, while one runs (daemon.Surfaces gives the provider; a reset swaps
+    # the uploader behind it).
+    no_uploader: Callable[[], UploadDesk | None] = lambda: None  # noqa: E731
+    app.state.uploader = uploader or no_uploader
 
     def authorized(
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
@@ -629,6 +645,28 @@ def create_app(controller: Controller, *, token_file: Path | None,
         chosen = _merge_hour(hour, body.hour if body is not None else None)
         status_code, result = perform_merge(controller, chosen, ACTION_WAIT_SECONDS)
         return JSONResponse(jsonable_encoder(result), status_code=status_code)
+
+    @app.get("/upload/status", summary="The upload queue: pending, in flight, done, failed and why")
+    def upload_status() -> dict[str, Any]:
+        uploader = app.state.uploader()
+        if uploader is None:
+            return {"enabled": False, "reason": UPLOAD_OFF}
+        status: dict[str, Any] = uploader.status()
+        return status
+
+    @app.post("/actions/upload", summary="Upload everything pending now (past upload.hours and a "
+              "permanent error's hold); follow it on GET /upload/status",
+              responses={**auth_responses,
+                         202: {"description": "Started; `now` in the answer and in /upload/status "
+                                              "shows how far it got."},
+                         409: {"model": Problem, "description": "Upload is off."}},
+              status_code=202, dependencies=[Depends(authorized)])
+    def upload_now() -> JSONResponse:
+        uploader = app.state.uploader()
+        if uploader is None:
+            return JSONResponse({"detail": UPLOAD_OFF}, status_code=409)
+        progress = uploader.request_now()
+        return JSONResponse({**uploader.status(), "now": progress}, status_code=202)
 
     return app
 
@@ -1298,8 +1336,9 @@ def recording_root_of(controller: Controller) -> RootProvider:
     return root
 
 
-def start_api(config: ApiConfig, controller: Controller, signer: Signer | None = None,
-              history: HistoryRecorder | None = None) -> ApiServer | None:
+def start_api(config: ApiConfig, controller: Controller, signer: Signer | None = None, *,
+              history: HistoryRecorder | None = None,
+              uploader: Callable[[], UploadDesk | None] | None = None) -> ApiServer | None:
     """The running API as configured, or None (disabled, or its address unusable: logged)."""
     if not config.enabled:
         logger.info("HTTP API disabled (api.enabled: false)")
@@ -1307,7 +1346,7 @@ def start_api(config: ApiConfig, controller: Controller, signer: Signer | None =
     host, port = parse_listen(config.listen)
     app = create_app(controller, token_file=config.token_file, viewer_token_file=config.viewer_token_file,
                      public_footage=config.public_footage, export_max_seconds=config.export_max_seconds,
-                     signer=signer, history=history)
+                     signer=signer, history=history, uploader=uploader)
     server = ApiServer(app, host, port)
     try:
         server.start()

@@ -16,7 +16,11 @@ what the bucket lacks. An object counts as done only once verified:
 A mismatch deletes the object and uploads the file again, never counts it as done.
 
 Failures back off exponentially (1 s doubling to `retry_max_seconds`, with full jitter); a
-broken endpoint is one alert when it breaks and one when it works again.
+broken endpoint is one alert when it breaks and one when it works again. A permanent error
+(the bucket does not exist, the credentials are refused: see `classify`) is not retried on
+that schedule: it stops uploading with one alert naming the error and what to fix, keeps
+every file and its queue record, and is tried again only on a config reload, `vigil upload
+now`, or after PERMANENT_RETRY_SECONDS.
 
 boto3 is imported only when an uploader starts: a unit with upload disabled never loads it.
 """
@@ -30,7 +34,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -38,6 +42,7 @@ from typing import Any, Literal
 from loguru import logger
 
 from controller.core.events import HourMerged, SegmentClosed
+from controller.core.snapshot import UploadBacklog
 from controller.storage.housekeeping import lower_thread_priority
 from controller.storage.merge import MergeBusy, housekeeping_lock
 from controller.surfaces.metrics import Exposition
@@ -49,11 +54,17 @@ RETRY_FIRST_SECONDS = 1.0
 STOP_TIMEOUT_SECONDS = 10.0
 READ_CHUNK = 64 * 1024
 ALERT_KEY = "upload-endpoint"
+PERMANENT_RETRY_SECONDS = 3600.0  # a permanent error is tried again this long after, unasked
+STATUS_ITEMS_SHOWN = 50  # pending and failed items an upload status lists (counts cover all)
 VerifyMode = Literal["checksum", "download"]
 
 
 class UploadError(Exception):
     """An upload did not reach a verified object (the endpoint failed or the copy differs)."""
+
+
+class PermanentUploadError(UploadError):
+    """A failure retrying cannot fix: the config or the account must change first."""
 
 
 class VerifyMismatch(UploadError):
@@ -156,6 +167,62 @@ def _error_code(err: BaseException) -> str:
     return ""
 
 
+# S3 error codes that retrying does not fix, with what the operator has to change. Anything
+# else (connection refused or cut, timeouts, DNS, TLS, 5xx, SlowDown, RequestTimeout,
+# ExpiredToken that the credential chain renews) is transient and retried with backoff.
+PERMANENT_HINTS: dict[str, str] = {
+    "AccessDenied": "the credentials may not write to bucket {bucket}: grant them s3:PutObject, "
+                    "s3:GetObject and the multipart actions on it, or fix upload.credentials_file / "
+                    "upload.profile",
+    "403": "the endpoint refused the credentials for bucket {bucket} (403): fix upload.credentials_file "
+           "/ upload.profile or the bucket's policy",
+    "AllAccessDisabled": "all access to bucket {bucket} is disabled: the account owner must enable it",
+    "AccountProblem": "the storage account has a problem (billing, suspended): see the provider",
+    "NoSuchBucket": "bucket {bucket} does not exist at {endpoint}: create it, or fix upload.bucket "
+                    "(and upload.endpoint_url / upload.region)",
+    "InvalidBucketName": "{bucket} is not a valid bucket name: fix upload.bucket",
+    "InvalidAccessKeyId": "{endpoint} does not know the access key: fix the credentials "
+                          "(upload.credentials_file, upload.profile or AWS_ACCESS_KEY_ID)",
+    "SignatureDoesNotMatch": "the secret key does not match the access key: fix the credentials "
+                             "(upload.credentials_file, upload.profile or AWS_SECRET_ACCESS_KEY)",
+    "InvalidToken": "the session token is malformed: fix the credentials",
+    "AuthorizationHeaderMalformed": "the request names the wrong region: fix upload.region",
+    "PermanentRedirect": "bucket {bucket} lives at another endpoint or region: fix upload.endpoint_url "
+                         "/ upload.region",
+    "NoCredentials": "no credentials were found: set upload.credentials_file, upload.profile or the "
+                     "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY environment",
+    "NoChecksum": "the endpoint keeps no SHA-256 checksums: set upload.verify: download",
+}
+
+
+@dataclass(frozen=True)
+class Stoppage:
+    """Uploading stopped by a permanent error: which, what to fix, since when (wall clock)."""
+
+    code: str
+    error: str
+    fix: str
+    since: float
+
+    def describe(self) -> str:
+        return f"{self.code} ({self.error}): {self.fix}"
+
+
+def classify(err: BaseException, settings: UploadSettings) -> Stoppage | None:
+    """The Stoppage for a permanent error; None for a transient one (retried with backoff)."""
+    code = _error_code(err)
+    name = type(err).__name__
+    if name in ("NoCredentialsError", "PartialCredentialsError"):
+        code = "NoCredentials"
+    elif isinstance(err, PermanentUploadError) and not code:
+        code = "NoChecksum"
+    hint = PERMANENT_HINTS.get(code)
+    if hint is None:
+        return None
+    fix = hint.format(bucket=settings.bucket, endpoint=settings.endpoint_url or "AWS S3")
+    return Stoppage(code, f"{name}: {err}", fix, time.time())
+
+
 def file_digests(path: Path, part_bytes: int) -> tuple[str, list[str]]:
     """(SHA-256 of the whole file, SHA-256 of each part), base64."""
     whole = hashlib.sha256()
@@ -173,6 +240,29 @@ def composite(part_digests: Sequence[str]) -> str:
 
 
 @dataclass
+class NowRequest:
+    """`vigil upload now`: the files pending when it was asked, and how far they got."""
+
+    requested_at: float
+    paths: set[Path]
+    uploaded: set[Path] = field(default_factory=set)
+
+    def progress(self, queue: UploadQueue) -> dict[str, Any]:
+        left: list[UploadItem] = []
+        gone = 0
+        for path in self.paths - self.uploaded:
+            item = queue.get(path)
+            if item is None:
+                gone += 1  # deleted (by hand, by retention) before it could go up
+            elif item.state == "pending":
+                left.append(item)
+        return {"requested_at": self.requested_at, "files": len(self.paths),
+                "uploaded": len(self.uploaded), "left": len(left),
+                "left_bytes": sum(i.size for i in left), "gone": gone,
+                "finished": not left}
+
+
+@dataclass
 class UploadStats:
     uploaded_files: int = 0
     uploaded_bytes: int = 0
@@ -181,6 +271,7 @@ class UploadStats:
     parts_resumed: int = 0
     mismatches: int = 0
     failures: int = 0
+    permanent_failures: int = 0
     deleted_after_upload: int = 0
 
 
@@ -206,12 +297,17 @@ class Uploader:
         self._idle = threading.Condition()
         self._busy = False
         self._thread: threading.Thread | None = None
-        self._failing: str | None = None
+        self._failing: str | None = None  # the alert out for this failure episode
+        self._failing_kind = ""  # "transient" or the permanent error's code
         self.failing_since: float | None = None
         self.last_error: str | None = None
+        self.stoppage: Stoppage | None = None  # set while a permanent error holds uploading
         self.retry_at = 0.0
         self._retry_delay = 0.0
         self._next_scan = 0.0
+        self._scan_lock = threading.Lock()
+        self.current: UploadItem | None = None  # the item being uploaded now
+        self.now_request: NowRequest | None = None
         self.priority = ""
 
     def __repr__(self) -> str:
@@ -229,10 +325,15 @@ class Uploader:
             self._enqueue(event.path)
         elif isinstance(event, HourMerged):
             self._enqueue(event.path)
+            request = self.now_request
             for source in event.sources:  # the hour covers them: drop those not yet started
                 item = self.queue.get(source)
                 if item is not None and item.state == "pending" and item.upload_id is None:
                     self.queue.forget(item)
+                    if request is not None and source in request.paths:
+                        # `upload now` waits for the hour instead of its segments
+                        request.paths.discard(source)
+                        request.paths.add(event.path)
         self._wake.set()
 
     def _enqueue(self, path: Path) -> None:
@@ -265,6 +366,32 @@ class Uploader:
     def wake(self) -> None:
         self._wake.set()
 
+    def retry_now(self) -> None:
+        """Lift the backoff and any permanent-error hold: try at once (config reload, `upload now`)."""
+        if self.stoppage is not None:
+            logger.info("upload: trying again after {}", self.stoppage.code)
+        self.stoppage = None
+        self.retry_at = 0.0
+        self._retry_delay = 0.0
+        self._wake.set()
+
+    def request_now(self) -> dict[str, Any]:
+        """`vigil upload now`: queue what is on disk, then upload everything pending now, at
+        once (outside upload.hours too, past a permanent-error hold); its progress."""
+        self._scan()
+        self.now_request = NowRequest(time.time(), {i.path for i in self.queue.pending()})
+        self.retry_now()
+        return self.now_progress() or {}
+
+    def now_progress(self) -> dict[str, Any] | None:
+        """How far the latest `upload now` got; None when none was asked."""
+        request = self.now_request
+        return request.progress(self.queue) if request is not None else None
+
+    def _now_in_force(self) -> bool:
+        request = self.now_request
+        return request is not None and not request.progress(self.queue)["finished"]
+
     def wait_idle(self, timeout: float) -> bool:
         """Until nothing is pending and the worker rests (True), or `timeout` s pass."""
         deadline = time.monotonic() + timeout
@@ -288,7 +415,8 @@ class Uploader:
                 self._next_scan = time.monotonic() + SCAN_SECONDS
                 self._scan()
             worked = False
-            if time.monotonic() >= self.retry_at and in_window(self.settings.hours, datetime.now()):
+            if time.monotonic() >= self.retry_at and (
+                    in_window(self.settings.hours, datetime.now()) or self._now_in_force()):
                 worked = self.run_once()
             with self._idle:
                 self._idle.notify_all()
@@ -299,7 +427,8 @@ class Uploader:
 
     def _scan(self) -> None:
         try:
-            added = self.queue.scan(list(self._roots()), list(self._open_segments()))
+            with self._scan_lock:  # the worker's minute scan and an `upload now` from the API
+                added = self.queue.scan(list(self._roots()), list(self._open_segments()))
         except OSError as err:
             logger.error("upload: scanning the recording roots failed: {}", err)
             return
@@ -311,45 +440,72 @@ class Uploader:
         pending = self.queue.pending()
         if not pending:
             return False
+        request = self.now_request
+        if request is not None and not request.progress(self.queue)["finished"]:
+            # `upload now` first: what it asked for, in the queue's order
+            pending = [i for i in pending if i.path in request.paths] or pending
         item = pending[0]
         with self._idle:
             self._busy = True
+            self.current = item
         try:
             self.upload(item)
         except Exception as err:
             self._failed(item, err)
             return False
         else:
+            if request is not None and item.path in request.paths:
+                request.uploaded.add(item.path)
             self._worked()
             return True
         finally:
             with self._idle:
                 self._busy = False
+                self.current = None
                 self._idle.notify_all()
 
-    def upload_all(self, *, deadline: float) -> bool:
-        """Upload everything pending now, retrying with backoff until `deadline` (monotonic);
-        True when nothing is left pending (`vigil upload now`)."""
-        self._scan()
-        while self.queue.pending():
-            if time.monotonic() >= deadline:
+    def upload_all(self, *, deadline: float,
+                   progress: Callable[[dict[str, Any]], None] | None = None) -> bool:
+        """Upload everything pending now (`vigil upload now` on a card), retrying transient
+        failures with backoff until `deadline` (monotonic); True when all of it is in the
+        bucket, verified. A permanent error ends it at once (see `stoppage`)."""
+        self.request_now()
+        while True:
+            state = self.now_progress() or {}
+            if progress is not None:
+                progress(state)
+            if state.get("finished"):
+                return True
+            if self.stoppage is not None or time.monotonic() >= deadline:
                 return False
             if time.monotonic() < self.retry_at:
-                time.sleep(min(self.retry_at, deadline) - time.monotonic() if self.retry_at < deadline
-                           else max(0.0, deadline - time.monotonic()))
+                self._stop.wait(max(0.0, min(self.retry_at, deadline) - time.monotonic()))
                 continue
             self.run_once()
-        return True
 
     # -- failures, once each way -----------------------------------------------------
 
     def _failed(self, item: UploadItem, err: Exception) -> None:
         self.stats.failures += 1
         item.attempts += 1
+        message = f"{type(err).__name__}: {err}"
+        item.last_error = message
         with contextlib.suppress(OSError):
             self.queue.save(item)
-        message = f"{type(err).__name__}: {err}"
         self.last_error = message
+        stoppage = None if isinstance(err, VerifyMismatch) else classify(err, self.settings)
+        if stoppage is not None:
+            # Retrying cannot fix this: hold until the config changes, `upload now`, or long after.
+            # The file and its record stay; retention still treats it as not uploaded.
+            self.stoppage = stoppage
+            self._retry_delay = 0.0
+            self.retry_at = time.monotonic() + PERMANENT_RETRY_SECONDS
+            self.stats.permanent_failures += 1
+            self._raise_alert(stoppage.code, f"upload to bucket {self.settings.bucket} stopped by "
+                                             f"{stoppage.describe()}; footage is kept and tried again "
+                                             f"on a config reload, `vigil upload now` or in "
+                                             f"{PERMANENT_RETRY_SECONDS / 60:g} min")
+            return
         self._retry_delay = min(self.settings.retry_max_seconds,
                                 max(RETRY_FIRST_SECONDS, self._retry_delay * 2))
         delay = random.uniform(self._retry_delay / 2, self._retry_delay)  # jitter
@@ -357,24 +513,36 @@ class Uploader:
         if isinstance(err, VerifyMismatch):
             logger.warning("upload: {} ({}); uploading it again", item.key, err)
             return
-        if self._failing is None:
-            self._failing = message
-            self.failing_since = time.time()
+        if self._failing is None or self._failing_kind != "transient":
             logger.error("upload endpoint {} failing: {}; retrying with backoff up to {:g}s",
                          self.settings.endpoint_url or "AWS", message, self.settings.retry_max_seconds)
-            if self._alert is not None:
-                self._alert(True, f"upload to bucket {self.settings.bucket} failing: {message}")
         else:
             logger.debug("upload still failing: {} (next try in {:.1f}s)", message, delay)
+        self._raise_alert("transient", f"upload to bucket {self.settings.bucket} failing: {message}")
+
+    def _raise_alert(self, kind: str, message: str) -> None:
+        """One alert per failure episode; a new one only when the kind of failure changes."""
+        if self._failing is not None and self._failing_kind == kind:
+            return
+        if kind != "transient":
+            logger.error("{}", message)
+        if self._alert is not None and self._failing is not None:
+            self._alert(False, self._failing)  # the episode turned into another kind of failure
+        self._failing, self._failing_kind = message, kind
+        if self.failing_since is None:
+            self.failing_since = time.time()
+        if self._alert is not None:
+            self._alert(True, message)
 
     def _worked(self) -> None:
         self._retry_delay = 0.0
         self.retry_at = 0.0
+        self.stoppage = None
         if self._failing is not None:
             logger.info("upload endpoint {} works again", self.settings.endpoint_url or "AWS")
             if self._alert is not None:
                 self._alert(False, f"upload to bucket {self.settings.bucket} works again")
-            self._failing = None
+            self._failing, self._failing_kind = None, ""
             self.failing_since = None
 
     # -- one file --------------------------------------------------------------------
@@ -427,7 +595,7 @@ class Uploader:
         item.checksum = composite(part_digests) if len(part_digests) > 1 else (part_digests or [whole])[0]
         item.verified_by = self.settings.verify
         item.done_at = time.time()
-        item.upload_id, item.parts = None, []
+        item.upload_id, item.parts, item.last_error = None, [], None
         self.queue.save(item)
         self.stats.uploaded_files += 1
         self.stats.uploaded_bytes += item.size
@@ -542,7 +710,8 @@ class Uploader:
             head = client.head_object(Bucket=bucket, Key=item.key, ChecksumMode="ENABLED")
             size, checksum = int(head["ContentLength"]), head.get("ChecksumSHA256")
         if checksum is None:
-            raise UploadError(f"the endpoint keeps no SHA-256 for {item.key}; set upload.verify: download")
+            raise PermanentUploadError(f"the endpoint keeps no SHA-256 for {item.key}; "
+                                       "set upload.verify: download")
         if size != item.size or checksum.split("-")[0] != expected.split("-")[0]:
             raise VerifyMismatch(f"the bucket holds {item.key} with {size} bytes and SHA-256 {checksum}; "
                                  f"the file has {item.size} bytes and {expected}")
@@ -566,15 +735,36 @@ class Uploader:
     def backlog(self) -> Backlog:
         return self.queue.backlog()
 
-    def status(self) -> dict[str, Any]:
+    def endpoint_state(self) -> str:
+        """"ok", "failing" (transient, retried with backoff) or "stopped" (a permanent error)."""
+        return "stopped" if self.stoppage is not None else "failing" if self._failing else "ok"
+
+    def summary(self) -> UploadBacklog:
+        """The backlog as the status snapshot carries it (cheap: called every loop iteration)."""
         backlog = self.backlog()
+        stoppage = self.stoppage
+        return UploadBacklog(
+            files=backlog.files, bytes=backlog.bytes, oldest_pending_seconds=backlog.oldest_age_seconds,
+            in_flight=1 if self.current is not None else 0, started=backlog.started, failed=backlog.failed,
+            endpoint=self.endpoint_state(), error=self._failing,
+            stopped_by=stoppage.code if stoppage is not None else None,
+            fix=stoppage.fix if stoppage is not None else None)
+
+    def status(self) -> dict[str, Any]:
+        """The queue in full: what `GET /upload/status` and `vigil upload status` show."""
+        stoppage = self.stoppage
         return {
+            "enabled": True,
             "bucket": self.settings.bucket, "endpoint_url": self.settings.endpoint_url,
             "prefix": self.settings.key_prefix, "running": self.is_running,
-            "backlog_files": backlog.files, "backlog_bytes": backlog.bytes,
-            "oldest_pending_seconds": round(backlog.oldest_age_seconds, 1),
-            "failing": self._failing, "last_error": self.last_error,
-            **{k: v for k, v in vars(self.stats).items()},
+            "endpoint": self.endpoint_state(), "error": self._failing, "last_error": self.last_error,
+            "failing_since": self.failing_since,
+            "stopped": None if stoppage is None else {"code": stoppage.code, "error": stoppage.error,
+                                                      "fix": stoppage.fix, "since": stoppage.since},
+            "retry_in_seconds": round(max(0.0, self.retry_at - time.monotonic()), 1),
+            **queue_status(self.queue, self.current),
+            "now": self.now_progress(),
+            "stats": dict(vars(self.stats)),
         }
 
     def metrics(self, out: Exposition) -> None:
@@ -588,13 +778,50 @@ class Uploader:
                   backlog.oldest_age_seconds)
         out.gauge("vigil_upload_endpoint_up", "1 while the latest upload attempt worked.",
                   0 if self._failing else 1)
+        out.gauge("vigil_upload_stopped", "1 while a permanent error (no such bucket, access denied, "
+                  "...) holds uploading until the config is fixed.", 1 if self.stoppage else 0)
+        out.gauge("vigil_upload_in_flight_files", "Files being uploaded now.", 1 if self.current else 0)
+        out.gauge("vigil_upload_failed_files", "Pending files whose latest attempt failed.", backlog.failed)
         out.counter("vigil_upload_files_total", "Files uploaded and verified.", self.stats.uploaded_files)
         out.counter("vigil_upload_sent_bytes_total", "Bytes sent to the bucket, retries included.",
                     self.stats.sent_bytes)
         out.counter("vigil_upload_failures_total", "Upload attempts that failed.", self.stats.failures)
+        out.counter("vigil_upload_permanent_failures_total",
+                    "Upload attempts that failed with an error retrying cannot fix.",
+                    self.stats.permanent_failures)
         out.counter("vigil_upload_mismatches_total",
                     "Objects whose copy in the bucket differed from the file and went up again.",
                     self.stats.mismatches)
+
+
+def queue_status(queue: UploadQueue, current: UploadItem | None = None, *,
+                 unqueued: Sequence[Path] = ()) -> dict[str, Any]:
+    """The queue's side of an upload status: counts, bytes, the oldest pending's age, and the
+    pending and failed items (the first STATUS_ITEMS_SHOWN); `unqueued` closed files no
+    record covers yet (a card read offline) count as pending."""
+    now = time.time()
+    pending = queue.pending()
+    backlog = queue.backlog()
+
+    def row(item: UploadItem) -> dict[str, Any]:
+        return {"key": item.key, "path": str(item.path), "bytes": item.size,
+                "age_seconds": round(max(0.0, now - item.enqueued_at), 1),
+                "parts_stored": len(item.parts), "attempts": item.attempts, "error": item.last_error}
+
+    failed = [i for i in pending if i.last_error is not None]
+    unqueued_bytes = 0
+    for path in unqueued:
+        with contextlib.suppress(OSError):
+            unqueued_bytes += path.stat().st_size
+    return {
+        "pending": backlog.files + len(unqueued), "pending_bytes": backlog.bytes + unqueued_bytes,
+        "unqueued": len(unqueued),
+        "oldest_pending_seconds": round(backlog.oldest_age_seconds, 1),
+        "in_flight": [row(current)] if current is not None else [],
+        "started": backlog.started, "failed": len(failed), "done": queue.done_count(),
+        "pending_items": [row(i) for i in pending[:STATUS_ITEMS_SHOWN]],
+        "failed_items": [row(i) for i in failed[:STATUS_ITEMS_SHOWN]],
+    }
 
 
 def _is_under(path: Path, root: Path) -> bool:

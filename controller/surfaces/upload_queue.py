@@ -64,6 +64,7 @@ class UploadItem:
     verified_by: str | None = None  # how: "checksum" (the bucket's SHA-256s) or "download"
     done_at: float | None = None
     attempts: int = 0
+    last_error: str | None = None  # why the latest attempt failed, until one works
 
     @property
     def path(self) -> Path:
@@ -84,6 +85,20 @@ class Backlog:
     files: int
     bytes: int
     oldest_age_seconds: float  # 0 when nothing is pending
+    started: int = 0  # pending items with a multipart upload under way (resumable)
+    failed: int = 0  # pending items whose latest attempt failed
+
+
+@dataclass(frozen=True, slots=True)
+class _Tally:
+    """The pending items' totals, kept until the queue changes."""
+
+    files: int
+    bytes: int
+    oldest_enqueued_at: float | None
+    started: int
+    failed: int
+    done: int
 
 
 def item_file(root: Path, relative: str) -> Path:
@@ -116,27 +131,34 @@ class UploadQueue:
         self._items: dict[Path, UploadItem] = {}
         self._loaded: set[Path] = set()
         self.broken_records = 0
+        # The status snapshot asks for the backlog every loop iteration: the totals are
+        # counted again only after an item changed (save/forget bump the version).
+        self._version = 0
+        self._tally: tuple[int, _Tally] | None = None
 
     def __repr__(self) -> str:
         return f"<UploadQueue items={len(self._items)} backlog={self.backlog()}>"
 
     # -- loading and feeding ---------------------------------------------------------
 
-    def load(self, root: Path) -> None:
-        """Read ROOT's queue folder once (a restart resumes from it)."""
+    def load(self, root: Path, *, read_only: bool = False) -> None:
+        """Read ROOT's queue folder once (a restart resumes from it); `read_only` changes
+        nothing on disk (`vigil upload status` on a card)."""
         if root in self._loaded:
             return
         folder = root / QUEUE_DIR_NAME
         try:
-            folder.mkdir(exist_ok=True)
-            entries = list(folder.iterdir())
+            if not read_only:
+                folder.mkdir(exist_ok=True)
+            entries = list(folder.iterdir()) if folder.is_dir() else []
         except OSError as err:
             logger.error("upload queue folder {} is unusable: {}", folder, err)
             return
         for entry in entries:
             if entry.name.endswith(TEMP_SUFFIX):
-                with contextlib.suppress(OSError):
-                    entry.unlink()  # a write a crash interrupted: the old record still stands
+                if not read_only:
+                    with contextlib.suppress(OSError):
+                        entry.unlink()  # a write a crash interrupted: the old record still stands
                 continue
             if not entry.name.endswith(ITEM_SUFFIX):
                 continue
@@ -146,12 +168,14 @@ class UploadQueue:
                 self.broken_records += 1
                 logger.error("upload queue record {} is unreadable ({}); the file is queued again",
                              entry, err)
-                with contextlib.suppress(OSError):
-                    entry.unlink()
+                if not read_only:
+                    with contextlib.suppress(OSError):
+                        entry.unlink()
                 continue
             item.root = str(root)  # the root may have been mounted elsewhere since
             with self._lock:
                 self._items[item.path] = item
+                self._version += 1
         self._loaded.add(root)
 
     def add(self, root: Path, path: Path) -> UploadItem | None:
@@ -221,13 +245,35 @@ class UploadQueue:
             return False
         return st.st_size == item.size and st.st_mtime_ns == item.mtime_ns
 
+    def _totals(self) -> _Tally:
+        with self._lock:
+            if self._tally is not None and self._tally[0] == self._version:
+                return self._tally[1]
+            version = self._version
+            items = list(self._items.values())
+        pending = [i for i in items if i.state == "pending"]
+        tally = _Tally(len(pending), sum(i.size for i in pending),
+                       min((i.enqueued_at for i in pending), default=None),
+                       sum(1 for i in pending if i.upload_id is not None),
+                       sum(1 for i in pending if i.last_error is not None),
+                       len(items) - len(pending))
+        with self._lock:
+            self._tally = (version, tally)
+        return tally
+
     def backlog(self, now: float | None = None) -> Backlog:
-        pending = [i for i in self.items() if i.state == "pending"]
-        if not pending:
+        """Pending files, their bytes and how long the oldest has waited (cheap: counted once
+        per change of the queue)."""
+        tally = self._totals()
+        if tally.oldest_enqueued_at is None:
             return Backlog(0, 0, 0.0)
         now = self._clock() if now is None else now
-        return Backlog(len(pending), sum(i.size for i in pending),
-                       max(0.0, now - min(i.enqueued_at for i in pending)))
+        return Backlog(tally.files, tally.bytes, max(0.0, now - tally.oldest_enqueued_at),
+                       tally.started, tally.failed)
+
+    def done_count(self) -> int:
+        """Files verified in the bucket whose local copy is still known to the queue."""
+        return self._totals().done
 
     # -- writing ---------------------------------------------------------------------
 
@@ -238,10 +284,12 @@ class UploadQueue:
         write_durably(item_file(root, item.relative), item.as_json())
         with self._lock:
             self._items[item.path] = item
+            self._version += 1
 
     def forget(self, item: UploadItem) -> None:
         with self._lock:
             self._items.pop(item.path, None)
+            self._version += 1
         record = item_file(Path(item.root), item.relative)
         try:
             record.unlink()
