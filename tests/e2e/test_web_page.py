@@ -1,0 +1,272 @@
+"""The unit's web page in a real headless Chromium against a real `vigil run` process.
+
+One vigil (synthetic camera, 160x120) and one browser serve the whole module; the tests run
+in file order, each leaving the recorder as the next expects it (recording, then a span, a
+gap and a second span, then a reset). Frame numbers are read back with the synthetic camera's
+code: in the page (the video drawn to a canvas) and with PyAV from the files on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import av
+import pytest
+
+from hw.framecode import read_video_frame
+from tests.browser import Browser, chromium_missing
+from tests.helpers import frame_numbers, segments
+from tests.processes import free_port, post_action, stop_vigil, wait_for_segments
+
+pytestmark = pytest.mark.skipif(chromium_missing() is not None, reason=str(chromium_missing()))
+
+OPERATOR = "operator-token-for-the-page"
+VIEWER = "viewer-token-for-the-page"
+SCREENSHOTS = "VIGIL_SCREENSHOTS"  # a directory to copy the screenshots to, when set
+
+# The synthetic camera's frame-number code (ARCHITECTURE.md, hw/framecode.py) read in the page:
+# the video's top 16 rows drawn to a canvas, each of the 32 cells averaged away from its edges
+# over rows 2..13 and thresholded at mid grey, as hw.framecode.read does.
+READ_FRAME_NUMBER = """((id) => {
+  const video = document.getElementById(id);
+  const w = video.videoWidth;
+  if (!w || video.readyState < 2) return null;
+  const canvas = document.createElement("canvas");
+  canvas.width = w; canvas.height = 16;
+  const g = canvas.getContext("2d", { willReadFrequently: true });
+  g.drawImage(video, 0, 0, w, 16, 0, 0, w, 16);
+  const d = g.getImageData(0, 0, w, 16).data;
+  let n = 0;
+  for (let i = 0; i < 32; i++) {
+    const start = Math.floor(i * w / 32), stop = Math.floor((i + 1) * w / 32);
+    const m = Math.floor((stop - start) / 4);
+    let sum = 0, count = 0;
+    for (let y = 2; y < 14; y++) for (let x = start + m; x < stop - m; x++) {
+      const k = (y * w + x) * 4; sum += (d[k] + d[k + 1] + d[k + 2]) / 3; count++;
+    }
+    n = n * 2 + (sum / count > 127 ? 1 : 0);
+  }
+  return n;
+})"""
+
+
+@dataclass
+class Unit:
+    proc: subprocess.Popen[str]
+    url: str
+    root: Path
+    browser: Browser
+    downloads: Path
+    artifacts: Path
+
+    def frame_number(self, video: str) -> int | None:
+        value = self.browser.evaluate(f"{READ_FRAME_NUMBER}({json.dumps(video)})")
+        return int(value) if value is not None else None
+
+    def text(self, element: str) -> str:
+        return str(self.browser.evaluate(f"document.getElementById({json.dumps(element)}).textContent"))
+
+    def log_in(self, token: str, role: str) -> None:
+        self.browser.evaluate(f"document.getElementById('token').value = {json.dumps(token)}; "
+                              "document.getElementById('login').click(); true")
+        self.browser.wait_for(f"document.getElementById('role').textContent.includes({json.dumps(role)})",
+                              f"logged in as {role}")
+
+
+def request(url: str, *, method: str = "GET", headers: dict[str, str] | None = None,
+            body: bytes | None = None) -> tuple[int, dict[str, str], bytes]:
+    req = urllib.request.Request(url, method=method, headers=headers or {}, data=body)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as reply:
+            return reply.status, dict(reply.headers), reply.read()
+    except urllib.error.HTTPError as err:
+        return err.code, dict(err.headers), err.read()
+
+
+@pytest.fixture(scope="module")
+def unit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Unit]:
+    base = tmp_path_factory.mktemp("web")
+    for name, token in (("operator-token", OPERATOR), ("viewer-token", VIEWER)):
+        (base / name).write_text(token + "\n")
+        (base / name).chmod(0o600)
+    port = free_port()
+    root = base / "rec"
+    config = base / "vigil.yaml"
+    config.write_text(
+        "camera:\n  backend: synthetic\n  width: 160\n  height: 120\n  fps: 15\n"
+        f"recording:\n  root: {root}\n  segment_seconds: 3\n  fragment_seconds: 1\n  merge: 'off'\n"
+        "storage:\n  retention_days: 0\n  reserve_mb: 0\n  reserve_percent: 0\n"
+        "gpio:\n  enabled: false\n"
+        f"api:\n  listen: 127.0.0.1:{port}\n  token_file: {base / 'operator-token'}\n"
+        f"  viewer_token_file: {base / 'viewer-token'}\n")
+    proc = subprocess.Popen([sys.executable, "-m", "controller.cli", "run", "--config", str(config)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "STATE_DIRECTORY": str(base / "state")})
+    downloads = base / "downloads"
+    profile = base / "chromium-profile"
+    artifacts = base / "screenshots"
+    for folder in (downloads, profile, artifacts):
+        folder.mkdir()
+    try:
+        wait_for_segments(proc, root, 2, timeout=60)
+        with Browser(profile, downloads) as browser:
+            yield Unit(proc, f"http://127.0.0.1:{port}", root, browser, downloads, artifacts)
+    finally:
+        output = stop_vigil(proc)
+        if proc.returncode != 0:
+            print(output[-5000:])
+
+
+def wait_until(predicate: Any, what: str, timeout: float = 60.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)  # polling files and the API under a deadline
+    raise AssertionError(f"{what}: not within {timeout:g} s")
+
+
+def status(unit: Unit) -> dict[str, Any]:
+    code, _, body = request(f"{unit.url}/status")
+    assert code == 200, body
+    result: dict[str, Any] = json.loads(body)
+    return result
+
+
+def test_the_page_loads_from_loopback_only_without_console_errors_and_shows_the_recorder(unit: Unit) -> None:
+    browser = unit.browser
+    browser.open(f"{unit.url}/")
+    browser.wait_for("document.getElementById('state').textContent === 'recording'", "state shown")
+    browser.wait_for("document.getElementById('role').textContent.includes('not logged in')", "session")
+    # Without a login the page shows the state but no footage and no actions.
+    assert browser.evaluate("document.getElementById('actions-section').hidden") is True
+    unit.log_in(OPERATOR, "operator")
+    browser.wait_for("document.getElementById('health').textContent.includes('/ 100')", "health shown")
+    assert unit.text("fps").endswith("of 15 fps"), unit.text("fps")
+    assert "GiB" in unit.text("disk") or "MiB" in unit.text("disk"), unit.text("disk")
+    snap = status(unit)
+    browser.wait_for(f"document.getElementById('segment').textContent.startsWith({json.dumps(str(unit.root))})",
+                     "current segment shown")
+    assert snap["state"] == "recording"
+    assert "for " in unit.text("state-for")
+    assert unit.text("health-reason")
+    browser.wait_for("document.querySelectorAll('#timeline .span').length >= 1", "timeline drawn")
+    assert browser.evaluate("document.getElementById('actions-section').hidden") is False
+
+    history_code, _, _ = request(f"{unit.url}/history")
+    if history_code == 404:  # this build keeps no history: the page says so
+        browser.wait_for("document.getElementById('history-note').textContent.includes('no history yet')",
+                         "no-history note")
+    else:
+        assert history_code == 200
+        browser.wait_for("document.querySelectorAll('#charts svg').length === 5", "history charts")
+
+    assert browser.exceptions == []
+    # The only error the console may hold is the browser's own report of /history's 404,
+    # and only when this daemon has no /history.
+    errors = [line for line in browser.console if line.startswith(("error", "assert"))]
+    expected_404 = [e for e in errors if "/history" in e and "404" in e] if history_code == 404 else []
+    assert [e for e in errors if e not in expected_404] == []
+    outside = [url for url in browser.requests
+               if urlsplit(url).scheme not in ("data", "blob") and urlsplit(url).hostname != "127.0.0.1"]
+    assert browser.requests and outside == []
+
+
+def test_the_live_view_plays_and_its_decoded_frame_number_increases(unit: Unit) -> None:
+    browser = unit.browser
+    browser.wait_for("document.getElementById('live').currentTime > 0", "live view playing")
+    first = wait_until(lambda: unit.frame_number("live"), "a frame number read from the live view")
+    t_first = browser.evaluate("document.getElementById('live').currentTime")
+    later = wait_until(lambda: (n := unit.frame_number("live")) is not None and n > first + 15 and n,
+                       "the live view's frame number increasing by a second's frames")
+    assert browser.evaluate("document.getElementById('live').currentTime") > t_first
+    # The numbers on screen are frames the camera recorded: each lands in a closed segment.
+    wait_until(lambda: {first, later} <= {n for path in segments(unit.root) for n in frame_numbers(path)},
+               "the frames seen live in the segments on disk")
+
+    for name, width, height, mobile in (("desktop", 1280, 1000, False), ("phone", 390, 844, True)):
+        browser.screen_size(width, height, mobile=mobile)
+        browser.wait_for("document.getElementById('live').currentTime > 0", "still playing")
+        shot = browser.screenshot(unit.artifacts / f"web-page-{name}.png")
+        assert shot.stat().st_size > 10_000
+        if os.environ.get(SCREENSHOTS):
+            Path(os.environ[SCREENSHOTS]).mkdir(parents=True, exist_ok=True)
+            (Path(os.environ[SCREENSHOTS]) / shot.name).write_bytes(shot.read_bytes())
+    # At phone width nothing is wider than the screen.
+    assert browser.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
+    browser.call("Emulation.clearDeviceMetricsOverride")
+
+
+def span_rects(unit: Unit) -> list[dict[str, float]]:
+    return list(unit.browser.evaluate("""[...document.querySelectorAll('#timeline .span')].map((r) => {
+        const b = r.getBoundingClientRect();
+        return {start: +r.dataset.start, end: +r.dataset.end, x: b.x, y: b.y, w: b.width, h: b.height};
+    })"""))
+
+
+def test_the_timeline_shows_the_gap_and_a_click_after_it_plays_the_second_span(unit: Unit) -> None:
+    before_stop = len(segments(unit.root))
+    assert post_action(f"{unit.url}/actions/stop", OPERATOR) == 200
+    stopped_at = time.time()
+    first_span_numbers = [n for path in segments(unit.root) for n in frame_numbers(path)]
+    assert len(segments(unit.root)) >= before_stop
+    wait_until(lambda: time.time() > stopped_at + 4, "a gap of four seconds")
+    assert post_action(f"{unit.url}/actions/start", OPERATOR) == 200
+    wait_for_segments(unit.proc, unit.root, len(segments(unit.root)) + 2, timeout=60)
+
+    browser = unit.browser
+    browser.evaluate("document.getElementById('refresh-spans').click(); true")
+    browser.wait_for("document.querySelectorAll('#timeline .span').length >= 2", "two spans drawn")
+    gap = browser.evaluate("""(() => { const g = document.querySelector('#timeline .gap');
+        return g && {start: +g.dataset.start, end: +g.dataset.end, w: g.getBoundingClientRect().width};
+    })()""")
+    assert gap is not None, "no gap drawn"
+    assert gap["start"] <= stopped_at + 1 and gap["end"] >= stopped_at + 3, (gap, stopped_at)
+    assert gap["w"] > 5, "the gap is too narrow to see"
+
+    browser.evaluate("document.getElementById('timeline').scrollIntoView({block: 'center'}); true")
+    spans = span_rects(unit)
+    second = spans[-1]
+    assert second["start"] >= gap["end"]
+    # A real click a third of the way into the second span.
+    browser.click(second["x"] + second["w"] / 3, second["y"] + second["h"] / 2)
+    browser.wait_for("document.getElementById('playback').currentTime > 0",
+                     f"playback from the click ({unit.text('playback-note')})")
+    number = wait_until(lambda: unit.frame_number("playback"), "a frame number read from the playback")
+    assert number > max(first_span_numbers), (number, max(first_span_numbers))
+    clicked_at = float(browser.evaluate("+document.getElementById('playback').dataset.start"))
+    assert second["start"] < clicked_at < second["end"]
+
+
+def test_a_selected_span_downloads_as_an_mp4_of_exactly_its_frames(unit: Unit) -> None:
+    browser = unit.browser
+    code, _, body = request(f"{unit.url}/recordings/spans", headers={"Authorization": f"Bearer {VIEWER}"})
+    assert code == 200, body
+    first = json.loads(body)["spans"][0]
+    expected = [n for name in first["files"] for n in frame_numbers(unit.root / name)]
+    assert expected == list(range(expected[0], expected[0] + len(expected)))
+    browser.evaluate("document.querySelector('#spans li button[aria-label^=\"Select\"]').click(); true")
+    href = browser.wait_for("document.getElementById('download').getAttribute('aria-disabled') === 'false' "
+                            "&& document.getElementById('download').href", "a download link")
+    assert "/export?start=" in href
+    browser.evaluate("document.getElementById('download').scrollIntoView(); true")
+    box = browser.evaluate("(() => { const b = document.getElementById('download').getBoundingClientRect(); "
+                           "return {x: b.x + b.width / 2, y: b.y + b.height / 2}; })()")
+    browser.click(box["x"], box["y"])
+    clip = wait_until(lambda: [p for p in unit.downloads.iterdir() if p.suffix == ".mp4"],
+                      "the clip downloaded")[0]
+    with av.open(str(clip)) as container:
+        numbers = [read_video_frame(frame) for frame in container.decode(video=0)]
+    assert numbers == expected
