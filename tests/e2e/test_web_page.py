@@ -12,11 +12,14 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -33,6 +36,7 @@ pytestmark = pytest.mark.skipif(chromium_missing() is not None, reason=str(chrom
 
 OPERATOR = "operator-token-for-the-page"
 VIEWER = "viewer-token-for-the-page"
+JSON = {"Content-Type": "application/json"}
 SCREENSHOTS = "VIGIL_SCREENSHOTS"  # a directory to copy the screenshots to, when set
 
 # The synthetic camera's frame-number code (ARCHITECTURE.md, hw/framecode.py) read in the page:
@@ -270,3 +274,122 @@ def test_a_selected_span_downloads_as_an_mp4_of_exactly_its_frames(unit: Unit) -
     with av.open(str(clip)) as container:
         numbers = [read_video_frame(frame) for frame in container.decode(video=0)]
     assert numbers == expected
+
+
+def test_reset_from_the_page_asks_first_and_passes_through_reset(unit: Unit) -> None:
+    browser = unit.browser
+    since = status(unit)["since"]
+    browser.evaluate("document.getElementById('action-reset').click(); true")
+    assert browser.wait_for("document.getElementById('confirm-reset').open", "the confirmation")
+    # Cancel first: nothing happens.
+    browser.evaluate("document.getElementById('confirm-reset-no').click(); true")
+    browser.wait_for("!document.getElementById('confirm-reset').open", "the confirmation closed")
+    assert unit.text("action-result") == "" and status(unit)["since"] == since
+    browser.evaluate("document.getElementById('action-reset').click(); true")
+    browser.wait_for("document.getElementById('confirm-reset').open", "the confirmation again")
+    browser.evaluate("document.getElementById('confirm-reset-yes').click(); true")
+    result = browser.wait_for("document.getElementById('action-result').dataset.status",
+                              "the reset's answer", timeout=60)
+    assert result == "200", unit.text("action-result")
+    transitions = unit.browser.evaluate("document.getElementById('action-result').dataset.transitions")
+    assert "recording -> reset on reset" in transitions, transitions
+    assert "reset -> idle" in transitions, transitions
+    wait_until(lambda: status(unit)["state"] == "recording" and status(unit)["since"] > since,
+               "recording again after the reset")
+
+
+@contextmanager
+def attacker_site(html: str) -> Iterator[str]:
+    """Another site on loopback serving `html` at /, for the duration."""
+    body = html.encode()
+
+    class Page(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    thread = threading.Thread(target=server.serve_forever, name="attacker-site", daemon=True)
+    thread.start()
+    try:
+        yield f"http://localhost:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+def cookies_of(reply_headers: list[tuple[str, str]]) -> dict[str, str]:
+    found = {}
+    for name, value in reply_headers:
+        if name.lower() == "set-cookie":
+            key, _, rest = value.partition("=")
+            found[key] = rest.split(";", 1)[0]
+    return found
+
+
+def test_cookie_actions_need_the_pages_header_and_origin_so_a_forged_post_is_403(unit: Unit) -> None:
+    req = urllib.request.Request(f"{unit.url}/login", method="POST", headers=JSON,
+                                 data=json.dumps({"token": OPERATOR}).encode())
+    with urllib.request.urlopen(req, timeout=30) as reply:
+        assert reply.status == 204
+        set_cookies = [v for k, v in reply.headers.items() if k.lower() == "set-cookie"]
+        jar = cookies_of(list(reply.headers.items()))
+    operator_cookie = next(c for c in set_cookies if c.startswith("vigil_operator="))
+    assert "HttpOnly" in operator_cookie and "samesite=strict" in operator_cookie.lower()
+    assert OPERATOR not in operator_cookie  # a MAC of the token, not the token
+    cookie = "; ".join(f"{k}={v}" for k, v in jar.items())
+    since = status(unit)["since"]
+    # A forged POST carries the cookie (were SameSite not to hold) but not the page's header.
+    code, _, body = request(f"{unit.url}/actions/stop", method="POST", headers={"Cookie": cookie})
+    assert code == 403 and b"X-Vigil-Action" in body, body
+    code, _, body = request(f"{unit.url}/actions/stop", method="POST",
+                            headers={"Cookie": cookie, "X-Vigil-Action": "1", "Origin": "http://evil.example"})
+    assert code == 403 and b"cross-site" in body, body
+    assert status(unit)["state"] == "recording" and status(unit)["since"] == since
+    # The viewer's cookie never acts, with or without the header.
+    req = urllib.request.Request(f"{unit.url}/login", method="POST", headers=JSON,
+                                 data=json.dumps({"token": VIEWER}).encode())
+    with urllib.request.urlopen(req, timeout=30) as reply:
+        viewer_jar = cookies_of(list(reply.headers.items()))
+    assert "vigil_operator" not in viewer_jar or viewer_jar["vigil_operator"] in ('""', "")
+    code, _, body = request(f"{unit.url}/actions/stop", method="POST", headers={
+        "Cookie": f"vigil_viewer={viewer_jar['vigil_viewer']}", "X-Vigil-Action": "1"})
+    assert code == 403 and b"footage only" in body, body
+    # A real cross-site form in the browser: another site's page (localhost, not 127.0.0.1)
+    # posting to the unit on its own.
+    with attacker_site(f"""<!doctype html><form method="POST" action="{unit.url}/actions/stop"></form>
+                           <script>document.forms[0].submit()</script>""") as attacker:
+        unit.browser.open(attacker)
+        unit.browser.wait_for("location.href.endsWith('/actions/stop') && document.readyState === 'complete'",
+                              "the forged form posted")
+    browser = unit.browser
+    answer = json.loads(browser.evaluate("document.body.innerText"))
+    # SameSite=Strict kept the cookies off the other site's POST: refused, with the reason.
+    assert answer["detail"].startswith("missing bearer token"), answer
+    assert status(unit)["state"] == "recording" and status(unit)["since"] == since
+
+
+def test_the_viewer_sees_the_page_but_is_offered_no_actions_and_cannot_act(unit: Unit) -> None:
+    browser = unit.browser
+    browser.open(f"{unit.url}/")
+    browser.wait_for("document.getElementById('role').textContent.includes('operator')", "operator again")
+    browser.evaluate("document.getElementById('logout').click(); true")
+    browser.wait_for("document.getElementById('role').textContent.includes('not logged in')", "logged out")
+    unit.log_in(VIEWER, "viewer")
+    browser.wait_for("document.getElementById('live').currentTime > 0", "the viewer sees the live view")
+    assert browser.evaluate("document.getElementById('actions-section').hidden") is True
+    shown = browser.evaluate("[...document.querySelectorAll('button')].filter((b) => b.offsetParent !== null)"
+                             ".map((b) => b.textContent)")
+    assert [label for label in shown if label.lower().startswith(("start", "stop", "reset", "merge"))] == []
+    since = status(unit)["since"]
+    code = browser.evaluate("fetch('/actions/reset', {method: 'POST', credentials: 'same-origin', "
+                            "headers: {'X-Vigil-Action': '1'}}).then((r) => r.status)")
+    assert code == 403
+    assert status(unit)["since"] == since
