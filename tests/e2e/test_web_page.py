@@ -8,6 +8,7 @@ code: in the page (the video drawn to a canvas) and with PyAV from the files on 
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -168,6 +169,7 @@ def test_the_page_loads_from_loopback_only_without_console_errors_and_shows_the_
     assert unit.text("health-reason")
     browser.wait_for("document.querySelectorAll('#timeline .span').length >= 1", "timeline drawn")
     assert browser.evaluate("document.getElementById('actions-section').hidden") is False
+    assert browser.evaluate("document.getElementById('login-form').offsetParent") is None  # not shown
 
     history_code, _, _ = request(f"{unit.url}/history")
     if history_code == 404:  # this build keeps no history: the page says so
@@ -200,6 +202,9 @@ def test_the_live_view_plays_and_its_decoded_frame_number_increases(unit: Unit) 
     wait_until(lambda: {first, later} <= {n for path in segments(unit.root) for n in frame_numbers(path)},
                "the frames seen live in the segments on disk")
 
+    # The unit's page is opened at 3 a.m.: screenshots in the dark scheme.
+    browser.call("Emulation.setEmulatedMedia", features=[{"name": "prefers-color-scheme", "value": "dark"}])
+    assert browser.evaluate("getComputedStyle(document.body).backgroundColor") == "rgb(16, 20, 24)"
     for name, width, height, mobile in (("desktop", 1280, 1000, False), ("phone", 390, 844, True)):
         browser.screen_size(width, height, mobile=mobile)
         browser.wait_for("document.getElementById('live').currentTime > 0", "still playing")
@@ -393,3 +398,64 @@ def test_the_viewer_sees_the_page_but_is_offered_no_actions_and_cannot_act(unit:
                             "headers: {'X-Vigil-Action': '1'}}).then((r) => r.status)")
     assert code == 403
     assert status(unit)["since"] == since
+
+
+def contract_history(now: float) -> dict[str, Any]:
+    """A night in /history's shape (/work/notes' contract, README "Web page"): recording at 15 fps,
+    a camera fault at minute 30 with recovery at minute 33, and the daemon down for minutes 60-69."""
+    start = now - 2 * 3600 - (now % 60)
+    samples = []
+    for minute in range(120):
+        if 60 <= minute < 70:
+            continue  # the daemon was not running: no sample
+        faulty = 30 <= minute < 33
+        samples.append({"t": start + 60 * minute, "state": "recovering" if faulty else "recording",
+                        "health": 40.0 if faulty else 97.0, "fps": 2.0 if faulty else 15.0,
+                        "fps_configured": 15.0, "frames": 120 if faulty else 900,
+                        "frames_dropped": 7 if faulty else 0,
+                        "errors": {"camera_timeout": 3} if faulty else {},
+                        "disk_free_bytes": 8_000_000_000 - minute * 1_000_000})
+    alerts = [{"t": start + 60 * 30 + 5, "name": "camera_timeout", "severity": "warning",
+               "message": "camera stalled"},
+              {"t": start + 60 * 33 + 2, "name": "recovered", "severity": "info",
+               "message": "recording again"}]
+    return {"interval_seconds": 60, "now": now, "samples": samples, "alerts": alerts}
+
+
+def test_the_history_charts_draw_the_contracts_shape_with_the_alerts_and_the_gap(unit: Unit) -> None:
+    browser = unit.browser
+    history = contract_history(time.time())
+    body = base64.b64encode(json.dumps(history).encode()).decode()
+
+    def fulfil(params: dict[str, Any]) -> None:
+        # Answered from another thread: the reader thread is the one that delivers replies.
+        threading.Thread(target=browser.call, args=("Fetch.fulfillRequest",), kwargs={
+            "requestId": params["requestId"], "responseCode": 200, "body": body,
+            "responseHeaders": [{"name": "Content-Type", "value": "application/json"}]}).start()
+
+    browser.handlers["Fetch.requestPaused"] = fulfil
+    browser.call("Fetch.enable", patterns=[{"urlPattern": "*/history*", "requestStage": "Request"}])
+    try:
+        browser.open(f"{unit.url}/")
+        browser.wait_for("document.querySelectorAll('#charts svg').length === 5", "five charts")
+    finally:
+        browser.call("Fetch.disable")
+        del browser.handlers["Fetch.requestPaused"]
+    charts = browser.evaluate("""[...document.querySelectorAll('#charts svg')].map((svg) => ({
+        label: svg.getAttribute('aria-label'),
+        alerts: [...svg.querySelectorAll('.alert')].map((a) => +a.dataset.t),
+        bars: [...svg.querySelectorAll('.bar')].map((b) => [+b.dataset.t, +b.dataset.value]),
+        moves: [...svg.querySelectorAll('path.line:not(.second)')].map((p) => (p.getAttribute('d').match(/M/g)
+                                                                           || []).length)}))""")
+    assert charts[0]["label"].startswith("Health")
+    samples, alerts = history["samples"], history["alerts"]
+    for chart in charts:  # every chart marks both alerts at their times
+        assert chart["alerts"] == [a["t"] for a in alerts], chart
+    fault_minutes = [s["t"] for s in samples if s["frames_dropped"]]
+    dropped = next(c for c in charts if c["label"].startswith("Dropped"))
+    errors = next(c for c in charts if c["label"].startswith("Errors"))
+    assert dropped["bars"] == [[t, 7] for t in fault_minutes]
+    assert errors["bars"] == [[t, 3] for t in fault_minutes]
+    health = charts[0]
+    assert health["moves"] == [2]  # one line before the daemon's down time, one after
+    assert f"{len(samples)} minute(s) sampled; 2 alert(s)" in unit.text("history-note")
