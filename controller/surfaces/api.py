@@ -444,6 +444,7 @@ def create_app(controller: Controller, *, token_file: Path | None,
               responses={**footage_responses, 204: {"description": "Cookie set."}},
               summary="Trade the viewer (or action) token for a cookie (for the web page)")
     def login(
+        request: Request,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
         body: Annotated[LoginRequest | None, Body()] = None,
     ) -> Response:
@@ -462,7 +463,7 @@ def create_app(controller: Controller, *, token_file: Path | None,
             response.set_cookie(OPERATOR_COOKIE, operator_cookie_value(given),
                                 max_age=COOKIE_MAX_AGE_SECONDS, httponly=True, samesite="strict",
                                 path="/")
-        else:  # a viewer login replaces an operator's on the same browser
+        elif OPERATOR_COOKIE in request.cookies:  # a viewer login replaces an operator's
             response.delete_cookie(OPERATOR_COOKIE, path="/", httponly=True, samesite="strict")
         return response
 
