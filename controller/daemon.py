@@ -21,6 +21,7 @@ from controller.memory import pin_mmap_threshold
 from controller.storage.housekeeping import StorageSettings
 from controller.storage.retention import RetentionPolicy
 from controller.surfaces.credentials import api_with_credential_token
+from controller.surfaces.history import HistoryRecorder, history_path
 from controller.surfaces.metrics import MetricsHook
 from controller.surfaces.sdnotify import ServiceNotifier
 from hw.factory import CameraMaker, CameraSpec, Hardware, RecordingSpec
@@ -166,9 +167,11 @@ class BackgroundApi:
     """
 
     def __init__(self, config: ApiConfig, controller: Controller, *,
-                 metric_hooks: list[MetricsHook] | None = None, signer: Signer | None = None) -> None:
+                 metric_hooks: list[MetricsHook] | None = None, signer: Signer | None = None,
+                 history: HistoryRecorder | None = None) -> None:
         self._config = config
         self._controller = controller
+        self._history = history
         self._signer = signer  # signs exported clips' manifests
         self._metric_hooks = metric_hooks if metric_hooks is not None else []
         self._server: Any = None
@@ -177,7 +180,8 @@ class BackgroundApi:
     def _start(self) -> None:
         from controller.surfaces.api import start_api
 
-        self._server = start_api(self._config, self._controller, self._signer)  # None: disabled or port taken
+        # None: disabled or port taken
+        self._server = start_api(self._config, self._controller, self._signer, history=self._history)
         if self._server is not None:
             self._server.app.state.metric_hooks = self._metric_hooks  # shared: MQTT comes and goes
         if self._server is not None and self._config.token_file != self._server.app.state.tokens.token_file:
@@ -203,6 +207,13 @@ class BackgroundApi:
         self._thread.join(timeout)
         if self._server is not None:
             self._server.stop()
+
+
+def history_from_config(config: VigilConfig, controller: Controller) -> HistoryRecorder | None:
+    """The 24-hour history the config asks for, not started; None when `api.history` is off."""
+    if not config.api.history:
+        return None
+    return HistoryRecorder(controller, history_path(config.api.history_file))
 
 
 def mqtt_from_config(config: VigilConfig, controller: Controller) -> MqttSurface | None:
@@ -270,9 +281,12 @@ class Surfaces:
         self.gpio_spec = gpio_from_config(config)
         self.panel: OperatorPanel | None = self._open_panel(self.gpio_spec)
         self.metric_hooks: list[MetricsHook] = []
+        # Built once: the history runs across resets (changing api.history needs a restart).
+        self.history: HistoryRecorder | None = history_from_config(config, controller)
         # The same key the recording signs with (loaded again: the unit is the controller's).
         self.api = BackgroundApi(api_with_credential_token(config.api), controller,
-                                 metric_hooks=self.metric_hooks, signer=signer_from_config(config))
+                                 metric_hooks=self.metric_hooks, signer=signer_from_config(config),
+                                 history=self.history)
         self.mqtt_settings: tuple[MqttConfig, str] = (config.mqtt, config.unit.id)
         self.mqtt: MqttSurface | None = mqtt_from_config(config, controller)
         self.upload_settings = upload_settings_from_config(config)
@@ -354,6 +368,8 @@ class Surfaces:
     def start(self) -> None:
         self._started = True
         self.notifier.start()
+        if self.history is not None:
+            self.history.start()
         self.api.start()
         self._start_mqtt()
         self._start_uploader()
@@ -366,6 +382,8 @@ class Surfaces:
         self._stop_mqtt()
         self._stop_uploader()
         self.api.stop()
+        if self.history is not None:
+            self.history.stop()  # after the controller stopped: the last minute is written whole
 
 
 def run(config_path: str | None) -> int:

@@ -88,11 +88,17 @@ def key_path(configured: Path | None, env: Mapping[str, str] | None = None) -> P
     (systemd's StateDirectory= sets $STATE_DIRECTORY), else ~/.local/state/vigil."""
     if configured is not None:
         return configured
+    return state_directory(env) / KEY_NAME
+
+
+def state_directory(env: Mapping[str, str] | None = None) -> Path:
+    """The daemon's own state directory: $STATE_DIRECTORY (systemd's StateDirectory=, the first
+    when it names several), else ~/.local/state/vigil. It holds the key and the history file."""
     environ = os.environ if env is None else env
     state = environ.get("STATE_DIRECTORY", "").split(":")[0]
     if state:
-        return Path(state) / KEY_NAME
-    return Path(environ.get("HOME", "~")).expanduser() / ".local" / "state" / "vigil" / KEY_NAME
+        return Path(state)
+    return Path(environ.get("HOME", "~")).expanduser() / ".local" / "state" / "vigil"
 
 
 def signer_for(key: Ed25519PrivateKey, unit: str) -> Signer:

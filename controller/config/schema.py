@@ -571,6 +571,23 @@ class ApiConfig(BaseModel):
             "unit on a network where everyone may watch."
         ),
     )
+    history: bool = Field(
+        default=True,
+        description=(
+            "Keep the last 24 hours of state, health, fps, frames dropped, errors and disk free, "
+            "one sample a minute, and serve them as `GET /history` (open like `/status`). The "
+            "samples survive a restart in `history_file`."
+        ),
+    )
+    history_file: DirectoryPath | None = Field(
+        default=None,
+        description=(
+            "Where the history is kept across restarts (gzip'd JSON, about 30 KB, rewritten once "
+            "a minute). null keeps it in the service's state directory "
+            "(`$STATE_DIRECTORY/history.json.gz`, /var/lib/vigil under the systemd unit), else "
+            "`~/.local/state/vigil/history.json.gz`."
+        ),
+    )
     export_max_seconds: Number = Field(
         default=1800.0, gt=0, le=86400,
         description=(

@@ -54,6 +54,7 @@ from controller.surfaces.export import (
     resolve_span,
     utc_text,
 )
+from controller.surfaces.history import HistoryRecorder
 from controller.surfaces.hls import CONTENT_TYPE as CONTENT_TYPE_M3U8
 from controller.surfaces.hls import LiveSequence, live_playlist, media_file, vod_playlist
 from controller.surfaces.metrics import CONTENT_TYPE, render_metrics
@@ -316,11 +317,11 @@ def create_app(controller: Controller, *, token_file: Path | None,
                root_provider: RootProvider | None = None, viewer_token_file: Path | None = None,
                public_footage: bool = False,
                export_max_seconds: float = DEFAULT_EXPORT_MAX_SECONDS,
-               signer: Signer | None = None) -> FastAPI:
+               signer: Signer | None = None, history: HistoryRecorder | None = None) -> FastAPI:
     """The API for `controller`, serving recordings below `root_provider()` (default: the
     root the snapshot says recording goes to); footage needs the token in
     `viewer_token_file` or `token_file` unless `public_footage`; exported clips' manifests
-    are signed by `signer` (hw.integrity) when given."""
+    are signed by `signer` (hw.integrity) when given; `GET /history` answers from `history`."""
     tokens = TokenGate(token_file)
     footage = FootageGate(viewer_token_file, public=public_footage)
     timelines = TimelineCache()
@@ -422,6 +423,15 @@ def create_app(controller: Controller, *, token_file: Path | None,
     @app.get("/status", summary="Everything the recorder knows about itself")
     def get_status() -> dict[str, Any]:
         return snapshot_status()[1]
+
+    @app.get("/history", summary="The last hours, one sample a minute, with the alerts raised",
+             responses={404: {"model": Problem, "description": "History is off (api.history: false)."}})
+    def get_history(
+        hours: Annotated[int, Query(ge=1, le=24, description="How many hours back, 1 to 24.")] = 24,
+    ) -> dict[str, Any]:
+        if history is None:
+            raise HTTPException(404, detail="history is off on this unit (api.history: false)")
+        return history.window(hours)
 
     @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
     def metrics() -> PlainTextResponse:
@@ -1367,7 +1377,8 @@ def recording_root_of(controller: Controller) -> RootProvider:
     return root
 
 
-def start_api(config: ApiConfig, controller: Controller, signer: Signer | None = None) -> ApiServer | None:
+def start_api(config: ApiConfig, controller: Controller, signer: Signer | None = None,
+              history: HistoryRecorder | None = None) -> ApiServer | None:
     """The running API as configured, or None (disabled, or its address unusable: logged)."""
     if not config.enabled:
         logger.info("HTTP API disabled (api.enabled: false)")
@@ -1375,7 +1386,7 @@ def start_api(config: ApiConfig, controller: Controller, signer: Signer | None =
     host, port = parse_listen(config.listen)
     app = create_app(controller, token_file=config.token_file, viewer_token_file=config.viewer_token_file,
                      public_footage=config.public_footage, export_max_seconds=config.export_max_seconds,
-                     signer=signer)
+                     signer=signer, history=history)
     server = ApiServer(app, host, port)
     try:
         server.start()

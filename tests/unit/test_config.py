@@ -666,7 +666,8 @@ def test_api_unknown_key_lists_the_api_keys(tmp_path: Path) -> None:
 
     assert str(problem) == (
         "vigil.yaml:2: api.token: unknown key; allowed keys in api: enabled, listen, token_file, "
-        "viewer_token_file, public_footage, export_max_seconds; did you mean 'token_file'?"
+        "viewer_token_file, public_footage, history, history_file, export_max_seconds; "
+        "did you mean 'token_file'?"
     )
 
 
