@@ -315,9 +315,15 @@ function listSpans() {
 function select(span) {
   page.selected = span;
   const most = page.session ? page.session.export_max_seconds : Infinity;
-  // Whole milliseconds that still cover the span: start rounded down, end rounded up.
+  // Whole milliseconds that still cover the span: start rounded down, end rounded up. The end
+  // reaches up to a second into the gap after it (never into the next span): /export places
+  // a file that starts a little before the previous one ended right after it, so its clock
+  // can run a few tens of milliseconds behind the span index's, and the span's last frame
+  // would be left out of a clip cut at the index's end.
   const start = Math.floor(span.start_seconds * 1000) / 1000;
-  const end = Math.min(Math.ceil(span.end_seconds * 1000) / 1000, start + most);
+  const next = page.spans.find((s) => s.start_seconds > span.start_seconds);
+  const past = next ? Math.min(next.start_seconds, span.end_seconds + 1) : span.end_seconds;
+  const end = Math.min(Math.ceil(past * 1000) / 1000, start + most);
   $("export-start").value = new Date(start * 1000).toISOString();
   $("export-end").value = new Date(end * 1000).toISOString();
   updateDownload();
