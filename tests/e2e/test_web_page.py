@@ -19,7 +19,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -74,6 +74,8 @@ class Unit:
     browser: Browser
     downloads: Path
     artifacts: Path
+    stopped_at: float | None = None  # when recording was stopped for the gap (ensure_gap)
+    before_gap: list[int] = field(default_factory=list)  # the frames recorded before it
 
     def frame_number(self, video: str) -> int | None:
         value = self.browser.evaluate(f"{READ_FRAME_NUMBER}({json.dumps(video)})")
@@ -87,6 +89,22 @@ class Unit:
                               "document.getElementById('login').click(); true")
         self.browser.wait_for(f"document.getElementById('role').textContent.includes({json.dumps(role)})",
                               f"logged in as {role}")
+
+    def open_page(self, role: str | None) -> None:
+        """The page freshly loaded and logged in as `role` (None: logged out), whatever the
+        tests before this one (in whatever order, on whichever worker) left behind."""
+        browser = self.browser
+        browser.open(f"{self.url}/")
+        browser.wait_for("window.vigil && window.vigil.session !== null", "the page's session")
+        now = browser.evaluate("window.vigil.session.role")
+        if now == role:
+            return
+        if now is not None:
+            browser.evaluate("document.getElementById('logout').click(); true")
+            browser.wait_for("window.vigil.session && window.vigil.session.role === null "
+                             "&& !document.getElementById('login-form').hidden", "logged out")
+        if role is not None:
+            self.log_in(OPERATOR if role == "operator" else VIEWER, role)
 
 
 def request(url: str, *, method: str = "GET", headers: dict[str, str] | None = None,
@@ -152,9 +170,11 @@ def status(unit: Unit) -> dict[str, Any]:
 
 def test_the_page_loads_from_loopback_only_without_console_errors_and_shows_the_recorder(unit: Unit) -> None:
     browser = unit.browser
-    browser.open(f"{unit.url}/")
+    # What this test's loads of the page produced (another test's may have logged a refusal).
+    console_from, requests_from = len(browser.console), len(browser.requests)
+    unit.open_page(None)
     browser.wait_for("document.getElementById('state').textContent === 'recording'", "state shown")
-    browser.wait_for("document.getElementById('role').textContent.includes('not logged in')", "session")
+    assert "not logged in" in unit.text("role")
     # Without a login the page shows the state but no footage and no actions.
     assert browser.evaluate("document.getElementById('actions-section').hidden") is True
     unit.log_in(OPERATOR, "operator")
@@ -179,25 +199,28 @@ def test_the_page_loads_from_loopback_only_without_console_errors_and_shows_the_
         assert history_code == 200
         browser.wait_for("document.querySelectorAll('#charts svg').length === 5", "history charts")
 
+    console, requests = browser.console[console_from:], browser.requests[requests_from:]
     assert browser.exceptions == []
     # The only error the console may hold is the browser's own report of /history's 404,
     # and only when this daemon has no /history.
-    errors = [line for line in browser.console if line.startswith(("error", "assert"))]
+    errors = [line for line in console if line.startswith(("error", "assert"))]
     expected_404 = [e for e in errors if "/history" in e and "404" in e] if history_code == 404 else []
     assert [e for e in errors if e not in expected_404] == []
-    outside = [url for url in browser.requests
+    outside = [url for url in requests
                if urlsplit(url).scheme not in ("data", "blob") and urlsplit(url).hostname != "127.0.0.1"]
-    assert browser.requests and outside == []
+    assert requests and outside == []
 
 
 def test_the_live_view_plays_and_its_decoded_frame_number_increases(unit: Unit) -> None:
     browser = unit.browser
+    unit.open_page("operator")  # the screenshots show the actions too
     browser.wait_for("document.getElementById('live').currentTime > 0", "live view playing")
     first = wait_until(lambda: unit.frame_number("live"), "a frame number read from the live view")
     t_first = browser.evaluate("document.getElementById('live').currentTime")
     later = wait_until(lambda: (n := unit.frame_number("live")) is not None and n > first + 15 and n,
                        "the live view's frame number increasing by a second's frames")
-    assert browser.evaluate("document.getElementById('live').currentTime") > t_first
+    t_later = browser.evaluate("document.getElementById('live').currentTime")
+    assert t_later > t_first, (t_first, t_later, first, later, browser.evaluate("window.vigil.errors"))
     # The numbers on screen are frames the camera recorded: each lands in a closed segment.
     wait_until(lambda: {first, later} <= {n for path in segments(unit.root) for n in frame_numbers(path)},
                "the frames seen live in the segments on disk")
@@ -225,42 +248,49 @@ def span_rects(unit: Unit) -> list[dict[str, float]]:
     })"""))
 
 
-def test_the_timeline_shows_the_gap_and_a_click_after_it_plays_the_second_span(unit: Unit) -> None:
-    before_stop = len(segments(unit.root))
-    assert post_action(f"{unit.url}/actions/stop", OPERATOR) == 200
-    stopped_at = time.time()
-    first_span_numbers = [n for path in segments(unit.root) for n in frame_numbers(path)]
-    assert len(segments(unit.root)) >= before_stop
-    wait_until(lambda: time.time() > stopped_at + 4, "a gap of four seconds")
-    assert post_action(f"{unit.url}/actions/start", OPERATOR) == 200
-    wait_for_segments(unit.proc, unit.root, len(segments(unit.root)) + 2, timeout=60)
+def ensure_gap(unit: Unit) -> float:
+    """When recording was stopped for four seconds (once per unit, by the first test to ask)."""
+    if unit.stopped_at is None:
+        assert post_action(f"{unit.url}/actions/stop", OPERATOR) == 200
+        stopped_at = time.time()
+        unit.before_gap = [n for path in segments(unit.root) for n in frame_numbers(path)]
+        wait_until(lambda: time.time() > stopped_at + 4, "a gap of four seconds")
+        assert post_action(f"{unit.url}/actions/start", OPERATOR) == 200
+        wait_for_segments(unit.proc, unit.root, len(segments(unit.root)) + 2, timeout=60)
+        unit.stopped_at = stopped_at
+    return unit.stopped_at
 
+
+def test_the_timeline_shows_the_gap_and_a_click_after_it_plays_the_second_span(unit: Unit) -> None:
+    stopped_at = ensure_gap(unit)
+    unit.open_page("viewer")
     browser = unit.browser
-    browser.evaluate("document.getElementById('refresh-spans').click(); true")
     browser.wait_for("document.querySelectorAll('#timeline .span').length >= 2", "two spans drawn")
-    gap = browser.evaluate("""(() => { const g = document.querySelector('#timeline .gap');
-        return g && {start: +g.dataset.start, end: +g.dataset.end, w: g.getBoundingClientRect().width};
-    })()""")
-    assert gap is not None, "no gap drawn"
-    assert gap["start"] <= stopped_at + 1 and gap["end"] >= stopped_at + 3, (gap, stopped_at)
+    gaps = browser.evaluate("""[...document.querySelectorAll('#timeline .gap')].map((g) =>
+        ({start: +g.dataset.start, end: +g.dataset.end, w: g.getBoundingClientRect().width}))""")
+    # The gap of the stop (a reset, if one came first, makes another).
+    gap = next((g for g in gaps if g["start"] <= stopped_at + 1 and g["end"] >= stopped_at + 3), None)
+    assert gap is not None, (gaps, stopped_at)
     assert gap["w"] > 5, "the gap is too narrow to see"
 
     browser.evaluate("document.getElementById('timeline').scrollIntoView({block: 'center'}); true")
     spans = span_rects(unit)
-    second = spans[-1]
-    assert second["start"] >= gap["end"]
+    second = next(s for s in spans if s["start"] >= gap["end"])
     # A real click a third of the way into the second span.
     browser.click(second["x"] + second["w"] / 3, second["y"] + second["h"] / 2)
     browser.wait_for("document.getElementById('playback').currentTime > 0",
                      f"playback from the click ({unit.text('playback-note')})")
     number = wait_until(lambda: unit.frame_number("playback"), "a frame number read from the playback")
-    assert number > max(first_span_numbers), (number, max(first_span_numbers))
+    assert number > max(unit.before_gap), (number, max(unit.before_gap))
     clicked_at = float(browser.evaluate("+document.getElementById('playback').dataset.start"))
     assert second["start"] < clicked_at < second["end"]
 
 
 def test_a_selected_span_downloads_as_an_mp4_of_exactly_its_frames(unit: Unit) -> None:
+    ensure_gap(unit)  # so the first span is closed
+    unit.open_page("viewer")
     browser = unit.browser
+    browser.wait_for("document.querySelectorAll('#spans li').length >= 2", "the spans listed")
     code, _, body = request(f"{unit.url}/recordings/spans", headers={"Authorization": f"Bearer {VIEWER}"})
     assert code == 200, body
     first = json.loads(body)["spans"][0]
@@ -283,6 +313,8 @@ def test_a_selected_span_downloads_as_an_mp4_of_exactly_its_frames(unit: Unit) -
 
 def test_reset_from_the_page_asks_first_and_passes_through_reset(unit: Unit) -> None:
     browser = unit.browser
+    unit.open_page("operator")
+    wait_until(lambda: status(unit)["state"] == "recording", "recording")
     since = status(unit)["since"]
     browser.evaluate("document.getElementById('action-reset').click(); true")
     assert browser.wait_for("document.getElementById('confirm-reset').open", "the confirmation")
@@ -383,11 +415,8 @@ def test_cookie_actions_need_the_pages_header_and_origin_so_a_forged_post_is_403
 
 def test_the_viewer_sees_the_page_but_is_offered_no_actions_and_cannot_act(unit: Unit) -> None:
     browser = unit.browser
-    browser.open(f"{unit.url}/")
-    browser.wait_for("document.getElementById('role').textContent.includes('operator')", "operator again")
-    browser.evaluate("document.getElementById('logout').click(); true")
-    browser.wait_for("document.getElementById('role').textContent.includes('not logged in')", "logged out")
-    unit.log_in(VIEWER, "viewer")
+    unit.open_page("operator")
+    unit.open_page("viewer")  # logs out, then in with the viewer token
     browser.wait_for("document.getElementById('live').currentTime > 0", "the viewer sees the live view")
     assert browser.evaluate("document.getElementById('actions-section').hidden") is True
     shown = browser.evaluate("[...document.querySelectorAll('button')].filter((b) => b.offsetParent !== null)"

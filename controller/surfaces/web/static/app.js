@@ -9,7 +9,8 @@ const LIVE_RETRY_MS = 2000;    // no footage yet: ask again
 const VOD_MAX_SECONDS = 3600;  // one playback asks for at most this much after the click
 const $ = (id) => document.getElementById(id);
 const page = { session: null, status: null, spans: [], view: null, selected: null, live: null,
-               playback: null, reachable: null, lastSeen: null };
+               playback: null, reachable: null, lastSeen: null,
+               errors: [] };  // the players' fatal errors, newest last (for DevTools)
 window.vigil = page;  // for people (and tests) looking at the page from DevTools
 
 // --- small helpers --------------------------------------------------------------------------
@@ -81,8 +82,10 @@ $("login-form").addEventListener("submit", async (event) => {
   $("login-error").textContent = `login refused (${reply.status}): ${reason(body, reply.statusText)}`;
 });
 $("logout").addEventListener("click", async () => {
-  await fetch("/logout", { method: "POST", credentials: "same-origin" });
+  // Players first: a fragment they asked for after the cookies went would be a 401.
   stopLive("logged out");
+  if (page.playback) { page.playback.destroy(); page.playback = null; }
+  await fetch("/logout", { method: "POST", credentials: "same-origin" });
   await loadSession();
 });
 
@@ -167,6 +170,8 @@ function hlsPlayer(video, url, note, { live }) {
     hls.on(Hls.Events.ERROR, (_, data) => {
       if (!data.fatal) return;
       const code = data.response && data.response.code;
+      page.errors.push({ live, details: data.details, code, url: data.frag ? data.frag.url : data.url,
+                         at: Date.now() / 1000 });
       hls.destroy();
       if (live) {
         note.textContent = code === 404 ? "nothing recorded yet to play live; trying again"
