@@ -7,15 +7,18 @@ set -euo pipefail
 declare -A package_of=(
   [mkfs.ext4]=e2fsprogs [mount]=mount [losetup]=mount [systemd-analyze]=systemd
   [ffmpeg]=ffmpeg [fusermount3]=fuse3 [mosquitto]=mosquitto [gcc]=gcc
+  [chromium]=chromium [chromedriver]=chromium-driver
 )
 # Packages wanted as such (no command to look for): Debian's own Python with venv, numpy and
 # h5py, for the check that vigil installs beside a system numpy the way it does on Raspberry
 # Pi OS (tests/e2e/test_debian_python.py). h5py is the canary: Debian compiles it against
 # python3-numpy's C API, as Raspberry Pi OS compiles simplejpeg for picamera2.
 # mosquitto (with mosquitto_passwd in the same package) is the broker tests/e2e/test_mqtt.py starts.
+# chromium and chromium-driver: the headless browser tests/e2e/test_web_page.py drives over the
+# DevTools protocol (chromedriver comes along so the browser and its driver stay one version).
 packages=()
 case "${1:-test}" in
-  test) tools=(mkfs.ext4 mount losetup systemd-analyze fusermount3 ffmpeg mosquitto gcc)
+  test) tools=(mkfs.ext4 mount losetup systemd-analyze fusermount3 ffmpeg mosquitto gcc chromium chromedriver)
         # libcap-dev: python-prctl, which the genuine picamera2 imports, builds against it
         # (tests/requirements-picamera2.txt).
         packages=(python3 python3-venv python3-numpy python3-h5py libcap-dev) ;;

@@ -70,6 +70,7 @@ from controller.surfaces.recordings import (
     serve_file,
 )
 from controller.surfaces.spans import MAX_SPANS, Span, TimelineCache, nearest_spans, recorded_spans
+from controller.surfaces.web import add_web_page
 from hw.camera import Frame
 from hw.errors import EncoderError, VigilError
 from hw.integrity import Signer
@@ -240,12 +241,41 @@ class FootageGate:
 
 VIEWER_COOKIE = "vigil_viewer"
 COOKIE_CONTEXT = b"vigil viewer cookie v1"
+OPERATOR_COOKIE = "vigil_operator"
+OPERATOR_COOKIE_CONTEXT = b"vigil operator cookie v1"
 COOKIE_MAX_AGE_SECONDS = 30 * 24 * 3600
+# A cookie-authenticated action must carry this header: a cross-site form or image cannot set
+# a custom header, and a cross-site fetch() that sets one needs a CORS preflight the API never
+# answers. SameSite=Strict already keeps the cookie off cross-site requests; this is the second lock.
+ACTION_HEADER = "X-Vigil-Action"
 
 
 def cookie_value(token: str) -> str:
     """What the login cookie holds for `token`: a MAC of it, not the token itself."""
     return hmac.new(token.encode(), COOKIE_CONTEXT, "sha256").hexdigest()
+
+
+def operator_cookie_value(token: str) -> str:
+    """What the operator cookie holds for the action token: a MAC of it under its own context,
+    so a viewer cookie can never be replayed as an operator cookie."""
+    return hmac.new(token.encode(), OPERATOR_COOKIE_CONTEXT, "sha256").hexdigest()
+
+
+def cross_site_reason(request: Request) -> str | None:
+    """Why a cookie-authenticated POST may come from another site, or None when it is the page's own.
+
+    The page's requests carry ACTION_HEADER and, where the browser sends one, an Origin that
+    names this very host.
+    """
+    if request.headers.get(ACTION_HEADER) is None:
+        return (f"cookie-authenticated actions need the {ACTION_HEADER} header (the web page sends "
+                "it; a cross-site request cannot): refused as a possible cross-site request")
+    origin = request.headers.get("origin")
+    host = request.headers.get("host")
+    if origin is not None and (host is None or origin.rstrip("/") not in
+                               (f"http://{host}", f"https://{host}")):
+        return f"Origin {origin} is not this unit's page ({host}): refused as a cross-site request"
+    return None
 
 
 def _matches(given: str, tokens: list[str], transform: Callable[[str], str] | None = None) -> bool:
@@ -256,6 +286,19 @@ def _matches(given: str, tokens: list[str], transform: Callable[[str], str] | No
         found |= hmac.compare_digest(given.encode("utf-8", "surrogateescape"),
                                      expected.encode("utf-8", "surrogateescape"))
     return found
+
+
+class Session(BaseModel):
+    """What the browser asking is logged in as, for the web page to offer what it may do."""
+
+    role: str | None = Field(description='"operator" (actions and footage), "viewer" (footage), '
+                                         "or null (not logged in).")
+    footage: bool = Field(description="True when this browser may see footage.")
+    footage_public: bool
+    login_possible: bool = Field(description="False when no token is configured to log in with.")
+    actions_enabled: bool
+    export_max_seconds: float
+    action_header: str = Field(description="The header a cookie-authenticated action must carry.")
 
 
 class LoginRequest(BaseModel):
@@ -311,6 +354,7 @@ def create_app(controller: Controller, *, token_file: Path | None,
         docs_url=None,
         redoc_url=None,
     )
+    add_web_page(app)
     app.state.tokens = tokens
     app.state.footage = footage
     app.state.commands = commands
@@ -321,12 +365,24 @@ def create_app(controller: Controller, *, token_file: Path | None,
     app.state.uploader = uploader or no_uploader
 
     def authorized(
+        request: Request,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> None:
         gate = tokens.gate
         if gate.token is None:
             raise HTTPException(403, detail=gate.disabled_reason)
         if credentials is None:
+            operator_cookie = request.cookies.get(OPERATOR_COOKIE)
+            if operator_cookie is not None and _matches(operator_cookie, [gate.token],
+                                                        operator_cookie_value):
+                reason = cross_site_reason(request)
+                if reason is not None:
+                    raise HTTPException(403, detail=reason)
+                return
+            viewer_cookie = request.cookies.get(VIEWER_COOKIE)
+            if viewer_cookie is not None and _matches(viewer_cookie, footage.tokens(gate), cookie_value):
+                raise HTTPException(403, detail="this login opens footage only; actions need the "
+                                                "action token (log in with api.token_file's token)")
             raise HTTPException(401, detail="missing bearer token (Authorization: Bearer TOKEN)",
                                 headers={"WWW-Authenticate": "Bearer"})
         if not hmac.compare_digest(credentials.credentials.encode(), gate.token.encode()):
@@ -412,8 +468,9 @@ def create_app(controller: Controller, *, token_file: Path | None,
 
     @app.post("/login", status_code=204, response_class=Response,
               responses={**footage_responses, 204: {"description": "Cookie set."}},
-              summary="Trade the viewer token for a cookie (for the web page)")
+              summary="Trade the viewer (or action) token for a cookie (for the web page)")
     def login(
+        request: Request,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
         body: Annotated[LoginRequest | None, Body()] = None,
     ) -> Response:
@@ -427,13 +484,35 @@ def create_app(controller: Controller, *, token_file: Path | None,
         response = Response(status_code=204)
         response.set_cookie(VIEWER_COOKIE, cookie_value(given), max_age=COOKIE_MAX_AGE_SECONDS,
                             httponly=True, samesite="strict", path="/")
+        operator = tokens.gate.token
+        if operator is not None and _matches(given, [operator]):
+            response.set_cookie(OPERATOR_COOKIE, operator_cookie_value(given),
+                                max_age=COOKIE_MAX_AGE_SECONDS, httponly=True, samesite="strict",
+                                path="/")
+        elif OPERATOR_COOKIE in request.cookies:  # a viewer login replaces an operator's
+            response.delete_cookie(OPERATOR_COOKIE, path="/", httponly=True, samesite="strict")
         return response
 
-    @app.post("/logout", status_code=204, response_class=Response, summary="Forget the login cookie")
+    @app.post("/logout", status_code=204, response_class=Response, summary="Forget the login cookies")
     def logout() -> Response:
         response = Response(status_code=204)
-        response.delete_cookie(VIEWER_COOKIE, path="/", httponly=True, samesite="strict")
+        for name in (VIEWER_COOKIE, OPERATOR_COOKIE):
+            response.delete_cookie(name, path="/", httponly=True, samesite="strict")
         return response
+
+    @app.get("/session", response_model=Session, summary="What this browser's login opens")
+    def session(request: Request) -> Session:
+        allowed = footage.tokens(tokens.gate)
+        viewer_cookie = request.cookies.get(VIEWER_COOKIE)
+        operator_cookie = request.cookies.get(OPERATOR_COOKIE)
+        is_operator = (tokens.gate.token is not None and operator_cookie is not None
+                       and _matches(operator_cookie, [tokens.gate.token], operator_cookie_value))
+        is_viewer = viewer_cookie is not None and _matches(viewer_cookie, allowed, cookie_value)
+        sees = footage.is_public or is_operator or is_viewer
+        role = "operator" if is_operator else "viewer" if is_viewer else None
+        return Session(role=role, footage=sees, footage_public=footage.is_public,
+                       login_possible=bool(allowed), actions_enabled=tokens.gate.is_enabled,
+                       export_max_seconds=export_max_seconds, action_header=ACTION_HEADER)
 
     @app.get("/recordings/spans", response_model=SpanPage, dependencies=viewer_only,
              responses={**footage_responses, 422: {"model": Problem, "description": "Bad times."}},

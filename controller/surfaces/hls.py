@@ -159,8 +159,12 @@ class LiveSequence:
             return number
 
     def discontinuities_before(self, number: int) -> int:
+        """The EXT-X-DISCONTINUITY-SEQUENCE of a playlist whose first fragment is `number`: the
+        tags that are no longer in it, the first fragment's own included (a playlist writes no
+        tag before its first fragment), so a fragment keeps its discontinuity number from one
+        reload to the next (hls.js fails with levelParsingError when it changes)."""
         with self._lock:
-            return sum(1 for n in self._discontinuities if n < number)
+            return sum(1 for n in self._discontinuities if n <= number)
 
 
 def _header(entries: list[Entry], *, sequence: int, discontinuity_sequence: int, ended: bool) -> list[str]:
