@@ -471,6 +471,8 @@ def test_without_any_token_footage_is_403_saying_how_and_public_footage_opens_it
             assert reply.status == 403, path
             assert "api.public_footage" in reply.json()["detail"] and "none-either" in reply.json()["detail"]
         assert get(public, "/recordings").status == 200
+        # Alone (or first on a worker) the recorder may not have a whole fragment yet.
+        wait_until(lambda: get(public, "/live.m3u8").status != 404, "a whole fragment to play live")
         assert get(public, "/live.m3u8").status == 200
     finally:
         closed.stop()
