@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     from hw.v4l2.device import DeviceIO
 
 MICROSECONDS = Fraction(1, 1_000_000)
+_AUTO = av.video.frame.PictureType.NONE  # the encoder decides
+_INTRA = av.video.frame.PictureType.I  # a forced keyframe
 PRESETS = (
     "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
 )
@@ -187,13 +189,22 @@ class H264Encoder:
         if pts <= self._last_pts:
             raise EncoderError(f"timestamp did not increase (pts {pts} after {self._last_pts})")
         self._last_pts = pts
-        data = frame.data
-        assert isinstance(data, np.ndarray)
-        video_frame = yuv420_video_frame(data)
+        video_frame = frame.picture
+        if video_frame is not None:
+            # The decoder's frame as it came (the file camera), in our time base. Its picture
+            # type is the decoder's (lavfi marks every frame I, a decoded file says I/P/B):
+            # FFmpeg's libx264 wrapper obeys a frame's type, so it is reset, as ffmpeg does.
+            video_frame.time_base = MICROSECONDS
+            video_frame.duration = 0
+            video_frame.pict_type = _AUTO
+        else:
+            data = frame.data
+            assert isinstance(data, np.ndarray)
+            video_frame = yuv420_video_frame(data)
         video_frame.pts = pts
         if self._keyframe_next:
             self._keyframe_next = False
-            video_frame.pict_type = av.video.frame.PictureType.I
+            video_frame.pict_type = _INTRA
         self._wallclocks[pts] = frame.wallclock
         self.frames_in += 1
         try:
