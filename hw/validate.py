@@ -7,15 +7,16 @@ second. It never scans every pixel.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
-import numpy as np
+from av import VideoFrame
 
 from hw.camera import CameraMode, Frame
 
 if TYPE_CHECKING:
-    from av import VideoFrame
+    import numpy as np
 
 FROZEN_SAMPLE_STRIDE = 16
 FROZEN_SAMPLE_INTERVAL_SECONDS = 0.25
@@ -49,15 +50,18 @@ class FrameValidator:
         if picture is not None:
             return self._check_picture(frame, picture)
         data = frame.data
-        if type(data) is not np.ndarray:
+        # numpy is imported by whichever backend made an array; without it, this is none.
+        numpy = sys.modules.get("numpy")
+        if numpy is None or type(data) is not numpy.ndarray:
             return Verdict("frame_invalid", f"frame {frame.sequence} has no image ({type(data).__name__})")
-        if data.dtype != np.uint8:
-            return Verdict("frame_invalid", f"frame {frame.sequence} dtype {data.dtype}, expected uint8")
-        if data.shape != self.shape:
+        array = cast("np.ndarray", data)
+        if array.dtype != numpy.uint8:
+            return Verdict("frame_invalid", f"frame {frame.sequence} dtype {array.dtype}, expected uint8")
+        if array.shape != self.shape:
             return Verdict(
-                "frame_invalid", f"frame {frame.sequence} shape {data.shape}, expected {self.shape}"
+                "frame_invalid", f"frame {frame.sequence} shape {array.shape}, expected {self.shape}"
             )
-        return self._check_time(frame, data)
+        return self._check_time(frame, array)
 
     def _check_picture(self, frame: Frame, picture: VideoFrame) -> Verdict | None:
         """The same checks on a decoder's own frame, from its metadata, without copying it."""
@@ -103,8 +107,9 @@ def _subsample(image: np.ndarray | VideoFrame) -> bytes:
 
     Of a decoder's frame, the luma plane's, read in place (rows may be padded past the width).
     """
-    if isinstance(image, np.ndarray):
-        return image[::FROZEN_SAMPLE_STRIDE, ::FROZEN_SAMPLE_STRIDE].tobytes()
+    if not isinstance(image, VideoFrame):
+        return bytes(image[::FROZEN_SAMPLE_STRIDE, ::FROZEN_SAMPLE_STRIDE].tobytes())
     luma = image.planes[0]
-    rows = np.frombuffer(memoryview(luma), np.uint8).reshape(-1, luma.line_size)
-    return bytes(rows[::FROZEN_SAMPLE_STRIDE, : image.width : FROZEN_SAMPLE_STRIDE].tobytes())
+    pixels, stride = memoryview(luma), luma.line_size
+    return b"".join(pixels[row * stride : row * stride + image.width : FROZEN_SAMPLE_STRIDE].tobytes()
+                    for row in range(0, image.height, FROZEN_SAMPLE_STRIDE))
