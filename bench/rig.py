@@ -33,6 +33,7 @@ from hw.camera import Camera, CameraMode, EncodedPacket, Frame
 from hw.encoder import keyframe_interval
 from hw.errors import CameraTimeout
 from hw.factory import Hardware, queue_frames_for
+from hw.integrity import sample_count
 from hw.recovery import playable_length
 from tests.specs import camera_spec, recording_spec
 
@@ -273,6 +274,39 @@ def first_fragment(root: Path) -> Path | None:
             if playable_length(path)[1] >= 1:
                 return path
     return None
+
+
+def frames_in_file(path: Path) -> int:
+    """Frames in the complete fragments (moof + whole mdat) of one fragmented-MP4 file so far."""
+    frames, pending = 0, 0
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        offset = 0
+        while offset + 8 <= size:
+            f.seek(offset)
+            head = f.read(16)
+            box_size, kind = int.from_bytes(head[:4], "big"), head[4:8]
+            if box_size == 1 and len(head) == 16:
+                box_size = int.from_bytes(head[8:16], "big")
+            if box_size < 8 or offset + box_size > size:
+                break  # the fragment still being written
+            if kind == b"moof":
+                f.seek(offset)
+                pending = sample_count(f.read(box_size))
+            elif kind == b"mdat":
+                frames, pending = frames + pending, 0
+            offset += box_size
+    return frames
+
+
+def frames_on_disk(root: Path) -> int:
+    """Frames recorded under `root` so far: every segment's complete fragments, counted from
+    their `trun` boxes (vigil's `.partial` files and ffmpeg's segments alike)."""
+    total = 0
+    for path in root.rglob("*.mp4*"):
+        with contextlib.suppress(OSError):  # renamed or merged away meanwhile
+            total += frames_in_file(path)
+    return total
 
 
 def wait_for_first_fragment(root: Path, process: subprocess.Popen[bytes], timeout: float) -> float:

@@ -6,13 +6,16 @@
   1280x720, 30 fps, replayed in real time (file backend, paced), fragment_seconds 1: a
   fragment is written when the next keyframe arrives, so about 1 s of this is the
   fragment's own length, for vigil and for the reference alike. Reference: `ffmpeg -re`
-  with the same source and settings, to its first fragment. Target: vigil <= 1.5 s.
-- `vigil --help`: wall time of the installed entry point (imports kept lazy). Reference:
-  `python -c pass`, the interpreter's own start-up floor. Target: vigil <= 0.5 s.
+  with the same source and settings, to its first fragment. Target: vigil <= 1.2 s.
+- `vigil --help`: wall time of the installed entry point (imports kept lazy), and its CPU
+  time (user + system, from the kernel's accounting of the reaped child), which a busy
+  machine inflates far less than the wall time. Reference: `python -c pass`, the
+  interpreter's own start-up floor. Target: vigil <= 0.1 s.
 """
 
 from __future__ import annotations
 
+import resource
 import subprocess
 import sys
 import time
@@ -50,9 +53,17 @@ def help_command() -> list[str]:
 
 
 def wall_seconds(command: list[str]) -> float:
+    return wall_and_cpu_seconds(command)[0]
+
+
+def wall_and_cpu_seconds(command: list[str]) -> tuple[float, float]:
+    """(wall seconds, user + system CPU seconds) of running `command` to its end."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     began = time.perf_counter()
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - began
+    wall = time.perf_counter() - began
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def run(*, runs: int = 5, help_runs: int = 10) -> str:
@@ -65,14 +76,19 @@ def run(*, runs: int = 5, help_runs: int = 10) -> str:
             if ffmpeg:
                 ffmpeg_first.append(seconds_to_first_fragment(work, "ffmpeg", i))
     wall_seconds(help_command())  # the first run pays for cold caches; measure warm starts
-    helps, floors = [], []
+    helps, floors, help_cpu, floor_cpu = [], [], [], []
     for _ in range(help_runs):
-        helps.append(wall_seconds(help_command()))
-        floors.append(wall_seconds([sys.executable, "-c", "pass"]))
+        wall, cpu = wall_and_cpu_seconds(help_command())
+        helps.append(wall)
+        help_cpu.append(cpu)
+        wall, cpu = wall_and_cpu_seconds([sys.executable, "-c", "pass"])
+        floors.append(wall)
+        floor_cpu.append(cpu)
     rows = [
         ("launch -> first fragment, 720p30", Figure(tuple(vigil_first)),
-         Figure(tuple(ffmpeg_first) or (float("nan"),)), "vigil <= 1.5 s"),
-        ("vigil --help", Figure(tuple(helps)), Figure(tuple(floors)), "vigil <= 0.5 s"),
+         Figure(tuple(ffmpeg_first) or (float("nan"),)), "vigil <= 1.2 s"),
+        ("vigil --help", Figure(tuple(helps)), Figure(tuple(floors)), "vigil <= 0.1 s"),
+        ("vigil --help, CPU time", Figure(tuple(help_cpu)), Figure(tuple(floor_cpu)), ""),
     ]
     lines = [table("start-up", "s", rows, fmt=".3f"),
              "references: ffmpeg -re to its first fragment (same source and settings); "

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
+    from av import VideoFrame
 
 Output = Literal["frames", "packets"]
 
@@ -25,19 +27,38 @@ class CameraMode:
         return (self.height * 3 // 2, self.width)
 
 
-@dataclass(slots=True)
 class Frame:
     """A raw frame in YUV420 planar layout (shape (H*3/2, W), uint8).
 
     `data` may be None or malformed when a camera misbehaves; the validator catches that.
     `timestamp` is the capture time on the monotonic clock, `wallclock` the same instant on
     the wall clock (UTC seconds), `sequence` the backend's own frame counter.
+
+    `picture` is the decoder's own YUV420 frame, for a backend that has one (the file
+    camera): the encoder takes it as it is, so the pixels are never copied on the way to
+    libx264. `data` is then made from it on first use only (a copy, for the rare reader of
+    pixels: a snapshot); the validator checks such a frame without it.
     """
 
-    data: np.ndarray | None
-    timestamp: float
-    wallclock: float
-    sequence: int
+    __slots__ = ("_data", "picture", "sequence", "timestamp", "wallclock")
+
+    def __init__(self, data: np.ndarray | None, timestamp: float, wallclock: float, sequence: int,
+                 *, picture: VideoFrame | None = None) -> None:
+        self._data = data
+        self.timestamp = timestamp
+        self.wallclock = wallclock
+        self.sequence = sequence
+        self.picture = picture
+
+    @property
+    def data(self) -> np.ndarray | None:
+        if self._data is None and self.picture is not None:
+            self._data = self.picture.to_ndarray(format="yuv420p")
+        return self._data
+
+    def __repr__(self) -> str:
+        what = "picture" if self.picture is not None else type(self._data).__name__
+        return f"<Frame {self.sequence} t={self.timestamp:.6f} {what}>"
 
 
 @dataclass(slots=True)

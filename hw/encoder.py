@@ -19,15 +19,18 @@ from fractions import Fraction
 from typing import TYPE_CHECKING, cast
 
 import av
-import numpy as np
 
 from hw.camera import CameraMode, EncodedPacket, Frame
 from hw.errors import EncoderError
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from hw.v4l2.device import DeviceIO
 
 MICROSECONDS = Fraction(1, 1_000_000)
+_AUTO = av.video.frame.PictureType.NONE  # the encoder decides
+_INTRA = av.video.frame.PictureType.I  # a forced keyframe
 PRESETS = (
     "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
 )
@@ -193,13 +196,23 @@ class H264Encoder:
         if pts <= self._last_pts:
             raise EncoderError(f"timestamp did not increase (pts {pts} after {self._last_pts})")
         self._last_pts = pts
-        data = frame.data
-        assert isinstance(data, np.ndarray)
-        video_frame = self._picture(data)
+        video_frame = frame.picture
+        if video_frame is not None:
+            # The decoder's frame as it came (the file camera), in our time base. Its picture
+            # type is the decoder's (lavfi marks every frame I, a decoded file says I/P/B):
+            # FFmpeg's libx264 wrapper obeys a frame's type, so it is reset, as ffmpeg does.
+            video_frame = self._scaled(video_frame)
+            video_frame.time_base = MICROSECONDS
+            video_frame.duration = 0
+            video_frame.pict_type = _AUTO
+        else:
+            data = frame.data
+            assert data is not None  # the validator let only arrays through
+            video_frame = self._scaled(yuv420_video_frame(data))
         video_frame.pts = pts
         if self._keyframe_next:
             self._keyframe_next = False
-            video_frame.pict_type = av.video.frame.PictureType.I
+            video_frame.pict_type = _INTRA
         self._wallclocks[pts] = frame.wallclock
         self.frames_in += 1
         try:
@@ -207,9 +220,9 @@ class H264Encoder:
         except av.FFmpegError as err:
             raise EncoderError(f"{self.codec} failed on frame {frame.sequence}: {err}") from err
 
-    def _picture(self, data: np.ndarray) -> av.VideoFrame:
-        video_frame = yuv420_video_frame(data)
-        if self.input_size != (self.mode.width, self.mode.height):
+    def _scaled(self, video_frame: av.VideoFrame) -> av.VideoFrame:
+        """The frame at the encoder's size: adaptive quality may have stepped the size down."""
+        if (video_frame.width, video_frame.height) != (self.mode.width, self.mode.height):
             return video_frame.reformat(width=self.mode.width, height=self.mode.height)
         return video_frame
 

@@ -12,7 +12,6 @@ import time
 from collections.abc import Iterator
 
 import av
-import numpy as np
 
 from hw.camera import CameraMode, Frame
 from hw.errors import CameraLost, CameraTimeout, CameraUnavailable
@@ -42,7 +41,7 @@ class FileCamera:
         self._origin = 0.0
         self._offset = 0.0
         self._last_time = 0.0
-        self._pending: tuple[float, np.ndarray] | None = None  # decoded, not yet due
+        self._pending: tuple[float, av.VideoFrame] | None = None  # decoded, not yet due
 
     def __repr__(self) -> str:
         return f"<FileCamera {self.source!r} {'open' if self._container else 'closed'}>"
@@ -88,22 +87,25 @@ class FileCamera:
         except av.FFmpegError as err:
             raise CameraLost(f"camera source {self.source!r} failed: {err}") from err
 
-    def _next_picture(self) -> tuple[float, np.ndarray]:
-        """(source time, YUV420 array of the configured size) of the next frame."""
+    def _next_picture(self) -> tuple[float, av.VideoFrame]:
+        """(source time, YUV420 picture of the configured size) of the next frame.
+
+        The decoder's frame itself, not a copy in an array: the encoder takes it as it is.
+        """
         vf = self._next_video_frame()
         t = float(vf.time) if vf.time is not None else self._sequence / self._mode.fps
         self._last_time = t
         m = self._mode
         if vf.width != m.width or vf.height != m.height or vf.format.name != "yuv420p":
             vf = vf.reformat(width=m.width, height=m.height, format="yuv420p")
-        return t, vf.to_ndarray(format="yuv420p")
+        return t, vf
 
     def read(self, timeout: float) -> Frame:
         if self._frames is None:
             raise CameraLost("file camera read while closed")
         if self._pending is None:
             self._pending = self._next_picture()
-        t, data = self._pending
+        t, picture = self._pending
         if self.paced:
             delay = self._origin + self._offset + t - time.monotonic()
             if delay > timeout:
@@ -114,6 +116,6 @@ class FileCamera:
                 time.sleep(delay)
         self._pending = None
         timestamp = self._origin + self._offset + t if self.paced else time.monotonic()
-        frame = Frame(data, timestamp, time.time(), self._sequence)
+        frame = Frame(None, timestamp, time.time(), self._sequence, picture=picture)
         self._sequence += 1
         return frame

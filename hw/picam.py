@@ -44,7 +44,6 @@ from fractions import Fraction
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from loguru import logger
 
 from hw.camera import CameraMode, EncodedPacket, Frame
@@ -54,6 +53,8 @@ from hw.probe import BackendProbe, FoundCamera
 from hw.validate import FrameValidator
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from hw.factory import CameraSpec
     from hw.synthetic import FaultPlan
 
@@ -127,6 +128,7 @@ def packed_yuv420(array: np.ndarray, width: int, height: int) -> np.ndarray:
     With padding the chroma planes are (h/2) rows of stride/2 bytes each, so they are cut
     out of the flat buffer; an array of an unexpected shape is handed on for the validator.
     """
+    import numpy as np  # only a backend that makes arrays pays for numpy
     if array.ndim != 2 or array.shape[0] != height * 3 // 2 or array.shape[1] < width:
         return array
     stride = array.shape[1]

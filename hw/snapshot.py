@@ -7,12 +7,15 @@ range conversion and the JPEG encode never costs the capture thread anything.
 from __future__ import annotations
 
 from fractions import Fraction
+from typing import TYPE_CHECKING
 
 import av
-import numpy as np
 from av.codec.context import Flags
 
 from hw.errors import EncoderError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 # FFmpeg's qscale: 2 (best) to 31 (worst); 3 keeps the frame-number code readable.
 JPEG_QSCALE = 3
@@ -21,6 +24,7 @@ _FF_QP2LAMBDA = 118  # FFmpeg's scale from a quantiser to the lambda `global_qua
 
 def encode_jpeg(data: np.ndarray, *, qscale: int = JPEG_QSCALE) -> bytes:
     """A JPEG of a YUV420 planar frame (shape (H*3/2, W), uint8)."""
+    import numpy as np  # only a backend that makes arrays pays for numpy
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[0] % 3 or data.shape[1] % 2:
         raise EncoderError(f"not a YUV420 planar frame: shape {data.shape}, dtype {data.dtype}")
     height, width = data.shape[0] * 2 // 3, data.shape[1]

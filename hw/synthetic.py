@@ -12,12 +12,14 @@ import itertools
 import threading
 import time
 from dataclasses import dataclass, field
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from hw import framecode
 from hw.camera import CameraMode, Frame
 from hw.errors import CameraLost, CameraTimeout, CameraUnavailable
+
+if TYPE_CHECKING:
+    import numpy as np
 
 STRIPE_PERIOD_PX = 64
 SCROLL_PX_PER_FRAME = 4
@@ -216,6 +218,7 @@ class SyntheticCamera:
 
     def _draw_background(self) -> tuple[np.ndarray, np.ndarray]:
         """A luma strip one stripe period wider than the frame, and fixed chroma planes."""
+        import numpy as np  # only a backend that makes arrays pays for numpy
         w, h = self._mode.width, self._mode.height
         cols = np.arange(w + STRIPE_PERIOD_PX)
         rows = np.arange(h)[:, None]
@@ -281,6 +284,8 @@ class SyntheticCamera:
         return frame
 
     def _make_frame(self, timestamp: float) -> Frame:
+        import numpy as np  # only a backend that makes arrays pays for numpy
+
         # The wall clock at the frame's own instant (its scheduled time when paced), as a
         # sensor timestamp would be, not when a busy thread got round to drawing it.
         wallclock = time.time() + (timestamp - time.monotonic())
@@ -306,6 +311,7 @@ class SyntheticCamera:
 
 
 def _corrupt(data: np.ndarray, kind: str) -> np.ndarray | None:
+    import numpy as np  # only a backend that makes arrays pays for numpy
     if kind == "none":
         return None
     if kind == "shape":

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import av
-import numpy as np
 from loguru import logger
 
 from hw.camera import CameraMode, EncodedPacket, Frame
@@ -32,6 +31,9 @@ from hw.v4l2.device import (
     V4L2Device,
 )
 from hw.v4l2.h264 import ParameterSets
+
+if TYPE_CHECKING:
+    import numpy as np
 
 FPS_TOLERANCE = 0.01  # relative: 333333/10000000 s per frame is 30 fps for our purposes
 TIMESTAMP_NUDGE_SECONDS = 1e-4
@@ -211,6 +213,7 @@ class V4L2Camera:
         return array
 
     def _convert_yuyv(self, data: bytes) -> np.ndarray | None:
+        import numpy as np  # only a backend that makes arrays pays for numpy
         m, granted = self._mode, self._granted
         assert granted is not None
         row = granted.bytesperline or m.width * 2

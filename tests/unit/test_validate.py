@@ -82,3 +82,38 @@ def test_frame_queue_is_bounded_in_bytes_not_just_frames() -> None:
     assert queue_frames_for(CameraMode(1920, 1080, 30), 60) * 1920 * 1080 * 3 // 2 <= QUEUE_BUDGET_BYTES
     assert queue_frames_for(CameraMode(4096, 4096, 30), 60) == 2  # never fewer than two
     assert queue_frames_for(CameraMode(1920, 1080, 30, "packets"), 60) == 60
+
+
+def picture_frame(ts: float, seq: int = 0, *, width: int = MODE.width, height: int = MODE.height,
+                  fmt: str = "yuv420p", level: int = 0) -> Frame:
+    """A frame carrying a decoder's own picture (as the file camera hands them over)."""
+    import av
+
+    picture = av.VideoFrame(width, height, fmt)
+    for plane in picture.planes:
+        plane.update(bytes([level]) * plane.buffer_size)
+    return Frame(None, ts, 0.0, seq, picture=picture)
+
+
+@pytest.mark.parametrize(
+    ("changes", "needle"),
+    [({"width": 66}, "size 66x48"), ({"height": 40}, "size 64x40"), ({"fmt": "rgb24"}, "pixel format rgb24")],
+)
+def test_a_decoders_picture_of_the_wrong_size_or_format_is_invalid(changes: dict[str, object],
+                                                                   needle: str) -> None:
+    verdict = FrameValidator(MODE).check(picture_frame(1.0, 7, **changes))  # type: ignore[arg-type]
+    assert verdict is not None and verdict.category == "frame_invalid" and verdict.drops_frame
+    assert needle in verdict.reason and "frame 7" in verdict.reason
+
+
+def test_a_decoders_pictures_are_checked_for_time_and_freezing_without_an_array() -> None:
+    v = FrameValidator(MODE, frozen_seconds=1.0)
+    assert v.check(picture_frame(1.0)) is None
+    verdict = v.check(picture_frame(1.0))
+    assert verdict is not None and verdict.category == "frame_timestamp"
+    frames = [picture_frame(2.0 + t / 30) for t in range(90)]  # 3 s of the same picture
+    frozen = [x for x in (v.check(f) for f in frames) if x is not None]
+    assert [x.category for x in frozen] == ["camera_frozen"]
+    assert all(f._data is None for f in frames)
+    moving = FrameValidator(MODE, frozen_seconds=0.5)
+    assert [moving.check(picture_frame(t / 30, level=t % 200)) for t in range(60)] == [None] * 60
