@@ -543,8 +543,7 @@ class StorageHousekeeper:
         self.merge_counts["merged"] += len(results)
         if self._publish is not None:
             for result in results:
-                self._publish(HourMerged(result.hour, result.path,
-                                          tuple(result.path.parent / name for name in result.sources)))
+                self._publish(HourMerged(result.hour, result.path, result.source_paths))
 
     def _fail_pending(self, err: Exception) -> None:
         while True:

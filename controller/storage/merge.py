@@ -124,13 +124,19 @@ class MergedHour:
 
     hour: str
     path: Path
-    sources: tuple[str, ...]
+    sources: tuple[str, ...]  # the segments' names, in the hour's segment folder
+    folder: Path  # the hour's segment folder, ROOT/YYYY-MM-DD/HH
     frames: int
     span_seconds: float
     gaps: tuple[tuple[float, float], ...]  # (offset in the file, length) in seconds
     bytes_in: int
     bytes_out: int
     seconds: float
+
+    @property
+    def source_paths(self) -> tuple[Path, ...]:
+        """Where the merged segments were (they are gone once the merge is done)."""
+        return tuple(self.folder / name for name in self.sources)
 
     def describe(self) -> str:
         gaps = f", {len(self.gaps)} gap(s) kept" if self.gaps else ""
@@ -514,7 +520,7 @@ def _merge_run(
     _step(when_step, "renamed")
     _remove_sources(hour, [info.path for info in infos], fsync=fsync, when_step=when_step)
     result = MergedHour(
-        hour=hour.key, path=final, sources=tuple(info.path.name for info in infos),
+        hour=hour.key, path=final, sources=tuple(info.path.name for info in infos), folder=hour.path,
         frames=plan.frames, span_seconds=float(plan.span), gaps=tuple(plan.gaps),
         bytes_in=plan.bytes_in, bytes_out=final.stat().st_size, seconds=time.monotonic() - started,
     )
@@ -562,7 +568,7 @@ def _adopt(
     _remove_sources(hour, [source], fsync=fsync, when_step=when_step, unlink=False)
     size = final.stat().st_size
     result = MergedHour(
-        hour=hour.key, path=final, sources=(source.name,), frames=got.frames,
+        hour=hour.key, path=final, sources=(source.name,), folder=hour.path, frames=got.frames,
         span_seconds=float(got.span), gaps=(), bytes_in=size, bytes_out=size,
         seconds=time.monotonic() - started,
     )

@@ -273,6 +273,7 @@ class UploadStats:
     failures: int = 0
     permanent_failures: int = 0
     deleted_after_upload: int = 0
+    copied_files: int = 0  # hours copied inside the bucket from their uploaded segment
 
 
 class Uploader:
@@ -325,6 +326,7 @@ class Uploader:
             self._enqueue(event.path)
         elif isinstance(event, HourMerged):
             self._enqueue(event.path)
+            self._copy_if_adopted(event)
             request = self.now_request
             for source in event.sources:  # the hour covers them: drop those not yet started
                 item = self.queue.get(source)
@@ -335,6 +337,23 @@ class Uploader:
                         request.paths.discard(source)
                         request.paths.add(event.path)
         self._wake.set()
+
+    def _copy_if_adopted(self, event: HourMerged) -> None:
+        """An hour that is its only segment renamed (write once) holds the bytes the bucket
+        already has: the same size and mtime (a rename keeps both) after a verified upload.
+        Mark it to be copied inside the bucket instead of sent again."""
+        if len(event.sources) != 1:
+            return
+        source, hour = self.queue.get(event.sources[0]), self.queue.get(event.path)
+        if source is None or hour is None or source.state != "done" or hour.state != "pending":
+            return
+        if (source.size, source.mtime_ns) != (hour.size, hour.mtime_ns) or hour.upload_id is not None:
+            return
+        hour.copy_from = source.key
+        try:
+            self.queue.save(hour)
+        except OSError as err:
+            logger.error("upload: could not record {} as a copy of {}: {}", hour.path, source.key, err)
 
     def _enqueue(self, path: Path) -> None:
         root = next((r for r in self._roots() if _is_under(path, r)), None)
@@ -578,7 +597,9 @@ class Uploader:
             self._abort(item)
             item.size, item.mtime_ns, item.upload_id, item.parts = st.st_size, st.st_mtime_ns, None, []
         whole, part_digests = file_digests(path, part_bytes)
-        if len(part_digests) <= 1:
+        if item.copy_from is not None and self._copied(item, whole, part_digests):
+            pass
+        elif len(part_digests) <= 1:
             self._put_whole(item, part_digests[0] if part_digests else b64(hashlib.sha256().digest()))
         else:
             self._multipart(item, part_digests)
@@ -603,6 +624,35 @@ class Uploader:
                     item.size, item.verified_by)
         if self.settings.delete_after_upload:
             self._delete_local(item)
+
+    def _copied(self, item: UploadItem, whole: str, digests: list[str]) -> bool:
+        """Copy `item.copy_from` to `item.key` inside the bucket and check the copy against the
+        file (the verification below does it again, as for any upload); False, and the item is
+        sent as usual, when the bucket cannot copy it (gone, over 5 GB, not supported) or the
+        copy is not the file's bytes."""
+        source, item.copy_from = item.copy_from, None
+        self.queue.save(item)  # whatever happens, a retry sends the file
+        client, bucket = self.client(), self.settings.bucket
+        try:
+            client.copy_object(Bucket=bucket, Key=item.key, CopySource={"Bucket": bucket, "Key": source},
+                               ChecksumAlgorithm="SHA256", ContentType="video/mp4",
+                               MetadataDirective="REPLACE")
+            head = client.head_object(Bucket=bucket, Key=item.key, ChecksumMode="ENABLED")
+        except Exception as err:
+            logger.info("upload: the bucket could not copy {} to {} ({}); sending the file", source, item.key,
+                        err)
+            return False
+        expected = {whole.split("-")[0], (composite(digests) if len(digests) > 1 else whole).split("-")[0]}
+        checksum = head.get("ChecksumSHA256")
+        if int(head.get("ContentLength", -1)) != item.size or (checksum is not None and
+                                                               checksum.split("-")[0] not in expected):
+            logger.warning("upload: the bucket's copy {} of {} is not the file's bytes; sending the file",
+                           item.key, source)
+            return False
+        self.stats.copied_files += 1
+        logger.info("upload: {} copied inside the bucket from {} (the same bytes, renamed on the card)",
+                    item.key, source)
+        return True
 
     def _put_whole(self, item: UploadItem, digest: str) -> None:
         data = item.path.read_bytes()
@@ -783,6 +833,9 @@ class Uploader:
         out.gauge("vigil_upload_in_flight_files", "Files being uploaded now.", 1 if self.current else 0)
         out.gauge("vigil_upload_failed_files", "Pending files whose latest attempt failed.", backlog.failed)
         out.counter("vigil_upload_files_total", "Files uploaded and verified.", self.stats.uploaded_files)
+        out.counter("vigil_upload_copied_files_total",
+                    "Hours copied inside the bucket from their uploaded segment (renamed on the card).",
+                    self.stats.copied_files)
         out.counter("vigil_upload_sent_bytes_total", "Bytes sent to the bucket, retries included.",
                     self.stats.sent_bytes)
         out.counter("vigil_upload_failures_total", "Upload attempts that failed.", self.stats.failures)

@@ -65,6 +65,9 @@ class UploadItem:
     done_at: float | None = None
     attempts: int = 0
     last_error: str | None = None  # why the latest attempt failed, until one works
+    # The bucket already holds these bytes under this key (an hour adopted from an uploaded
+    # segment by a rename): the bucket copies them, nothing crosses the uplink again.
+    copy_from: str | None = None
 
     @property
     def path(self) -> Path:

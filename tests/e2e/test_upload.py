@@ -25,12 +25,18 @@ os.environ.setdefault("S3_UPLOAD_PART_MIN_SIZE", "1024")
 pytest.importorskip("boto3", reason="boto3 is not installed (pip install boto3)")
 pytest.importorskip("moto", reason="moto[server] is not installed (the dev extra)")
 
+from controller.config.schema import RecordingConfig
+from controller.core.events import HourMerged, SegmentClosed
+from controller.storage.merge import merge_hour
 from controller.storage.retention import RetentionPolicy, enforce_retention
 from controller.surfaces.upload import Uploader, UploadSettings
 from controller.surfaces.upload_queue import QUEUE_DIR_NAME
 from hw import framecode
+from hw.footage import hour_folder_for
+from hw.synthetic import FrameCounter
 from tests.e2e.s3_server import ACCESS, BUCKET, Proxy, client, moto_server
 from tests.helpers import frame_numbers, gaps
+from tests.pasthours import past_hour_start, record
 from tests.tmpfs import mounted_tmpfs
 
 PREFIX = "cam-1/"
@@ -264,3 +270,55 @@ def test_retention_deletes_uploaded_first_and_alerts_on_unuploaded(
         assert deleted == [*uploaded, backlog[0]]  # uploaded first, though newer; then the oldest
         assert [d.uploaded for d in report.deletions] == [True, True, True, False]
         assert backlog[1].exists() and backlog[2].exists()
+
+
+def test_an_hour_adopted_from_an_uploaded_segment_is_copied_in_the_bucket_not_sent_again(
+    s3: tuple[str, Proxy], tmp_path: Path
+) -> None:
+    url, proxy = s3
+    root = tmp_path / "rec"
+    uploader = Uploader(settings(proxy.url), roots=lambda: [root])
+    start = past_hour_start(2)
+    closed = record(root, wallclock=start, frames=120, counter=FrameCounter(), fps=4.0,
+                    segment_seconds=RecordingConfig().segment_seconds, fragment_seconds=1.0)
+    segment = closed[0].path
+    uploader.when_event(SegmentClosed(segment, closed[0].frames, closed[0].started_wallclock,
+                                      closed[0].duration_seconds, segment.stat().st_size))
+    assert uploader.upload_all(deadline=time.monotonic() + WAIT)
+    sent = proxy.body_bytes
+    assert sent >= segment.stat().st_size
+
+    (result,) = merge_hour(hour_folder_for(root, start))  # write once: the segment renamed
+    assert result.source_paths == (segment,)
+    uploader.when_event(HourMerged(result.hour, result.path, result.source_paths))
+    assert uploader.upload_all(deadline=time.monotonic() + WAIT)
+    assert proxy.body_bytes == sent  # not one more footage byte over the uplink
+    assert uploader.stats.copied_files == 1
+    hour_key = PREFIX + result.path.relative_to(root).as_posix()
+    assert bucket_bytes(url, hour_key) == result.path.read_bytes()
+    assert frame_numbers(result.path) == list(range(120))
+    assert uploader.queue.is_uploaded(result.path)
+
+
+def test_an_adopted_hour_whose_segment_left_the_bucket_is_sent_as_usual(
+    s3: tuple[str, Proxy], tmp_path: Path
+) -> None:
+    url, proxy = s3
+    root = tmp_path / "rec"
+    uploader = Uploader(settings(proxy.url), roots=lambda: [root])
+    start = past_hour_start(2)
+    closed = record(root, wallclock=start, frames=120, counter=FrameCounter(), fps=4.0,
+                    segment_seconds=RecordingConfig().segment_seconds, fragment_seconds=1.0)
+    segment = closed[0].path
+    uploader.when_event(SegmentClosed(segment, closed[0].frames, closed[0].started_wallclock,
+                                      closed[0].duration_seconds, segment.stat().st_size))
+    assert uploader.upload_all(deadline=time.monotonic() + WAIT)
+    client(url).delete_object(Bucket=BUCKET, Key=PREFIX + segment.relative_to(root).as_posix())  # type: ignore[attr-defined]
+    sent = proxy.body_bytes
+
+    (result,) = merge_hour(hour_folder_for(root, start))
+    uploader.when_event(HourMerged(result.hour, result.path, result.source_paths))
+    assert uploader.upload_all(deadline=time.monotonic() + WAIT)
+    assert uploader.stats.copied_files == 0
+    assert proxy.body_bytes - sent >= result.path.stat().st_size  # sent again, in full
+    assert bucket_bytes(url, PREFIX + result.path.relative_to(root).as_posix()) == result.path.read_bytes()
