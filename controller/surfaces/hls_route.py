@@ -11,7 +11,11 @@ check and the same bytes (hw.footage's refusals, the fragments' wall-clock tfdt)
   few stats on the event loop; made again on a worker thread);
 - `/hls/PATH` with no range or one plain `bytes=A-B` range inside the servable part of the
   file and at most WHOLE_BODY_BYTES long (what a player asks for: an init section or a
-  fragment): read on a worker thread and sent in one body.
+  fragment): read on a worker thread and sent in one body. A range's bytes never change
+  once they are there (whole fragments, fsynced; the URI names the segment by its closed
+  name, so the rename at close keeps them), so the latest are kept (at most
+  CACHED_BODY_BYTES, each for at most CACHED_BODY_SECONDS): the other viewers asking for the
+  same new fragment get it from memory, on the event loop.
 
 Anything else (another method, no or a wrong credential, a range it does not take, a file
 it cannot serve, an error) goes on to the FastAPI app unchanged, which answers as it always
@@ -23,6 +27,9 @@ from __future__ import annotations
 
 import os
 import re
+import threading
+import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, MutableMapping
 from email.utils import formatdate
 from pathlib import Path
@@ -43,6 +50,48 @@ Admits = Callable[[str | None, str | None], bool]  # (Authorization header, Cook
 LIVE_PATH = "/live.m3u8"
 MEDIA_PREFIX = "/" + HLS_PREFIX
 _PLAIN_RANGE = re.compile(r"bytes=(\d{1,18})-(\d{1,18})")
+CACHED_BODY_BYTES = 4 * 1024 * 1024
+CACHED_BODY_SECONDS = 30.0
+Headers = list[tuple[bytes, bytes]]
+Answer = tuple[int, bytes, Headers]  # status, body, headers
+
+
+class _Bodies:
+    """The latest ranges sent, by (root, path, range): bounded in bytes and in age."""
+
+    def __init__(self, capacity: int = CACHED_BODY_BYTES, seconds: float = CACHED_BODY_SECONDS) -> None:
+        self._items: OrderedDict[tuple[str, str, str], tuple[float, Answer]] = OrderedDict()
+        self._bytes = 0
+        self._capacity = capacity
+        self._seconds = seconds
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, str, str]) -> Answer | None:
+        with self._lock:
+            found = self._items.get(key)
+            if found is None:
+                return None
+            if time.monotonic() - found[0] > self._seconds:
+                self._drop(key)
+                return None
+            self._items.move_to_end(key)
+            return found[1]
+
+    def put(self, key: tuple[str, str, str], answer: Answer) -> None:
+        size = len(answer[1])
+        if size > self._capacity:
+            return
+        with self._lock:
+            if key in self._items:
+                self._drop(key)
+            self._items[key] = (time.monotonic(), answer)
+            self._bytes += size
+            while self._bytes > self._capacity:
+                self._drop(next(iter(self._items)))
+
+    def _drop(self, key: tuple[str, str, str]) -> None:
+        _, answer = self._items.pop(key)
+        self._bytes -= len(answer[1])
 
 
 class _NotMine(Exception):
@@ -59,6 +108,7 @@ class HlsFastPath:
         self.playlist = playlist
         self._root = root
         self._admits = admits
+        self._bodies = _Bodies()
         self.answered = 0  # requests answered here, not by `app`: for tests and the bench
 
     def __repr__(self) -> str:
@@ -93,9 +143,9 @@ class HlsFastPath:
             text = await anyio.to_thread.run_sync(self.playlist.text, root)
         if text is None:
             raise _NotMine  # nothing recorded yet: the API's 404 says so
+        self.answered += 1  # before the answer: whoever reads the count after it sees it
         await _respond(send, 200, text.encode(), [
             (b"content-type", CONTENT_TYPE.encode()), (b"cache-control", b"no-cache")])
-        self.answered += 1
 
     async def _media(self, scope: Scope, relative: str, send: Send) -> None:
         headers = _headers(scope)
@@ -103,20 +153,24 @@ class HlsFastPath:
         if b"if-range" in headers:
             raise _NotMine
         wanted = headers.get(b"range")
-        status, body, extra = await anyio.to_thread.run_sync(
-            _read_media, self._root(), relative, wanted.decode("latin-1") if wanted is not None else None)
-        await _respond(send, status, body, [(b"content-type", b"video/mp4"), *extra])
+        root = self._root()
+        key = (str(root), relative, wanted.decode("latin-1")) if wanted is not None else None
+        answer = self._bodies.get(key) if key is not None else None
+        if answer is None:
+            answer = await anyio.to_thread.run_sync(
+                _read_media, root, relative, key[2] if key is not None else None)
+            if key is not None:
+                self._bodies.put(key, answer)  # a range of whole fragments: it never changes
+        status, body, extra = answer
         self.answered += 1
+        await _respond(send, status, body, [(b"content-type", b"video/mp4"), *extra])
 
 
 def _headers(scope: Scope) -> dict[bytes, bytes]:
     return dict(scope["headers"])
 
 
-Headers = list[tuple[bytes, bytes]]
-
-
-def _read_media(root: Path, relative: str, wanted: str | None) -> tuple[int, bytes, Headers]:
+def _read_media(root: Path, relative: str, wanted: str | None) -> Answer:
     """(status, body, headers) of the fragment or init section asked for; _NotMine for any
     request the API answers otherwise (a refusal, a range past the end, a long body)."""
     found = media_file(root, relative)
