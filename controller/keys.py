@@ -17,6 +17,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from controller.statedir import state_directory
 from hw.errors import VigilError
 from hw.integrity import Signer
 
@@ -88,11 +89,7 @@ def key_path(configured: Path | None, env: Mapping[str, str] | None = None) -> P
     (systemd's StateDirectory= sets $STATE_DIRECTORY), else ~/.local/state/vigil."""
     if configured is not None:
         return configured
-    environ = os.environ if env is None else env
-    state = environ.get("STATE_DIRECTORY", "").split(":")[0]
-    if state:
-        return Path(state) / KEY_NAME
-    return Path(environ.get("HOME", "~")).expanduser() / ".local" / "state" / "vigil" / KEY_NAME
+    return state_directory(env) / KEY_NAME
 
 
 def signer_for(key: Ed25519PrivateKey, unit: str) -> Signer:
