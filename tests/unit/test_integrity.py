@@ -363,3 +363,45 @@ def test_a_restart_resumes_the_scrub_where_it_stopped_and_does_not_alert_twice(
     done = ScrubState.load(state)
     assert done.position is None and done.next_due is not None and done.next_due > time.time() + 3000
     assert done.altered == [str(files[0])]
+
+
+def test_clip_frames_from_the_open_segment_carry_the_links_its_manifest_lists_at_close(
+        tmp_path: Path, signer: Signer) -> None:
+    """A clip reaching into the segment still being written lists that segment's fragments
+    with chain links (marked open), verifies, and the links are the ones the segment's own
+    signed manifest lists once it closes."""
+    from controller.surfaces.export import clip_manifest, export_clip
+    from hw.integrity import write_manifest
+
+    root = tmp_path / "rec"
+    record(root, signer, count=90)  # seconds 0-2, closed
+    writer = SegmentWriter(root, width=MODE.width, height=MODE.height, fps=MODE.fps, segment_seconds=60.0,
+                           fsync=False, signer=signer, chain=None)
+    writer.chain.head = bytes.fromhex(read_manifest(sorted(f.path for f in list_footage(root))[-1])
+                                      ["links"][-1]["link"])  # one daemon's chain goes on
+    for p in packets(120, wall_start=START + 3):  # seconds 3-7, the open segment
+        writer.write(p)
+    assert writer.open_path is not None and writer.open_path.name.endswith(".partial")
+    out = tmp_path / "clip.mp4"
+    work = tmp_path / "work"
+    work.mkdir()
+    clip = export_clip(root, START + 1.2, START + 5.2, out, workdir=work)
+    manifest = clip_manifest(clip, signer)
+    write_manifest(out, manifest, fsync=False)
+    opened = [s for s in manifest["sources"] if s.get("open")]
+    assert len(opened) == 1 and opened[0]["links"] and opened[0]["signature"] is None
+    assert "still being written" in opened[0]["why"]
+    assert all(s["links"] for s in manifest["sources"])  # no frame of the clip is unlinked
+    report = verify([out], key=signer.public_key)
+    assert report.is_ok, [f.describe() for f in report.findings]
+    assert any("were exported while it was being written" in n for n in report.notes)
+    open_name = opened[0]["file"]
+    writer.close()
+    closed = read_manifest(next(f.path for f in list_footage(root) if f.path.name == open_name))
+    assert closed is not None
+    recorded = {e["link"]: e for e in closed["links"]}
+    assert all(recorded.get(e["link"]) == e for e in opened[0]["links"])  # the same links, byte for byte
+    # A forged link in the open part is caught.
+    opened[0]["links"][-1]["data_sha256"] = "0" * 64
+    write_manifest(out, manifest, fsync=False)
+    assert not verify([out]).is_ok
