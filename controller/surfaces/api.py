@@ -522,7 +522,7 @@ def create_app(controller: Controller, *, token_file: Path | None,
 
     @app.get("/vod.m3u8", response_class=Response, dependencies=viewer_only,
              responses={**footage_responses, 200: {"content": {CONTENT_TYPE_M3U8: {}}},
-                        404: {"model": NoFootageProblem, "description": "No segments in the span."},
+                        404: {"model": NoFootageProblem, "description": "No footage in the span."},
                         413: {"model": Problem, "description": "Longer than a day."}},
              summary="Recorded HLS playlist of a span")
     def vod(
@@ -541,8 +541,7 @@ def create_app(controller: Controller, *, token_file: Path | None,
         if text is None:
             near = recorded_spans(root, t0, t1, timelines) or nearest_spans(root, t0, t1, timelines)
             return JSONResponse(NoFootageProblem(
-                detail=f"no segment files from {utc_text(t0)} to {utc_text(t1)} (merged hours are "
-                       "not in HLS playlists; export a clip of them)",
+                detail=f"nothing recorded from {utc_text(t0)} to {utc_text(t1)}",
                 nearest=[span_out(s, root) for s in near]).model_dump(), status_code=404)
         return Response(text, media_type=CONTENT_TYPE_M3U8)
 

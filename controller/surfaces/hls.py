@@ -22,8 +22,8 @@ The live playlist (`/live.m3u8`) rolls over the newest segment files' whole frag
 media sequence numbers are given out by `LiveSequence`, in the order fragments first
 appear, so they keep rising for every client of this process. The recorded playlist
 (`/vod.m3u8`) lists the fragments of a span and ends with `EXT-X-ENDLIST`. A merged hour is an
-ordinary MP4 (index at the front, no fragments): it is not in the recorded playlist; export
-a clip of it instead.
+ordinary MP4 (index at the front, no fragments): the recorded playlist names its groups of
+pictures instead, each made into an fMP4 media segment when asked (hls_merged).
 """
 
 from __future__ import annotations
