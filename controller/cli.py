@@ -207,15 +207,20 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _key(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from controller.config import ConfigError, load_config
     from controller.keys import KeyError_, key_path, load_key, load_or_create_key, public_hex
 
-    try:
-        cfg = load_config(args.config).config
-    except ConfigError as err:
-        print(err, file=sys.stderr)
-        return EX_CONFIG
-    path = key_path(cfg.integrity.key_file)
+    if args.key_file is not None:
+        path = Path(args.key_file)
+    else:
+        try:
+            cfg = load_config(args.config).config
+        except ConfigError as err:
+            print(err, file=sys.stderr)
+            return EX_CONFIG
+        path = key_path(cfg.integrity.key_file)
     try:
         key = load_or_create_key(path) if args.create else load_key(path)
     except KeyError_ as err:
@@ -610,6 +615,9 @@ def build_parser() -> argparse.ArgumentParser:
     key = command("key", "print the public key footage manifests are signed with", _key)
     key.add_argument("--create", action="store_true",
                      help="create the key pair at integrity.key_file when there is none")
+    key.add_argument("--key-file", metavar="PATH",
+                     help="the key file to read (or --create), instead of the one the config names "
+                          "(deploy/install.sh creates the unit's key with it)")
     with_config(key)
     return parser
 

@@ -18,8 +18,10 @@ from controller.core.ledger import DEFAULT_BUDGETS, Budget, ErrorLedger
 from controller.keys import KeyError_, key_path, load_or_create_key, signer_for
 from controller.logs import setup_logging
 from controller.memory import pin_mmap_threshold
+from controller.statedir import state_directory
 from controller.storage.housekeeping import StorageSettings
 from controller.storage.retention import RetentionPolicy
+from controller.storage.scrubstate import SCRUB_STATE_NAME
 from controller.surfaces.credentials import api_with_credential_token
 from controller.surfaces.history import HistoryRecorder, history_path
 from controller.surfaces.metrics import MetricsHook
@@ -111,7 +113,8 @@ def storage_from_config(config: VigilConfig) -> StorageSettings:
     scrub = config.integrity.scrub_hours * 3600 if config.integrity.enabled else 0.0
     return StorageSettings(merge=rec.merge, merge_verify=rec.merge_verify,
                            check_seconds=storage.check_seconds, retention=retention_from_config(config),
-                           scrub_seconds=scrub)
+                           scrub_seconds=scrub,
+                           scrub_state=state_directory() / SCRUB_STATE_NAME if scrub else None)
 
 
 def budgets_from_config(config: VigilConfig) -> dict[str, Budget]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from controller.statedir import state_directory
 from hw.errors import VigilError
 from hw.integrity import Signer
 
@@ -31,11 +33,24 @@ def public_hex(key: Ed25519PrivateKey) -> str:
     return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw).hex()
 
 
+MAX_KEY_BYTES = 64 * 1024  # a PEM Ed25519 key is 119 bytes
+
+
 def load_key(path: Path) -> Ed25519PrivateKey:
     try:
-        data = path.read_bytes()
+        # Without blocking and only a regular file: a FIFO or /dev/zero named as the key is an
+        # error at once, not a hang or an endless read.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise KeyError_(f"{path}: the signing key must be a regular file")
+            data = os.read(fd, MAX_KEY_BYTES + 1)
+        finally:
+            os.close(fd)
     except OSError as err:
         raise KeyError_(f"{path}: cannot read the signing key: {err.strerror or err}") from err
+    if len(data) > MAX_KEY_BYTES:
+        raise KeyError_(f"{path}: larger than a signing key ({MAX_KEY_BYTES} bytes at most)")
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as err:
@@ -89,16 +104,6 @@ def key_path(configured: Path | None, env: Mapping[str, str] | None = None) -> P
     if configured is not None:
         return configured
     return state_directory(env) / KEY_NAME
-
-
-def state_directory(env: Mapping[str, str] | None = None) -> Path:
-    """The daemon's own state directory: $STATE_DIRECTORY (systemd's StateDirectory=, the first
-    when it names several), else ~/.local/state/vigil. It holds the key and the history file."""
-    environ = os.environ if env is None else env
-    state = environ.get("STATE_DIRECTORY", "").split(":")[0]
-    if state:
-        return Path(state)
-    return Path(environ.get("HOME", "~")).expanduser() / ".local" / "state" / "vigil"
 
 
 def signer_for(key: Ed25519PrivateKey, unit: str) -> Signer:

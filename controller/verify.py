@@ -251,6 +251,9 @@ def _check_clip(report: Report, path: Path, manifest: dict[str, Any], trusted: s
             report.notes.append(f"{path}: frames from {source.get('file')} have no recorded manifest "
                                 "(the open segment, or footage from before integrity was on)")
             continue
+        if source.get("open"):
+            report.notes.append(f"{path}: frames from {source.get('file')} were exported while it was "
+                                "being written; their links are vouched for by the clip's signature")
         try:
             _check_links(report, path, source)
         except (KeyError, TypeError, ValueError) as err:

@@ -255,6 +255,34 @@ for path in (recording.root, *recording.fallback_roots):
 EOF
 }
 
+key_location() {  # where the daemon keeps its signing key: integrity.key_file, else the state directory
+    STATE_DIRECTORY="$STATE_DIR" "$root$PREFIX/venv/bin/python" -B - "$root$config" <<'EOF'
+import sys
+
+from controller.config import ConfigError, load_config
+from controller.keys import key_path
+
+try:
+    print(key_path(load_config(sys.argv[1]).config.integrity.key_file))
+except ConfigError as err:
+    print(err, file=sys.stderr)
+    sys.exit(78)
+EOF
+}
+
+ensure_key() {  # after ensure_roots_and_unit: the service user's ids are known
+    key=$(key_location) || die "$EX_CONFIG" "$config is invalid; fix it and run $0 again"
+    [ -e "$root$key" ] && return
+    say "creating the footage signing key $key (mode 0600, owned by $SERVICE_USER)"
+    key_dir=$(dirname "$root$key")
+    [ -d "$key_dir" ] || install -d -m 0700 -o "$uid" -g "$gid" "$key_dir"
+    public=$(umask 077 && "$root$PREFIX/venv/bin/vigil" key --create --key-file "$root$key") ||
+        die 1 "could not create the signing key $key"
+    chown "$uid:$gid" "$root$key"
+    chmod 0600 "$root$key"
+    say "footage manifests are signed with public key $public (vigil key prints it again)"
+}
+
 ensure_roots_and_unit() {
     roots=$(recording_roots) || die "$EX_CONFIG" "$config is invalid; fix it and run $0 again"
     case $roots in
@@ -299,6 +327,7 @@ do_install() {
     ensure_token "$TOKEN_PATH" API
     ensure_token "$VIEWER_TOKEN_PATH" viewer
     ensure_roots_and_unit
+    ensure_key
     ensure_time_wait_dropin
     if [ "$use_systemctl" -eq 1 ]; then
         systemctl daemon-reload

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import struct
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from hw.footage import (
     partial_segments,
     unique_segment_path,
 )
-from hw.integrity import CHAIN_TAG, TIME_BASE, ManifestBuilder, Signer, pieces, write_manifest
+from hw.integrity import CHAIN_TAG, TIME_BASE, ManifestBuilder, Piece, Signer, pieces, write_manifest
 from hw.writer import START_TAG, fsync_directory
 
 HEADER_BYTES = 8
@@ -99,6 +100,40 @@ def is_vigil_fragmented_mp4(path: Path) -> bool:
     return True
 
 
+Spans = list[tuple[int, int]]  # each frame's (start, end) in the chain's ticks (hw.integrity.TIME_BASE)
+
+
+def chain_start(path: Path) -> tuple[bytes, float, Spans] | None:
+    """(the link `path` continues from, its start tag, its frames' spans) of a segment written
+    with integrity on; None without the `vigil_chain` tag. av.FFmpegError, ValueError as reading raises."""
+    with av.open(str(path)) as container:
+        tags = container.metadata
+        if CHAIN_TAG not in tags or START_TAG not in tags:
+            return None
+        prev, base = bytes.fromhex(tags[CHAIN_TAG]), float(tags[START_TAG])
+        stream = container.streams.video[0]
+        time_base = stream.time_base
+        assert time_base is not None
+        spans = [(round(p.pts * time_base * TIME_BASE), round((p.pts + (p.duration or 0))
+                  * time_base * TIME_BASE)) for p in container.demux(stream) if p.pts is not None]
+    return prev, base, spans
+
+
+def add_pieces(builder: ManifestBuilder, found: Iterable[Piece], spans: Spans, index: int = 0) -> int:
+    """Chain `found` (the init section, then fragments in order) into `builder`, each fragment
+    spanning its frames in `spans` from `index` on; returns the index after the last."""
+    for piece in found:
+        if piece.frames == 0:
+            builder.add(piece, 0, 0)
+            continue
+        group = spans[index:index + piece.frames]
+        if not group:
+            break
+        index += piece.frames
+        builder.add(piece, group[0][0], group[-1][1])
+    return index
+
+
 def rebuild_manifest(path: Path, signer: Signer, *, fsync: bool = True,
                      footage: Path | None = None) -> bool:
     """Hash the whole fragments of `path` (a trimmed segment) into the manifest of `footage`
@@ -108,34 +143,19 @@ def rebuild_manifest(path: Path, signer: Signer, *, fsync: bool = True,
     (no manifest) for a segment without the tag: one written before integrity was on.
     """
     try:
-        with av.open(str(path)) as container:
-            tags = container.metadata
-            if CHAIN_TAG not in tags or START_TAG not in tags:
-                return False
-            prev, base = bytes.fromhex(tags[CHAIN_TAG]), float(tags[START_TAG])
-            stream = container.streams.video[0]
-            time_base = stream.time_base
-            assert time_base is not None
-            spans = [(round(p.pts * time_base * TIME_BASE), round((p.pts + (p.duration or 0))
-                      * time_base * TIME_BASE)) for p in container.demux(stream) if p.pts is not None]
+        chained = chain_start(path)
     except (av.FFmpegError, ValueError, IndexError) as err:
         logger.error("cannot rebuild the manifest of path={}: {}", path, err)
         return False
-    data = path.read_bytes()
-    found, _ = pieces(data, 0, with_init=True)
+    if chained is None:
+        return False
+    prev, base, spans = chained
+    found, _ = pieces(path.read_bytes(), 0, with_init=True)
     builder = ManifestBuilder(prev, base)
-    index = 0
-    for piece in found:
-        if piece.frames == 0:
-            builder.add(piece, 0, 0)
-            continue
-        group = spans[index:index + piece.frames]
-        index += piece.frames
-        if not group:
-            break
-        builder.add(piece, group[0][0], group[-1][1])
+    add_pieces(builder, found, spans)
+    data_size = path.stat().st_size
     target = footage or path
-    write_manifest(target, builder.manifest(target, len(data), signer, None), fsync=fsync)
+    write_manifest(target, builder.manifest(target, data_size, signer, None), fsync=fsync)
     return True
 
 

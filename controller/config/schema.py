@@ -949,7 +949,8 @@ class IntegrityConfig(BaseModel):
     key_file: DirectoryPath | None = Field(
         default=None,
         description=(
-            "The unit's Ed25519 signing key (PEM), created (mode 0600) when it is missing. null "
+            "The unit's Ed25519 signing key (PEM, mode 0600, owned by the vigil user), created by "
+            "deploy/install.sh, or by the daemon when it is missing. null "
             "keeps it in the service's state directory (`$STATE_DIRECTORY/integrity.key`, "
             "/var/lib/vigil under the systemd unit), else `~/.local/state/vigil/integrity.key`. "
             "Keep it readable by the vigil user only; `vigil key` prints its public key."

@@ -52,6 +52,7 @@ from controller.storage.merge import (
     merge_hour,
 )
 from controller.storage.retention import RetentionPolicy, RetentionReport, enforce_retention, inode_usage
+from controller.storage.scrubstate import ScrubState, scrub_order
 from hw.footage import HourFolder, hour_key, parse_hour
 from hw.integrity import Signer
 from hw.recovery import CloseOuts
@@ -100,6 +101,7 @@ class StorageSettings:
     sample_seconds: float = SAMPLE_SECONDS
     signer: Signer | None = None  # signs merged hours' manifests (hw.integrity)
     scrub_seconds: float = 0.0  # how often closed footage is re-hashed; 0: never
+    scrub_state: Path | None = None  # where the scrub's progress is kept (scrubstate); None: memory only
 
 
 def lower_thread_priority() -> str:
@@ -152,8 +154,13 @@ class StorageHousekeeper:
         self.settings = settings
         self._when_footage_altered = when_footage_altered
         self._scrub_queue: list[Path] = []
-        self._next_scrub = time.monotonic() + settings.scrub_seconds
-        self._altered: set[Path] = set()  # reported once each
+        self._scrub_state = (ScrubState.load(settings.scrub_state) if settings.scrub_state is not None
+                             else ScrubState())
+        self._resume_after = self._scrub_state.position  # a scrub a restart interrupted
+        due_in = (settings.scrub_seconds if self._scrub_state.next_due is None
+                  else max(0.0, self._scrub_state.next_due - time.time()))
+        self._next_scrub = time.monotonic() + due_in
+        self._altered: set[Path] = {Path(p) for p in self._scrub_state.altered}  # reported once each
         self.scrubbed_files = 0
         self.scrubs_done = 0
         self._closeouts = closeouts
@@ -377,19 +384,27 @@ class StorageHousekeeper:
             self._scrub_queue.clear()
             return
         if not self._scrub_queue:
-            if time.monotonic() < self._next_scrub:
+            resume = self._resume_after
+            if resume is None and time.monotonic() < self._next_scrub:
                 return
+            self._resume_after = None
             self._next_scrub = time.monotonic() + every
             skip = set(open_segments)
-            self._scrub_queue = [p for p in footage_files(roots) if p not in skip]
-            self._scrub_queue.reverse()  # popped from the end: oldest first
+            # Popped from the end: oldest first; after a restart, from where the last one stopped.
+            self._scrub_queue = sorted((p for p in footage_files(roots) if p not in skip
+                                        and (resume is None or scrub_order(p) > resume)),
+                                       key=scrub_order, reverse=True)
+            if resume is not None:
+                logger.info("scrub resumed after path={} files_left={}", resume, len(self._scrub_queue))
             if not self._scrub_queue:
-                self.scrubs_done += 1
+                self._scrub_finished()
                 return
         signer = self.settings.signer
         budget = SCRUB_BYTES_PER_PASS
+        checked: Path | None = None
         while self._scrub_queue and budget > 0 and not self._stop.is_set() and not self._reclaim.is_set():
             path = self._scrub_queue.pop()
+            checked = path
             if not manifest_path(path).is_file():
                 continue  # gone meanwhile (merged, retention) or recorded without integrity
             try:
@@ -402,14 +417,30 @@ class StorageHousekeeper:
             if not found or not path.exists() or path in self._altered:
                 continue
             self._altered.add(path)
+            self._scrub_state.altered.append(str(path))
             detail = "; ".join(f.describe() for f in found[:3]) + (
                 f" (and {len(found) - 3} more)" if len(found) > 3 else "")
             logger.error("scrub: footage altered since it was recorded path={} {}", path, detail)
             if self._when_footage_altered is not None:
                 self._when_footage_altered(path, detail)
         if not self._scrub_queue:
-            self.scrubs_done += 1
+            self._scrub_finished()
             logger.info("scrub done files={} altered={}", self.scrubbed_files, len(self._altered))
+        elif checked is not None:
+            self._scrub_state.position = scrub_order(checked)
+            self._save_scrub_state()
+
+    def _scrub_finished(self) -> None:
+        self.scrubs_done += 1
+        self._scrub_state.position = None
+        self._scrub_state.next_due = time.time() + max(0.0, self._next_scrub - time.monotonic())
+        self._scrub_state.altered = [p for p in self._scrub_state.altered if Path(p).exists()]
+        self._altered = {Path(p) for p in self._scrub_state.altered}
+        self._save_scrub_state()
+
+    def _save_scrub_state(self) -> None:
+        if self.settings.scrub_state is not None:
+            self._scrub_state.save(self.settings.scrub_state)
 
     def _clean_up_once(self, roots: Sequence[Path]) -> None:
         for root in roots:

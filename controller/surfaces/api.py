@@ -38,6 +38,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from loguru import logger
 from pydantic import BaseModel, Field
+from starlette.requests import cookie_parser
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from controller.config import ApiConfig, parse_listen
@@ -56,7 +57,9 @@ from controller.surfaces.export import (
 )
 from controller.surfaces.history import HistoryRecorder
 from controller.surfaces.hls import CONTENT_TYPE as CONTENT_TYPE_M3U8
-from controller.surfaces.hls import LiveSequence, live_playlist, media_file, vod_playlist
+from controller.surfaces.hls import LivePlaylist, media_file, vod_playlist
+from controller.surfaces.hls_merged import generated_media
+from controller.surfaces.hls_route import HlsFastPath
 from controller.surfaces.metrics import CONTENT_TYPE, render_metrics
 from controller.surfaces.recordings import (
     DEFAULT_PER_PAGE,
@@ -337,7 +340,7 @@ def create_app(controller: Controller, *, token_file: Path | None,
     tokens = TokenGate(token_file)
     footage = FootageGate(viewer_token_file, public=public_footage)
     timelines = TimelineCache()
-    live_sequence = LiveSequence()
+    live_view = LivePlaylist()
     exports = threading.BoundedSemaphore(MAX_CONCURRENT_EXPORTS)
     clip_manifests = ClipManifests(KEPT_CLIP_MANIFESTS)
     commands = CommandDesk(controller, name="api-actions")
@@ -415,6 +418,26 @@ def create_app(controller: Controller, *, token_file: Path | None,
                   "footage needs the viewer token: Authorization: Bearer TOKEN, or the cookie "
                   "POST /login sets")
         raise HTTPException(401, detail=detail, headers={"WWW-Authenticate": "Bearer"})
+
+    def admits_viewer(authorization: str | None, cookie_header: str | None) -> bool:
+        """Whether these headers open footage, as `viewer` decides it (for HlsFastPath)."""
+        if footage.is_public:
+            return True
+        allowed = footage.tokens(tokens.gate)
+        if not allowed:
+            return False
+        if authorization is not None:
+            scheme, _, given = authorization.partition(" ")
+            if scheme.lower() == "bearer" and given and _matches(given, allowed):
+                return True
+        if cookie_header is not None:
+            cookie = cookie_parser(cookie_header).get(VIEWER_COOKIE)
+            if cookie is not None and _matches(cookie, allowed, cookie_value):
+                return True
+        return False
+
+    # The live view's hot requests, answered below FastAPI's routing (ApiServer serves this).
+    app.state.hls_fast_path = HlsFastPath(app, root=footage_root, playlist=live_view, admits=admits_viewer)
 
     def snapshot_status() -> tuple[StatusSnapshot, dict[str, Any]]:
         snap = controller.snapshot
@@ -597,14 +620,14 @@ def create_app(controller: Controller, *, token_file: Path | None,
                         404: {"model": Problem, "description": "Nothing recorded yet."}},
              summary="Live HLS playlist over the fragments on disk")
     def live() -> Response:
-        text = live_playlist(footage_root(), live_sequence)
+        text = live_view.text(footage_root())
         if text is None:
             raise HTTPException(404, detail="no footage on disk yet to play live")
         return Response(text, media_type=CONTENT_TYPE_M3U8, headers={"Cache-Control": "no-cache"})
 
     @app.get("/vod.m3u8", response_class=Response, dependencies=viewer_only,
              responses={**footage_responses, 200: {"content": {CONTENT_TYPE_M3U8: {}}},
-                        404: {"model": NoFootageProblem, "description": "No segments in the span."},
+                        404: {"model": NoFootageProblem, "description": "No footage in the span."},
                         413: {"model": Problem, "description": "Longer than a day."}},
              summary="Recorded HLS playlist of a span")
     def vod(
@@ -623,8 +646,7 @@ def create_app(controller: Controller, *, token_file: Path | None,
         if text is None:
             near = recorded_spans(root, t0, t1, timelines) or nearest_spans(root, t0, t1, timelines)
             return JSONResponse(NoFootageProblem(
-                detail=f"no segment files from {utc_text(t0)} to {utc_text(t1)} (merged hours are "
-                       "not in HLS playlists; export a clip of them)",
+                detail=f"nothing recorded from {utc_text(t0)} to {utc_text(t1)}",
                 nearest=[span_out(s, root) for s in near]).model_dump(), status_code=404)
         return Response(text, media_type=CONTENT_TYPE_M3U8)
 
@@ -635,8 +657,12 @@ def create_app(controller: Controller, *, token_file: Path | None,
                         416: {"description": "The range starts past the end."}},
              summary="Segment bytes for the HLS playlists (whole fragments only)")
     def hls_media(path: str, request: Request) -> Response:
-        found = media_file(footage_root(), path)
+        root = footage_root()
+        found = media_file(root, path)
         if found is None:
+            made = generated_media(root, path)  # a group of a merged hour, for /vod.m3u8
+            if made is not None:
+                return Response(made, media_type="video/mp4")
             raise HTTPException(404, detail="no such segment")
         return serve_file(found.path, request.headers.get("range"), request.headers.get("if-range"),
                           limit=found.limit, patches=found.patches)
@@ -1354,8 +1380,10 @@ class ApiServer:
             raise RuntimeError("an ApiServer starts once; make a new one")
         limits = self.limits
         self._socket = _bind(self.host, self.requested_port, limits.backlog)
+        # The API's own fast path for live HLS (hls_route), when the app has one.
+        asgi = getattr(self.app.state, "hls_fast_path", None) or self.app
         config = uvicorn.Config(
-            self.app, http=_guarded_protocol(self.connections), loop="asyncio", ws="none",
+            asgi, http=_guarded_protocol(self.connections), loop="asyncio", ws="none",
             lifespan="off", log_config=None, access_log=False,
             timeout_graceful_shutdown=int(SERVER_STOP_GRACE_SECONDS),
             backlog=limits.backlog, timeout_keep_alive=limits.keep_alive_seconds,

@@ -25,6 +25,7 @@ against the recorded fragments' payload hashes too (controller/verify.py).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import itertools
 import math
 import os
@@ -51,7 +52,18 @@ from controller.surfaces.spans import (
 )
 from hw.errors import VigilError
 from hw.footage import final_path
-from hw.integrity import FORMAT, Signer, read_manifest, sha256_file, sign_manifest
+from hw.integrity import (
+    FORMAT,
+    ManifestBuilder,
+    Piece,
+    Signer,
+    pieces,
+    read_file_range,
+    read_manifest,
+    sha256_file,
+    sign_manifest,
+)
+from hw.recovery import add_pieces, chain_start
 from hw.writer import START_TAG
 
 OUT_TIME_BASE = Fraction(1, 90_000)
@@ -83,6 +95,9 @@ class Clip:
     gaps: list[tuple[float, float]] = field(default_factory=list)  # (UTC start, seconds)
     files: list[Path] = field(default_factory=list)
     stopped_at_mode_change: bool = False
+    # The chain links of the open segment's fragments the clip read (by the segment's path):
+    # (the link it continues from, its links), None when it was written without integrity.
+    open_links: dict[Path, tuple[str, list[dict[str, Any]]] | None] = field(default_factory=dict)
 
     @property
     def size_bytes(self) -> int:
@@ -286,6 +301,8 @@ def _write_clip(timelines: list, start: float, end: float, out_path: Path,  # ty
                 copy = _readable_copy(path, workdir)
                 if copy is None:
                     continue
+                if copy.parent == workdir:  # not closed meanwhile: no manifest of its own yet
+                    clip.open_links[timeline.path] = open_segment_links(copy)
                 path = copy
             used = False
             shift: Fraction | None = None
@@ -362,6 +379,37 @@ def _write_clip(timelines: list, start: float, end: float, out_path: Path,  # ty
         raise
 
 
+def open_segment_links(copy: Path) -> tuple[str, list[dict[str, Any]]] | None:
+    """The chain links of the whole fragments in `copy` (of the segment being written), as
+    the writer makes them and the segment's manifest will list them when it closes: (the
+    link the segment continues from, its links). None when it was written without integrity
+    or cannot be read (logged). Read a fragment at a time: memory stays bounded."""
+    try:
+        chained = chain_start(copy)
+        if chained is None:
+            return None
+        prev, base, spans = chained
+        scanned = fmp4.scan_fragmented(copy)
+        builder = ManifestBuilder(prev, base)
+        with open(copy, "rb") as file:
+            init = read_file_range(file, 0, scanned.init_size)
+            empty = hashlib.sha256(b"").digest()
+            index = add_pieces(builder, [Piece(0, len(init), hashlib.sha256(init).digest(), empty, 0)], spans)
+            for fragment in scanned.fragments:
+                found, _ = pieces(read_file_range(file, fragment.offset, fragment.size), fragment.offset,
+                                  with_init=False)
+                index = add_pieces(builder, found, spans, index)
+    except (av.FFmpegError, OSError, ValueError, IndexError) as err:
+        logger.warning("cannot chain the open segment's fragments for a clip path={} error={}", copy, err)
+        return None
+    return prev.hex(), builder.links
+
+
+def _chosen(links: list[dict[str, Any]], clip: Clip) -> list[int]:
+    return [i for i, e in enumerate(links) if e.get("frames", 0) > 0
+            and float(e["end"]) > clip.start and float(e["start"]) < clip.end]
+
+
 def _source_manifests(path: Path) -> list[dict[str, Any]] | None:
     """The segment manifests behind one file a clip read (a merged hour's: its sources)."""
     manifest = read_manifest(final_path(path))
@@ -375,21 +423,42 @@ def _source_manifests(path: Path) -> list[dict[str, Any]] | None:
 def clip_manifest(clip: Clip, signer: Signer | None, *, name: str | None = None) -> dict[str, Any]:
     """The manifest of `clip`: which fragments of which segments it holds, and its hash.
 
-    A fragment is listed when its span overlaps the clip's; a file read without a manifest
-    (the open segment, footage from before integrity was on) is listed with `links: null`.
+    A fragment is listed when its span overlaps the clip's. Fragments of the segment still
+    being written have no signed manifest yet: they are listed with the links the writer
+    makes for them (computed from the fragments the clip read; the segment's own manifest
+    lists the same when it closes), marked `"open": true`, under the clip's signature only.
+    A file without any (footage from before integrity was on) is listed with `links: null`
+    and a `why`.
     Signed when `signer` is given; otherwise `public_key` and `signature` are absent.
     `name` is the clip's file name when it is renamed after this (default: its own).
     """
     sources: list[dict[str, Any]] = []
     for path in clip.files:
         manifests = _source_manifests(path)
+        if manifests is None and path in clip.open_links:
+            opened = clip.open_links[path]
+            if opened is not None:
+                prev_link, links = opened
+                chosen = _chosen(links, clip)
+                if chosen:
+                    first = chosen[0]
+                    sources.append({
+                        "file": final_path(path).name, "open": True, "signature": None, "public_key": None,
+                        "prev_link": links[first - 1]["link"] if first > 0 else prev_link,
+                        "links": links[first:chosen[-1] + 1],
+                        "why": "the segment was still being written: these links are computed from its "
+                               "fsynced fragments and vouched for by this clip's signature; the segment's "
+                               "own signed manifest, written when it closed, lists the same links"})
+                continue
         if manifests is None:
-            sources.append({"file": final_path(path).name, "links": None, "signature": None})
+            why = ("the segment was still being written without integrity (no chain in the file)"
+                   if path in clip.open_links else
+                   "no manifest: recorded before integrity was on, or removed")
+            sources.append({"file": final_path(path).name, "links": None, "signature": None, "why": why})
             continue
         for manifest in manifests:
             links = manifest.get("links") or []
-            chosen = [i for i, e in enumerate(links) if e.get("frames", 0) > 0
-                      and float(e["end"]) > clip.start and float(e["start"]) < clip.end]
+            chosen = _chosen(links, clip)
             if not chosen:
                 continue
             first = chosen[0]

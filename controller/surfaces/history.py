@@ -30,7 +30,7 @@ from loguru import logger
 
 from controller.core.events import AlertRaised, StateChanged
 from controller.core.history import WINDOW_SECONDS, HistoryAlert, HistoryFileError, HistoryRing, MinuteSampler
-from controller.keys import state_directory
+from controller.statedir import state_directory
 
 if TYPE_CHECKING:
     from controller.core.controller import Controller

@@ -22,8 +22,8 @@ The live playlist (`/live.m3u8`) rolls over the newest segment files' whole frag
 media sequence numbers are given out by `LiveSequence`, in the order fragments first
 appear, so they keep rising for every client of this process. The recorded playlist
 (`/vod.m3u8`) lists the fragments of a span and ends with `EXT-X-ENDLIST`. A merged hour is an
-ordinary MP4 (index at the front, no fragments): it is not in the recorded playlist; export
-a clip of it instead.
+ordinary MP4 (index at the front, no fragments): the recorded playlist names its groups of
+pictures instead, each made into an fMP4 media segment when asked (hls_merged).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,7 @@ from pathlib import Path
 from loguru import logger
 
 from controller.surfaces import fmp4
+from controller.surfaces.hls_merged import INDEXES, INIT_NAME
 from controller.surfaces.spans import (
     HOUR_OVERRUN_SECONDS,
     Candidate,
@@ -80,6 +82,7 @@ class Entry:
     size: int
     seconds: float
     starts_file: bool
+    made: bool = False  # a group of a merged hour (hls_merged): `offset` is its number, no byte range
 
 
 class _ScanCache:
@@ -187,11 +190,17 @@ def _body(entries: list[Entry], first_is_discontinuity: bool) -> list[str]:
         if entry.relative != current_init:
             if index > 0 or first_is_discontinuity:
                 lines.append("#EXT-X-DISCONTINUITY")
-            lines.append(f'#EXT-X-MAP:URI="{HLS_PREFIX}{entry.relative}",BYTERANGE="{entry.init_size}@0"')
+            if entry.made:
+                lines.append(f'#EXT-X-MAP:URI="{HLS_PREFIX}{entry.relative}/{INIT_NAME}"')
+            else:
+                lines.append(f'#EXT-X-MAP:URI="{HLS_PREFIX}{entry.relative}",BYTERANGE="{entry.init_size}@0"')
             current_init = entry.relative
         lines.append(f"#EXTINF:{entry.seconds:.3f},")
-        lines.append(f"#EXT-X-BYTERANGE:{entry.size}@{entry.offset}")
-        lines.append(f"{HLS_PREFIX}{entry.relative}")
+        if entry.made:
+            lines.append(f"{HLS_PREFIX}{entry.relative}/{entry.offset:06d}.m4s")
+        else:
+            lines.append(f"#EXT-X-BYTERANGE:{entry.size}@{entry.offset}")
+            lines.append(f"{HLS_PREFIX}{entry.relative}")
     return lines
 
 
@@ -213,21 +222,126 @@ def _newest_segment_files(root: Path, hours: int = 2) -> list[Candidate]:
 
 def live_playlist(root: Path, sequence: LiveSequence, *, fragments: int = LIVE_FRAGMENTS) -> str | None:
     """The live playlist over the newest whole fragments under `root`; None when there are none."""
+    return _live_playlist(root, sequence, fragments)[0]
+
+
+def _live_playlist(root: Path, sequence: LiveSequence, fragments: int) -> tuple[str | None, tuple[Path, ...]]:
+    """The live playlist, and the folders and files it was made from (what LivePlaylist watches)."""
     files = _newest_segment_files(root)
     entries: list[Entry] = []
+    used: list[Path] = []
     for candidate in reversed(files[-3:]):
         entries[:0] = _fragments_of(candidate, root)
+        used.append(candidate.path)
         if len(entries) >= fragments:
             break
+    folders = {p.parent for p in used} | {p.parent.parent for p in used}
+    watched = (root, *sorted(folders), *used)
     entries = entries[-fragments:]
     if not entries:
-        return None
+        return None, watched
     numbers = [sequence.number(e) for e in entries]
     first = numbers[0]
     lines = _header(entries, sequence=first, discontinuity_sequence=sequence.discontinuities_before(first),
                     ended=False)
     lines += _body(entries, first_is_discontinuity=False)
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n", watched
+
+
+Stamp = tuple[int, int, int, int] | None  # (inode, size, mtime ns, ctime ns); None: not there
+
+
+def _stamp(path: Path) -> Stamp:
+    try:
+        info = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return None
+    return (info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+
+
+class LivePlaylist:
+    """The live playlist, made again only when the footage it lists has changed.
+
+    Every viewer reloads the live playlist about once a fragment; making it walks the root's
+    hour folders and scans the newest files. Between two fragments nothing it is made of
+    changes, so each request only stats what the last one was made from: the root, the date
+    and hour folders of the files it lists (a file added, renamed or removed changes their
+    mtime) and those files (the open segment grows by a fragment). A folder's mtime has the
+    kernel's coarse clock: a change in the same tick as the look before it would not show, so
+    a playlist made while a stamp was younger than FRESH_STAMP_SECONDS is not reused, and
+    none is reused for longer than REUSE_SECONDS whatever the stamps say.
+    """
+
+    FRESH_STAMP_SECONDS = 0.05
+    REUSE_SECONDS = 10.0
+
+    def __init__(self, sequence: LiveSequence | None = None, *, fragments: int = LIVE_FRAGMENTS) -> None:
+        self.sequence = sequence if sequence is not None else LiveSequence()
+        self._fragments = fragments
+        self._lock = threading.Lock()
+        self._root: Path | None = None
+        self._watched: tuple[Path, ...] = ()
+        self._stamps: tuple[Stamp, ...] | None = None
+        self._made_at = 0.0
+        self._text: str | None = None
+        self.made = 0  # how many times it was made (not reused): for tests and the bench
+
+    def __repr__(self) -> str:
+        return f"<LivePlaylist made={self.made} watching={len(self._watched)}>"
+
+    def cached(self, root: Path) -> tuple[bool, str | None]:
+        """(True, the playlist) when the last one made still holds; (False, None) when not.
+
+        Only stats: cheap enough to run on the server's event loop."""
+        hit, text, _, _ = self._look(root)
+        return hit, text
+
+    def _look(self, root: Path) -> tuple[bool, str | None, tuple[Stamp, ...] | None, tuple[Path, ...]]:
+        """(hit, the playlist, the stamps now of what the last one watched (None: another root),
+        the paths it watched)."""
+        with self._lock:
+            root_then, watched, stamps, made_at, text = (
+                self._root, self._watched, self._stamps, self._made_at, self._text)
+        if root_then != root:
+            return False, None, None, watched
+        now = tuple(_stamp(p) for p in watched)
+        hit = stamps is not None and now == stamps and time.time() - made_at <= self.REUSE_SECONDS
+        return hit, text if hit else None, now, watched
+
+    def text(self, root: Path) -> str | None:
+        """The live playlist over the newest whole fragments under `root`; None: none yet."""
+        looked_at = time.time()
+        hit, text, before, watched_before = self._look(root)
+        if hit:
+            return text
+        text, watched = _live_playlist(root, self.sequence, self._fragments)
+        # The stamps taken before the files were read are what the next request compares with:
+        # any change after them shows. They hold only for the same watched paths, and only when
+        # none was touched within a clock tick of the look (see the class).
+        newest = max((s[2] for s in before or () if s is not None), default=0) / 1e9
+        trusted = (before is not None and watched == watched_before
+                   and newest < looked_at - self.FRESH_STAMP_SECONDS)
+        with self._lock:
+            self.made += 1
+            self._root, self._watched, self._made_at, self._text = root, watched, looked_at, text
+            self._stamps = before if trusted else None
+        return text
+
+
+def _groups_of(candidate: Candidate, root: Path, start: float, end: float) -> list[Entry]:
+    """The groups of pictures of a merged hour that overlap [start, end) (see hls_merged)."""
+    try:
+        index = INDEXES.index(candidate.path)
+    except (OSError, fmp4.Mp4Error) as err:
+        logger.warning("merged hour unreadable for HLS path={} error={}", candidate.path, err)
+        return []
+    relative = candidate.path.relative_to(root).as_posix()
+    found: list[Entry] = []
+    for number, (tick, seconds) in enumerate(zip(index.starts, index.seconds, strict=True)):
+        t0 = index.anchor + tick / index.timescale
+        if t0 + seconds > start and t0 < end:
+            found.append(Entry(relative, 0, number, 0, seconds, not found, made=True))
+    return found
 
 
 def vod_playlist(root: Path, start: float, end: float) -> str | None:
@@ -239,6 +353,7 @@ def vod_playlist(root: Path, start: float, end: float) -> str | None:
     entries: list[Entry] = []
     for candidate in overlapping(candidates(root), start, end):
         if candidate.kind == "merged":
+            entries += _groups_of(candidate, root, start, end)
             continue
         try:
             timeline = segment_runs(candidate.path, candidate.kind)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
+import shutil
 import subprocess
 import threading
 import time
@@ -25,6 +27,7 @@ from controller.storage.merge import merge_hour
 from controller.surfaces.api import ApiServer, create_app
 from controller.surfaces.export import export_clip
 from controller.surfaces.fmp4 import read_moov, scan_fragmented
+from controller.surfaces.hls import LivePlaylist
 from controller.surfaces.spans import anchor_of
 from hw import framecode
 from hw.factory import Hardware
@@ -325,6 +328,97 @@ def test_live_playlist_is_fmp4_by_byte_range_over_whole_fragments(live: Live) ->
     assert len(numbers) >= 30 and gaps(numbers) == []
 
 
+
+def live_entries(text: str) -> list[tuple[str, int, str, int, int]]:
+    """(init URI, init size, media URI, size, offset) of every media segment of a live playlist."""
+    found = []
+    init: tuple[str, int] | None = None
+    size_offset: tuple[int, int] | None = None
+    for line in text.splitlines():
+        if line.startswith("#EXT-X-MAP:"):
+            init = (line.split('URI="')[1].split('"')[0], int(line.split('BYTERANGE="')[1].split("@")[0]))
+        elif line.startswith("#EXT-X-BYTERANGE:"):
+            size, offset = map(int, line.split(":")[1].split("@"))
+            size_offset = (size, offset)
+        elif line and not line.startswith("#") and init is not None and size_offset is not None:
+            found.append((init[0], init[1], line, *size_offset))
+    return found
+
+
+def test_live_hls_is_answered_below_fastapi_with_the_bytes_the_api_route_sends(live: Live) -> None:
+    """A viewer's playlist reloads and fragment fetches are answered by the fast path (no
+    FastAPI routing); the same request taken by the API's own route gives the same bytes."""
+    wait_until(lambda: len(list(live.root.rglob("*.mp4"))) >= 2, "two closed segments")
+    fast = live.server.app.state.hls_fast_path
+    before = fast.answered
+    reply = get(live.server, "/live.m3u8", bearer(VIEWER))
+    assert reply.status == 200 and reply.headers["content-type"] == "application/vnd.apple.mpegurl"
+    assert fast.answered == before + 1
+    init_uri, init_size, uri, size, offset = live_entries(reply.text)[-1]
+    init = get(live.server, f"/{init_uri}", {**bearer(VIEWER), "Range": f"bytes=0-{init_size - 1}"})
+    wanted = {**bearer(VIEWER), "Range": f"bytes={offset}-{offset + size - 1}"}
+    piece = get(live.server, f"/{uri}", wanted)
+    assert init.status == 206 and piece.status == 206 and fast.answered == before + 3
+    assert piece.headers["content-range"].startswith(f"bytes {offset}-{offset + size - 1}/")
+    # If-Range is left to the API's route (FastAPI): the same bytes and range, not counted here.
+    routed = get(live.server, f"/{uri}", {**wanted, "If-Range": piece.headers["etag"]})
+    assert routed.status == 206 and fast.answered == before + 3
+    assert routed.body == piece.body and routed.headers["content-range"] == piece.headers["content-range"]
+    with av.open(_BytesFile(init.body + piece.body)) as container:
+        numbers = [framecode.read_video_frame(f) for f in container.decode(video=0)]
+    assert numbers and gaps(numbers) == []
+    # The fragment's decode time is on the wall clock, as the API's route serves it.
+    assert piece.body[4:8] == b"moof"
+    # No credential, a wrong one, or a viewer cookie: the answers of the API's gate.
+    assert get(live.server, "/live.m3u8").status == 401
+    assert get(live.server, f"/{uri}", {"Range": wanted["Range"]}).status == 401
+    assert get(live.server, "/live.m3u8", bearer("wrong")).status == 401
+    assert fast.answered == before + 3
+    login = get(live.server, "/login", {"Content-Type": "application/json"}, "POST",
+                json.dumps({"token": VIEWER}).encode())
+    cookie = login.headers["set-cookie"].split(";")[0]
+    assert get(live.server, "/live.m3u8", {"Cookie": cookie}).status == 200
+    assert fast.answered == before + 4
+    # Traversal and foreign names are refused as the route refuses them (404, from FastAPI).
+    assert get(live.server, "/hls/../../etc/passwd", bearer(VIEWER)).status == 404
+    assert fast.answered == before + 4
+
+
+def test_the_live_playlist_is_made_again_only_when_its_footage_changes(history: History,
+                                                                        tmp_path: Path) -> None:
+    root = tmp_path / "recordings"
+    shutil.copytree(history.root, root)
+    past = time.time() - 60
+    for path in [root, *root.rglob("*")]:
+        os.utime(path, (past, past), follow_symlinks=False)
+    playlist = LivePlaylist()
+    first = playlist.text(root)
+    assert first is not None
+    for _ in range(5):
+        assert playlist.text(root) == first
+    assert playlist.made <= 2  # made, made again once its stamps are known, then reused
+    made = playlist.made
+    assert playlist.cached(root) == (True, first)
+    # A new segment in the newest hour: the next request makes a playlist that lists it.
+    hour = hour_folder_for(root, history.resumed).path
+    newest = sorted(hour.glob("*.mp4"))[-1]
+    stem = newest.name.removesuffix(".mp4")  # YYYYMMDDTHHMMSSZ
+    later = newest.with_name(f"{stem[:-3]}{int(stem[-3:-1]) + 5:02d}Z.mp4")
+    shutil.copyfile(newest, later)
+    assert playlist.cached(root)[0] is False
+    text = playlist.text(root)
+    assert text is not None and later.name in text and playlist.made == made + 1
+    # The open segment growing (a fragment appended) is a change too.
+    os.utime(later, (past, past))
+    os.utime(hour, (past, past))
+    playlist.text(root)
+    playlist.text(root)
+    assert playlist.cached(root)[0] is True
+    with open(later, "ab") as grown:
+        grown.write(b"\0" * 8)
+    assert playlist.cached(root)[0] is False
+
+
 class _BytesFile:
     """A file object over bytes for PyAV."""
 
@@ -414,6 +508,37 @@ def test_ffmpeg_plays_a_recorded_span_from_the_vod_playlist_frame_for_frame(live
     assert frames[first].wallclock < start - 1 / FPS  # the span starts after its keyframe
     assert len(wanted) > FPS  # more than a second, over two segment boundaries
     assert ffmpeg_frame_numbers(live.server, f"/vod.m3u8?start={iso(start)}&end={iso(end)}") == wanted
+
+
+
+def test_ffmpeg_plays_a_vod_playlist_over_a_merged_hour_and_the_next_hours_segments(
+        live: Live, history: History) -> None:
+    """A merged hour is in the recorded playlist (a group of pictures per media segment, made
+    from the hour file) followed by the next hour's segments and the recovery gap."""
+    server = ApiServer(create_app(live.controller, token_file=None, root_provider=lambda: history.root,
+                                  public_footage=True), "127.0.0.1", 0)
+    server.start()
+    try:
+        start, end = history.boundary - 2.4, history.resumed + 1.0
+        query = f"/vod.m3u8?start={iso(start)}&end={iso(end)}"
+        reply = get(server, query)
+        assert reply.status == 200, reply.body
+        lines = reply.text.splitlines()
+        merged = hour_folder_for(history.root, history.boundary - 1)
+        merged_uri = f"hls/{merged.date_dir.name}/{merged.path.name}.mp4"
+        assert f'#EXT-X-MAP:URI="{merged_uri}/init.mp4"' in lines
+        assert [line for line in lines if line.startswith(merged_uri + "/")] == [
+            f"{merged_uri}/{n:06d}.m4s" for n in range(1, 6)]  # from the group of frame 15 on
+        assert lines[-1] == "#EXT-X-ENDLIST"
+        # Played by ffmpeg: the very frames an export of the span holds, in order.
+        numbers = ffmpeg_frame_numbers(server, query)
+        assert numbers == expected(history, start, end)
+        assert gaps(numbers) == [(149, 210)]
+        # A group that is not there, and a merged hour's file itself, are not served.
+        assert get(server, f"/{merged_uri}/000099.m4s").status == 404
+        assert get(server, f"/{merged_uri}").status == 404
+    finally:
+        assert server.stop()
 
 
 # --- the viewer credential --------------------------------------------------------------------

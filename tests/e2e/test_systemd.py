@@ -221,6 +221,9 @@ def members(root: Path, group: str) -> list[str]:
     return []
 
 
+# Three installs, each building a venv with pip: minutes on a loaded 2-core machine (each run
+# has its own 300 s bound); the suite's default 120 s is for tests that do not install.
+@pytest.mark.timeout(900)
 def test_install_is_idempotent_keeps_config_and_uninstall_keeps_recordings(
     tmp_path: Path, source_snapshot: Path
 ) -> None:
@@ -241,6 +244,13 @@ def test_install_is_idempotent_keeps_config_and_uninstall_keeps_recordings(
         assert stat.S_IMODE(token.stat().st_mode) == 0o600 and token.stat().st_uid == 0, token
         assert len(token.read_text().strip()) == 64, token
     assert tokens[0].read_text() != tokens[1].read_text()  # viewer and operator kept apart
+    # The footage signing key, made at install in the state directory for the vigil user only.
+    key = root / "var" / "lib" / "vigil" / "integrity.key"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600 and key.stat().st_uid == int(user[2])
+    assert key.read_text().startswith("-----BEGIN PRIVATE KEY-----")
+    public = subprocess.run([str(root / "opt" / "vigil" / "venv" / "bin" / "vigil"), "key", "--key-file",
+                             str(key)], capture_output=True, text=True, timeout=60, check=True).stdout.strip()
+    assert len(public) == 64 and f"public key {public}" in first
     dropin = root / "etc" / "systemd" / "system" / "systemd-time-wait-sync.service.d" / "vigil.conf"
     assert setting(dropin.read_text(), "TimeoutStartSec") == ["60"]
     vigil = root / "opt" / "vigil" / "venv" / "bin" / "vigil"
@@ -249,8 +259,9 @@ def test_install_is_idempotent_keeps_config_and_uninstall_keeps_recordings(
     assert checked.returncode == 0, checked.stderr
 
     before = tree(root)
-    install(source_snapshot, root)
+    second = install(source_snapshot, root)
     assert tree(root) == before, "the second run changed the installation"
+    assert "signing key" not in second  # kept, not made again
 
     # The operator's own config is kept; the unit follows its recording roots.
     config.write_text(config.read_text().replace("/var/lib/vigil/recordings", "/var/lib/vigil/footage"))

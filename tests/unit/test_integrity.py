@@ -6,6 +6,7 @@ import itertools
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -285,3 +286,122 @@ def test_the_scrub_raises_one_alert_per_altered_file(tmp_path: Path, signer: Sig
     assert [a.kind for a in alerts.recent(10)] == ["footage_altered"]
     assert str(target) in alerts.recent(10)[0].message
     assert keeper.scrubbed_files >= 3 * len(files)
+
+
+def test_a_restart_resumes_the_scrub_where_it_stopped_and_does_not_alert_twice(
+        tmp_path: Path, signer: Signer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The scrub's progress is kept in the state directory (one file checked per pass here):
+    a second housekeeper, as after a restart, checks only the files the first did not, and
+    the altered file the first reported raises no second alert."""
+    import time
+
+    from controller.storage import housekeeping
+    from controller.storage.housekeeping import StorageHousekeeper, StorageSettings
+    from controller.storage.scrubstate import ScrubState
+
+    root = tmp_path / "recordings"
+    record(root, signer, count=300)  # ten 1 s segments
+    files = sorted(f.path for f in list_footage(root))
+    assert len(files) == 10
+    data = bytearray(files[0].read_bytes())
+    data[len(data) // 2] ^= 0x01
+    files[0].write_bytes(bytes(data))
+    monkeypatch.setattr(housekeeping, "SCRUB_BYTES_PER_PASS", 1)  # a pass ends after each file
+    state = tmp_path / "state" / "scrub.json"
+    policy = RetentionPolicy(retention_days=0, reserve_mb=0, reserve_percent=0)
+
+    def keeper(scrub_seconds: float, altered: list[str]) -> StorageHousekeeper:
+        settings = StorageSettings(merge="off", retention=policy, sample_seconds=0.001,
+                                   scrub_seconds=scrub_seconds, signer=signer, scrub_state=state)
+        return StorageHousekeeper(settings, roots=lambda: [root], active_root=lambda: root,
+                                  open_segments=list,
+                                  when_footage_altered=lambda p, d: altered.append(str(p)))
+
+    def wait(predicate: Any, what: str) -> None:
+        deadline = time.monotonic() + 30
+        while not predicate():
+            assert time.monotonic() < deadline, what
+            time.sleep(0.005)
+
+    first_altered: list[str] = []
+    first = keeper(0.001, first_altered)
+    # The fifth file's check waits for the stop (a restart arriving mid-scrub), so the first
+    # housekeeper checks exactly five files whatever the machine's speed.
+    from controller import verify as verifying
+
+    real_verify = verifying.verify
+    calls: list[int] = []
+
+    def verify_then_wait(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 5:
+            assert first._stop.wait(30)
+        return real_verify(*args, **kwargs)
+
+    monkeypatch.setattr(verifying, "verify", verify_then_wait)
+    first.start()
+    try:
+        wait(lambda: len(calls) >= 5, "five files scrubbed")
+    finally:
+        assert first.stop(5)
+    monkeypatch.setattr(verifying, "verify", real_verify)
+    checked = first.scrubbed_files
+    assert checked == 5 and first.scrubs_done == 0
+    saved = ScrubState.load(state)
+    assert saved.position == str(files[checked - 1])  # the last file the first one checked
+    assert first_altered == [str(files[0])] and saved.altered == [str(files[0])]
+
+    second_altered: list[str] = []
+    second = keeper(3600, second_altered)  # not due for an hour: only the interrupted scrub goes on
+    second.start()
+    try:
+        wait(lambda: second.scrubs_done >= 1, "the resumed scrub to finish")
+    finally:
+        assert second.stop(5)
+    assert second.scrubbed_files == len(files) - checked  # the rest, none twice
+    assert second_altered == []  # files[0] was reported before the restart
+    done = ScrubState.load(state)
+    assert done.position is None and done.next_due is not None and done.next_due > time.time() + 3000
+    assert done.altered == [str(files[0])]
+
+
+def test_clip_frames_from_the_open_segment_carry_the_links_its_manifest_lists_at_close(
+        tmp_path: Path, signer: Signer) -> None:
+    """A clip reaching into the segment still being written lists that segment's fragments
+    with chain links (marked open), verifies, and the links are the ones the segment's own
+    signed manifest lists once it closes."""
+    from controller.surfaces.export import clip_manifest, export_clip
+    from hw.integrity import write_manifest
+
+    root = tmp_path / "rec"
+    record(root, signer, count=90)  # seconds 0-2, closed
+    writer = SegmentWriter(root, width=MODE.width, height=MODE.height, fps=MODE.fps, segment_seconds=60.0,
+                           fsync=False, signer=signer, chain=None)
+    writer.chain.head = bytes.fromhex(read_manifest(sorted(f.path for f in list_footage(root))[-1])
+                                      ["links"][-1]["link"])  # one daemon's chain goes on
+    for p in packets(120, wall_start=START + 3):  # seconds 3-7, the open segment
+        writer.write(p)
+    assert writer.open_path is not None and writer.open_path.name.endswith(".partial")
+    out = tmp_path / "clip.mp4"
+    work = tmp_path / "work"
+    work.mkdir()
+    clip = export_clip(root, START + 1.2, START + 5.2, out, workdir=work)
+    manifest = clip_manifest(clip, signer)
+    write_manifest(out, manifest, fsync=False)
+    opened = [s for s in manifest["sources"] if s.get("open")]
+    assert len(opened) == 1 and opened[0]["links"] and opened[0]["signature"] is None
+    assert "still being written" in opened[0]["why"]
+    assert all(s["links"] for s in manifest["sources"])  # no frame of the clip is unlinked
+    report = verify([out], key=signer.public_key)
+    assert report.is_ok, [f.describe() for f in report.findings]
+    assert any("were exported while it was being written" in n for n in report.notes)
+    open_name = opened[0]["file"]
+    writer.close()
+    closed = read_manifest(next(f.path for f in list_footage(root) if f.path.name == open_name))
+    assert closed is not None
+    recorded = {e["link"]: e for e in closed["links"]}
+    assert all(recorded.get(e["link"]) == e for e in opened[0]["links"])  # the same links, byte for byte
+    # A forged link in the open part is caught.
+    opened[0]["links"][-1]["data_sha256"] = "0" * 64
+    write_manifest(out, manifest, fsync=False)
+    assert not verify([out]).is_ok

@@ -238,3 +238,41 @@ def test_a_failed_directory_fsync_at_a_new_segment_leaves_no_file_open(
     assert not [p for p in open_partial_files() if str(p).startswith(str(tmp_path))]
     assert not list(tmp_path.rglob("*" + PARTIAL_SUFFIX))
     assert w.open_path is None
+
+
+def test_footage_held_on_a_full_disk_is_bounded_in_bytes(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk (a real tmpfs, filled) holds the footage in memory only up to HOLD_MAX_BYTES
+    (the README's bound): past it the writer gives up with StorageFull, having held no more
+    than the bound plus the packet that crossed it, and says how much it held."""
+    from hw import writer as writing
+    from hw.errors import StorageFull
+    from tests.tmpfs import mounted_tmpfs
+
+    bound = 64 * 1024
+    monkeypatch.setattr(writing, "HOLD_MAX_BYTES", bound)
+    monkeypatch.setattr(writing, "HOLD_SECONDS", 3600.0)  # the byte bound, not the time, is under test
+    with mounted_tmpfs(tmp_path / "disk", "1m") as disk:
+        w = SegmentWriter(disk, width=MODE.width, height=MODE.height, fps=MODE.fps,
+                          segment_seconds=3600.0)
+        stream = packets(3000)
+        for p in stream[:30]:
+            w.write(p)
+        with open(disk / "filler", "wb", buffering=0) as filler:  # another program takes the rest
+            try:
+                while True:
+                    filler.write(b"\0" * 4096)
+            except OSError:
+                pass  # ENOSPC: the disk is full
+        held_when_given_up = None
+        largest = 0
+        with pytest.raises(StorageFull, match="MiB held"):
+            for p in stream[30:]:
+                largest = max(largest, len(p.data))
+                if w.is_holding:
+                    held_when_given_up = w._held_bytes
+                w.write(p)
+        assert held_when_given_up is not None, "the writer never held footage"
+        assert held_when_given_up <= bound  # before the last packet it was within the bound
+        assert w.packets_lost > 0 and not w.is_holding
+        w.close()
