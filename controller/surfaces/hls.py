@@ -328,6 +328,13 @@ class LivePlaylist:
         return text
 
 
+def _is_fragmented(path: Path) -> bool:
+    try:
+        return fmp4.is_fragmented(path)
+    except (OSError, fmp4.Mp4Error):
+        return False
+
+
 def _groups_of(candidate: Candidate, root: Path, start: float, end: float) -> list[Entry]:
     """The groups of pictures of a merged hour that overlap [start, end) (see hls_merged)."""
     try:
@@ -352,8 +359,8 @@ def vod_playlist(root: Path, start: float, end: float) -> str | None:
     """
     entries: list[Entry] = []
     for candidate in overlapping(candidates(root), start, end):
-        if candidate.kind == "merged":
-            entries += _groups_of(candidate, root, start, end)
+        if candidate.kind == "merged" and not _is_fragmented(candidate.path):
+            entries += _groups_of(candidate, root, start, end)  # an hour merged before write-once
             continue
         try:
             timeline = segment_runs(candidate.path, candidate.kind)
@@ -422,12 +429,16 @@ def media_file(root: Path, relative: str) -> MediaFile | None:
     `relative` names a segment by its closed name: the closed file whole, else the segment
     still being written under that name up to its last whole fragment. So a playlist's URI
     stays valid when the segment closes (the same bytes, renamed), and players that accept
-    only media extensions (ffmpeg) take it. Nothing else is served (merged hours, `.partial`
+    only media extensions (ffmpeg) take it. Nothing else is served (unfragmented merged hours, `.partial`
     names, names vigil does not write, links, `..`): the same refusals as /recordings.
     """
     found = footage_at(root, relative)
     if found is not None:
-        return _served(found.path, whole=True) if found.kind == "segment" else None
+        # A merged hour is fragmented like a segment (adopted, or joined since write-once):
+        # served by its fragments the same way. An older, unfragmented one goes through
+        # hls_merged's groups of pictures instead.
+        servable = found.kind == "segment" or (found.kind == "merged" and _is_fragmented(found.path))
+        return _served(found.path, whole=True) if servable else None
     partial = partial_at(root, relative + PARTIAL_SUFFIX) if not relative.endswith(PARTIAL_SUFFIX) else None
     if partial is None:
         return None

@@ -24,6 +24,7 @@ import pytest
 from controller import cli
 from controller.core.controller import Controller
 from controller.storage.merge import merge_hour
+from controller.surfaces import fmp4
 from controller.surfaces.api import ApiServer, create_app
 from controller.surfaces.export import export_clip
 from controller.surfaces.fmp4 import read_moov, scan_fragmented
@@ -511,11 +512,30 @@ def test_ffmpeg_plays_a_recorded_span_from_the_vod_playlist_frame_for_frame(live
 
 
 
+def unfragmented_copy(history: History, tmp_path: Path) -> Path:
+    """A copy of `history`'s root whose merged hour is an ordinary MP4 (index at the front, one
+    mdat, vigil's tags kept), as merges wrote before hours were written once: the same packets."""
+    root = tmp_path / "recordings"
+    shutil.copytree(history.root, root)
+    hour = hour_folder_for(root, history.boundary - 1)
+    merged = hour.date_dir / (hour.path.name + ".mp4")
+    plain = merged.with_name("plain.tmp.mp4")
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(merged), "-c", "copy", "-map_metadata", "0",
+                    "-movflags", "+faststart+use_metadata_tags", "-f", "mp4", str(plain)], check=True)
+    plain.replace(merged)
+    assert not fmp4.is_fragmented(merged)
+    return root
+
+
+@pytest.mark.parametrize("layout", ["fragmented", "unfragmented"])
 def test_ffmpeg_plays_a_vod_playlist_over_a_merged_hour_and_the_next_hours_segments(
-        live: Live, history: History) -> None:
-    """A merged hour is in the recorded playlist (a group of pictures per media segment, made
-    from the hour file) followed by the next hour's segments and the recovery gap."""
-    server = ApiServer(create_app(live.controller, token_file=None, root_provider=lambda: history.root,
+        live: Live, history: History, tmp_path: Path, layout: str) -> None:
+    """A merged hour is in the recorded playlist, followed by the next hour's segments and the
+    recovery gap. A fragmented hour (what merges write now: an adopted segment, or segments
+    joined) is served by its fragments like a segment; an ordinary MP4 (an hour merged by an
+    older vigil) by one media segment per group of pictures, made from the hour file."""
+    root = history.root if layout == "fragmented" else unfragmented_copy(history, tmp_path)
+    server = ApiServer(create_app(live.controller, token_file=None, root_provider=lambda: root,
                                   public_footage=True), "127.0.0.1", 0)
     server.start()
     try:
@@ -524,19 +544,23 @@ def test_ffmpeg_plays_a_vod_playlist_over_a_merged_hour_and_the_next_hours_segme
         reply = get(server, query)
         assert reply.status == 200, reply.body
         lines = reply.text.splitlines()
-        merged = hour_folder_for(history.root, history.boundary - 1)
+        merged = hour_folder_for(root, history.boundary - 1)
         merged_uri = f"hls/{merged.date_dir.name}/{merged.path.name}.mp4"
-        assert f'#EXT-X-MAP:URI="{merged_uri}/init.mp4"' in lines
-        assert [line for line in lines if line.startswith(merged_uri + "/")] == [
-            f"{merged_uri}/{n:06d}.m4s" for n in range(1, 6)]  # from the group of frame 15 on
+        if layout == "fragmented":
+            assert any(line.startswith(f'#EXT-X-MAP:URI="{merged_uri}"') for line in lines), lines
+            assert get(server, f"/{merged_uri}").status == 200  # its bytes, like a segment's
+        else:
+            assert f'#EXT-X-MAP:URI="{merged_uri}/init.mp4"' in lines
+            assert [line for line in lines if line.startswith(merged_uri + "/")] == [
+                f"{merged_uri}/{n:06d}.m4s" for n in range(1, 6)]  # from the group of frame 15 on
+            # A group that is not there, and the unfragmented hour's file itself, are not served.
+            assert get(server, f"/{merged_uri}/000099.m4s").status == 404
+            assert get(server, f"/{merged_uri}").status == 404
         assert lines[-1] == "#EXT-X-ENDLIST"
         # Played by ffmpeg: the very frames an export of the span holds, in order.
         numbers = ffmpeg_frame_numbers(server, query)
         assert numbers == expected(history, start, end)
         assert gaps(numbers) == [(149, 210)]
-        # A group that is not there, and a merged hour's file itself, are not served.
-        assert get(server, f"/{merged_uri}/000099.m4s").status == 404
-        assert get(server, f"/{merged_uri}").status == 404
     finally:
         assert server.stop()
 

@@ -179,7 +179,7 @@ function hlsPlayer(video, url, note, { live }) {
         page.live = null;
         setTimeout(startLive, LIVE_RETRY_MS);
       } else {
-        note.textContent = code === 404 ? "no playable segments there (a merged hour: download it instead)"
+        note.textContent = code === 404 ? "no recorded footage to play there"
           : `playback failed: ${data.details}`;
       }
     });
