@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,6 +24,8 @@ from hw.storage import RootStatus, choose_root
 from states.hooks import ErrorSink
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from transitions import EventData
 
     from hw.factory import Hardware
@@ -80,6 +83,11 @@ def open_partial_files() -> list[Path]:
     return found
 
 
+# How long after its latest frame a camera still counts as delivering (a frame interval at
+# the lowest rates, and a busy machine's scheduling), for the stable-time rule.
+FRESH_FRAME_SECONDS = 0.5
+
+
 class GuardWork:
     """Mixin for the machine's model; the model supplies the attributes declared here."""
 
@@ -96,6 +104,23 @@ class GuardWork:
     closeouts: CloseOuts
     config_error: str | None
     report_error: ErrorSink
+    clock: Callable[[], float]
+    frames_until: float | None
+
+    def last_frame_at(self) -> float | None:
+        """When, on the unit's clock, the camera last handed the recording a frame: the running
+        pipeline's latest, else that of the recording that ended (None: no recording yet).
+
+        A camera that delivers one frame and then nothing (its loss reported only when a read
+        times out, seconds later on a busy machine) has not recorded stably, however long the
+        state says "recording": the stable-time rule measures frames (states/recovering.py).
+        """
+        pipeline = self.pipeline
+        if pipeline is None:
+            return self.frames_until
+        # A frame within FRESH_FRAME_SECONDS is a frame now: the gaps of a camera that delivers.
+        silent = max(0.0, time.monotonic() - pipeline.stats.last_frame_monotonic - FRESH_FRAME_SECONDS)
+        return self.clock() - silent
 
     # -- prepare: side effects -------------------------------------------------------
 
@@ -106,6 +131,8 @@ class GuardWork:
         recovery to resume into; any other transition closes it.
         """
         keep = event is not None and event.event.name in KEEPS_OUTPUT
+        if self.pipeline is not None:
+            self.frames_until = self.last_frame_at()
         pipeline, self.pipeline = self.pipeline, None
         if pipeline is not None:
             open_before = pipeline.writer.open_path

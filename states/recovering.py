@@ -81,9 +81,10 @@ def enter(event: EventData) -> None:
 
 
 def has_recorded_stably(unit: RecoveryAttempts) -> bool:
-    """Whether the latest recording (going on, or just lost) lasted `stable_seconds`."""
-    since = unit.recording_since
-    return since is not None and unit.clock() - since >= unit.policy.stable_seconds
+    """Whether the latest recording (going on, or just lost) had frames for `stable_seconds`:
+    the camera's last frame came that long after the recording began (not merely the state)."""
+    since, last = unit.recording_since, unit.last_frame_at()
+    return since is not None and last is not None and last - since >= unit.policy.stable_seconds
 
 
 def settle(unit: RecoveryAttempts) -> bool:
@@ -145,3 +146,5 @@ class RecoveryAttempts(Protocol):
     schedule: Schedule
 
     def release_stale_output(self) -> None: ...
+
+    def last_frame_at(self) -> float | None: ...

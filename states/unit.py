@@ -93,6 +93,7 @@ class Unit(GuardWork):
         # the losses since the unit last recorded stably.
         self.clock = clock
         self.recording_since: float | None = None
+        self.frames_until: float | None = None  # the last frame of the recording that ended
         self.losses: list[float] = []
         self.machine = build_machine(self)
 

@@ -14,6 +14,7 @@ import pytest
 
 from hw.factory import Hardware
 from states import recovering
+from states.guards import FRESH_FRAME_SECONDS
 from states.recovering import RecoveryPolicy
 from states.unit import Unit
 from tests.specs import recording_spec
@@ -155,3 +156,27 @@ def poll_open(unit: Unit, timeout: float = 5.0) -> bool:
             return False
         time.sleep(0.01)
     return True
+
+
+def test_a_camera_silent_after_its_recovery_has_not_recorded_stably(played) -> None:
+    """The state said "recording" for stable_seconds, but the camera handed over nothing for
+    most of it (its loss is reported only when a read times out, later on a busy machine):
+    no recovery counts, at the controller's tick or at the loss."""
+    unit, rec, clock = played
+    unit.start()
+    lose_and_recover(unit, clock, 1.0)
+    lose_and_recover(unit, clock, 0.5)
+    assert unit.recovery_attempts == 2
+    pipeline = unit.pipeline
+    assert pipeline is not None
+    unit.hardware.faults.inject_stall(60.0)
+    deadline = time.monotonic() + 30.0
+    silence = FRESH_FRAME_SECONDS + 1.5
+    while time.monotonic() - pipeline.stats.last_frame_monotonic < silence:
+        assert time.monotonic() < deadline, "the stalled camera kept delivering"
+        time.sleep(0.05)
+    clock.now += POLICY.stable_seconds + 0.5  # frames for at most stable_seconds - 1 of it
+    assert not recovering.settle(unit) and unit.recovery_attempts == 2
+    unit.fault(reason="camera_lost: test")
+    # The same episode goes on: the next attempt backs off, as after any short recovery.
+    assert len(unit.losses) == 3 and rec.scheduled[-1] == (POLICY.delay_before(3), "recovered")
