@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from controller.config import VigilConfig
+    from controller.surfaces.upload import UploadSettings
 
 EX_CONFIG = 78
 EXIT_NOT_DONE = 1
@@ -67,6 +68,57 @@ def add_parser(sub: Any, *, url_option: Any, token_file_option: Any) -> None:
     now.add_argument("--timeout", metavar="SECONDS", type=float, default=DEFAULT_TIMEOUT_SECONDS,
                      help=f"give up after this long (default {DEFAULT_TIMEOUT_SECONDS:g})")
     now.set_defaults(handler=upload_now)
+    rescue = actions.add_parser(
+        "salvage", help="after a unit is lost: complete the uploads of its open segments that "
+                        "it left unfinished in the bucket (from any machine with the config's "
+                        "upload settings); each becomes the footage up to its last part")
+    rescue.add_argument("--config", metavar="FILE", help="config file with the unit's upload settings")
+    rescue.add_argument("--json", action="store_true", help="print the raw JSON")
+    rescue.set_defaults(handler=upload_salvage)
+
+
+def _settings(config: str | None, who: str) -> UploadSettings | int:
+    """The upload settings of the config file, or the exit code after saying why there are none."""
+    from controller.config import ConfigError, load_config
+    from controller.daemon import upload_settings_from_config
+
+    try:
+        loaded = load_config(config)
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        return EX_CONFIG
+    settings = upload_settings_from_config(loaded.config)
+    if settings is None:
+        print(f"{who}: upload is off in {loaded.source}: set upload.enabled: true and upload.bucket "
+              "(or give --config FILE with them)", file=sys.stderr)
+        return EX_CONFIG
+    return settings
+
+
+def upload_salvage(args: argparse.Namespace) -> int:
+    who = "vigil upload salvage"
+    settings = _settings(args.config, who)
+    if isinstance(settings, int):
+        return settings
+    try:
+        from controller.surfaces.upload import make_client, salvage
+
+        completed = salvage(settings, make_client(settings))
+    except ImportError as err:
+        print(f"{who}: {err}; install it with pip install 'vigil[upload]'", file=sys.stderr)
+        return EXIT_NOT_DONE
+    except Exception as err:  # the endpoint's answer, said plainly
+        print(f"{who}: {type(err).__name__}: {err}", file=sys.stderr)
+        return EXIT_NOT_DONE
+    if args.json:
+        print(json.dumps(completed, indent=2))
+    else:
+        for item in completed:
+            print(f"completed s3://{settings.bucket}/{item['key']}: {item['parts']} part(s), "
+                  f"{item['bytes']} bytes")
+        if not completed:
+            print(f"nothing unfinished under s3://{settings.bucket}/{settings.key_prefix}")
+    return 0
 
 
 # -- status ------------------------------------------------------------------------------
@@ -223,24 +275,14 @@ def upload_now(args: argparse.Namespace) -> int:
 
 
 def _now_offline(args: argparse.Namespace) -> int:
-    from controller.config import ConfigError, load_config
-    from controller.daemon import upload_settings_from_config
-
     who = "vigil upload now"
     root = Path(args.root)
     if not root.is_dir():
         print(f"{who}: {root} is not a directory", file=sys.stderr)
         return EXIT_NOT_DONE
-    try:
-        loaded = load_config(args.config)
-    except ConfigError as err:
-        print(err, file=sys.stderr)
-        return EX_CONFIG
-    settings = upload_settings_from_config(loaded.config)
-    if settings is None:
-        print(f"{who}: upload is off in {loaded.source}: set upload.enabled: true and upload.bucket "
-              "(or give --config FILE with them)", file=sys.stderr)
-        return EX_CONFIG
+    settings = _settings(args.config, who)
+    if isinstance(settings, int):
+        return settings
     try:
         import boto3  # type: ignore[import-untyped]  # noqa: F401  (say it now, not mid-upload)
 

@@ -47,6 +47,7 @@ from controller.storage.housekeeping import lower_thread_priority
 from controller.storage.merge import MergeBusy, housekeeping_lock
 from controller.surfaces.metrics import Exposition
 from controller.surfaces.upload_queue import Backlog, Order, StoredPart, UploadItem, UploadQueue
+from hw.footage import PARTIAL_SUFFIX, final_path
 
 THREAD_NAME = "vigil-upload"
 SCAN_SECONDS = 60.0
@@ -436,7 +437,7 @@ class Uploader:
             worked = False
             if time.monotonic() >= self.retry_at and (
                     in_window(self.settings.hours, datetime.now()) or self._now_in_force()):
-                worked = self.run_once()
+                worked = self.run_once() or self.upload_growing()
             with self._idle:
                 self._idle.notify_all()
             if not worked:
@@ -600,6 +601,7 @@ class Uploader:
         if item.copy_from is not None and self._copied(item, whole, part_digests):
             pass
         elif len(part_digests) <= 1:
+            self._abort(item)  # parts sent while it grew, if any: one put is the whole file
             self._put_whole(item, part_digests[0] if part_digests else b64(hashlib.sha256().digest()))
         else:
             self._multipart(item, part_digests)
@@ -662,16 +664,82 @@ class Uploader:
                                  ChecksumSHA256=digest)
         self.stats.parts_sent += 1
 
+    def _begin_multipart(self, item: UploadItem) -> None:
+        reply = self.client().create_multipart_upload(Bucket=self.settings.bucket, Key=item.key,
+                                                      ContentType="video/mp4", ChecksumAlgorithm="SHA256")
+        item.upload_id, item.part_size, item.parts = str(reply["UploadId"]), self.settings.part_bytes, []
+        self.queue.save(item)  # the id is durable before the first part goes
+
+    def _send_part(self, item: UploadItem, number: int, data: bytes, digest: str) -> StoredPart:
+        self._pay(len(data))
+        reply = self.client().upload_part(Bucket=self.settings.bucket, Key=item.key, UploadId=item.upload_id,
+                                          PartNumber=number, Body=data, ContentLength=len(data),
+                                          ChecksumSHA256=digest)
+        echoed = reply.get("ChecksumSHA256")
+        if echoed is not None and echoed != digest:
+            raise VerifyMismatch(f"part {number} stored with SHA-256 {echoed}, sent {digest}")
+        self.stats.parts_sent += 1
+        return StoredPart(number, digest, str(reply["ETag"]))
+
+    def upload_growing(self) -> bool:
+        """Send the next whole part of an open segment while it is recorded (segments are an
+        hour long: footage leaves the unit a part behind recording, not an hour); False when no
+        open segment has a whole part unsent. The parts go as a multipart upload under the
+        segment's closed name; when it closes, its upload sends only the rest and completes it
+        (each stored part checked against the closed file first). If the unit is destroyed
+        first, `vigil upload salvage` completes such uploads from anywhere: the object is the
+        footage up to its last part, playable up to its last whole fragment."""
+        if self.stoppage is not None or time.monotonic() < self.retry_at:
+            return False
+        part_bytes = self.settings.part_bytes
+        for partial in self._open_segments():
+            if not partial.name.endswith(PARTIAL_SUFFIX):
+                continue
+            root = next((r for r in self._roots() if _is_under(partial, r)), None)
+            final = final_path(partial)
+            known = self.queue.get(final)
+            if root is None or (known is not None and known.state != "growing"):
+                continue
+            number = len(known.parts) + 1 if known is not None else 1
+            try:
+                size = partial.stat().st_size
+            except OSError:
+                continue
+            if size < number * part_bytes:
+                continue
+            item = known if known is not None else self.queue.growing(root, final)
+            with self._idle:
+                self._busy, self.current = True, item
+            try:
+                if item.upload_id is None:
+                    self._begin_multipart(item)
+                with partial.open("rb") as f:
+                    f.seek((number - 1) * part_bytes)
+                    data = f.read(part_bytes)
+                if len(data) < part_bytes:
+                    return False  # cut short under us (a crash's recovery trims to fragments)
+                digest = b64(hashlib.sha256(data).digest())
+                item.parts = [*item.parts, self._send_part(item, number, data, digest)]
+                self.queue.save(item)
+            except Exception as err:
+                self._failed(item, err)
+                return False
+            finally:
+                with self._idle:
+                    self._busy, self.current = False, None
+                    self._idle.notify_all()
+            self._worked()
+            logger.debug("upload: part {} of open {} sent ({} bytes recorded)", number, partial.name, size)
+            return True
+        return False
+
     def _multipart(self, item: UploadItem, digests: list[str]) -> None:
         client, bucket, part_bytes = self.client(), self.settings.bucket, self.settings.part_bytes
         stored: dict[int, StoredPart] = {}
         if item.upload_id is not None:
             stored = self._stored_parts(item, digests)
         if item.upload_id is None:
-            reply = client.create_multipart_upload(Bucket=bucket, Key=item.key, ContentType="video/mp4",
-                                                   ChecksumAlgorithm="SHA256")
-            item.upload_id, item.part_size, item.parts = str(reply["UploadId"]), part_bytes, []
-            self.queue.save(item)  # the id is durable before the first part goes
+            self._begin_multipart(item)
         self.stats.parts_resumed += len(stored)
         with item.path.open("rb") as f:
             for number, digest in enumerate(digests, 1):
@@ -683,15 +751,7 @@ class Uploader:
                 data = f.read(part_bytes)
                 if b64(hashlib.sha256(data).digest()) != digest:
                     raise UploadError(f"{item.path} changed while it was uploaded")
-                self._pay(len(data))
-                reply = client.upload_part(Bucket=bucket, Key=item.key, UploadId=item.upload_id,
-                                           PartNumber=number, Body=data, ContentLength=len(data),
-                                           ChecksumSHA256=digest)
-                echoed = reply.get("ChecksumSHA256")
-                if echoed is not None and echoed != digest:
-                    raise VerifyMismatch(f"part {number} stored with SHA-256 {echoed}, sent {digest}")
-                self.stats.parts_sent += 1
-                stored[number] = StoredPart(number, digest, str(reply["ETag"]))
+                stored[number] = self._send_part(item, number, data, digest)
                 item.parts = sorted(stored.values(), key=lambda p: p.number)
                 self.queue.save(item)
         client.complete_multipart_upload(
@@ -883,3 +943,39 @@ def _is_under(path: Path, root: Path) -> bool:
     except ValueError:
         return False
     return True
+
+
+def salvage(settings: UploadSettings, client: Any) -> list[dict[str, Any]]:
+    """Complete every unfinished multipart upload under the key prefix with the parts the
+    bucket holds (`vigil upload salvage`, from any machine, after a unit was lost): each
+    becomes an object of the footage up to its last stored part, a fragmented MP4 cut at a
+    part boundary that plays up to its last whole fragment. What was completed, in order."""
+    done: list[dict[str, Any]] = []
+    bucket = settings.bucket
+    marker: dict[str, str] = {}
+    while True:
+        listing = client.list_multipart_uploads(Bucket=bucket, Prefix=settings.key_prefix, **marker)
+        for upload in listing.get("Uploads", []):
+            key, upload_id = str(upload["Key"]), str(upload["UploadId"])
+            parts: list[dict[str, Any]] = []
+            part_marker = 0
+            while True:
+                reply = client.list_parts(Bucket=bucket, Key=key, UploadId=upload_id,
+                                          PartNumberMarker=part_marker)
+                parts += reply.get("Parts", [])
+                if not reply.get("IsTruncated"):
+                    break
+                part_marker = int(reply["NextPartNumberMarker"])
+            if not parts:
+                client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+                continue
+            client.complete_multipart_upload(
+                Bucket=bucket, Key=key, UploadId=upload_id,
+                MultipartUpload={"Parts": [
+                    {"PartNumber": int(p["PartNumber"]), "ETag": p["ETag"],
+                     **({"ChecksumSHA256": p["ChecksumSHA256"]} if p.get("ChecksumSHA256") else {})}
+                    for p in sorted(parts, key=lambda p: int(p["PartNumber"]))]})
+            done.append({"key": key, "parts": len(parts), "bytes": sum(int(p["Size"]) for p in parts)})
+        if not listing.get("IsTruncated"):
+            return done
+        marker = {"KeyMarker": listing["NextKeyMarker"], "UploadIdMarker": listing["NextUploadIdMarker"]}

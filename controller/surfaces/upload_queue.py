@@ -26,13 +26,13 @@ from typing import Any, Literal
 
 from loguru import logger
 
-from hw.footage import list_footage
+from hw.footage import list_footage, partial_path, segment_start
 from hw.writer import fsync_directory
 
 QUEUE_DIR_NAME = ".vigil-upload"
 ITEM_SUFFIX = ".json"
 TEMP_SUFFIX = ".tmp"
-ItemState = Literal["pending", "done"]
+ItemState = Literal["growing", "pending", "done"]  # growing: the segment is still open
 Order = Literal["newest-first", "oldest-first"]
 
 
@@ -192,10 +192,30 @@ class UploadQueue:
             known = self._items.get(path)
             if known is not None and known.size == st.st_size and known.mtime_ns == st.st_mtime_ns:
                 return known
+        if known is not None and known.state == "growing":
+            # Closed: the parts sent while it grew stay, checked against the file when it goes.
+            known.size, known.mtime_ns, known.state = st.st_size, st.st_mtime_ns, "pending"
+            self.save(known)
+            return known
         footage = next((f for f in list_footage(root) if f.path == path), None)
         start = footage.start if footage is not None else st.st_mtime
         item = UploadItem(root=str(root), relative=relative, key=self.key_prefix + relative, start=start,
                           size=st.st_size, mtime_ns=st.st_mtime_ns, enqueued_at=self._clock())
+        self.save(item)
+        return item
+
+    def growing(self, root: Path, final: Path) -> UploadItem:
+        """The record of the open segment that will close as `final`, made when the first of its
+        parts is about to go up while it is recorded."""
+        with self._lock:
+            known = self._items.get(final)
+        if known is not None:
+            return known
+        relative = final.relative_to(root).as_posix()
+        start = segment_start(final.name)
+        item = UploadItem(root=str(root), relative=relative, key=self.key_prefix + relative,
+                          start=start if start is not None else self._clock(), size=0, mtime_ns=0,
+                          enqueued_at=self._clock(), state="growing")
         self.save(item)
         return item
 
@@ -216,6 +236,12 @@ class UploadQueue:
                 if not known and self.add(root, footage.path) is not None:
                     added += 1
         for item in self.items():
+            if item.state == "growing":
+                if item.path.exists() and item.path not in open_set:
+                    self.add(Path(item.root), item.path)  # closed while no event said so (a crash)
+                    continue
+                if partial_path(item.path).exists():
+                    continue  # still being recorded
             if not item.path.exists() and Path(item.root).is_dir():
                 self.forget(item)
         return added
@@ -259,7 +285,7 @@ class UploadQueue:
                        min((i.enqueued_at for i in pending), default=None),
                        sum(1 for i in pending if i.upload_id is not None),
                        sum(1 for i in pending if i.last_error is not None),
-                       len(items) - len(pending))
+                       sum(1 for i in items if i.state == "done"))
         with self._lock:
             self._tally = (version, tally)
         return tally

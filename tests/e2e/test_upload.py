@@ -25,15 +25,18 @@ os.environ.setdefault("S3_UPLOAD_PART_MIN_SIZE", "1024")
 pytest.importorskip("boto3", reason="boto3 is not installed (pip install boto3)")
 pytest.importorskip("moto", reason="moto[server] is not installed (the dev extra)")
 
+from controller import cli
 from controller.config.schema import RecordingConfig
 from controller.core.events import HourMerged, SegmentClosed
 from controller.storage.merge import merge_hour
 from controller.storage.retention import RetentionPolicy, enforce_retention
+from controller.surfaces.fmp4 import scan_fragmented
 from controller.surfaces.upload import Uploader, UploadSettings
 from controller.surfaces.upload_queue import QUEUE_DIR_NAME
 from hw import framecode
-from hw.footage import hour_folder_for
+from hw.footage import PARTIAL_SUFFIX, hour_folder_for
 from hw.synthetic import FrameCounter
+from hw.writer import ClosedSegment
 from tests.e2e.s3_server import ACCESS, BUCKET, Proxy, client, moto_server
 from tests.helpers import frame_numbers, gaps
 from tests.pasthours import past_hour_start, record
@@ -322,3 +325,91 @@ def test_an_adopted_hour_whose_segment_left_the_bucket_is_sent_as_usual(
     assert uploader.stats.copied_files == 0
     assert proxy.body_bytes - sent >= result.path.stat().st_size  # sent again, in full
     assert bucket_bytes(url, PREFIX + result.path.relative_to(root).as_posix()) == result.path.read_bytes()
+
+
+def _growing_from_a_recording(tmp_path: Path) -> tuple[bytes, Path, Path, list[ClosedSegment]]:
+    """A real hour-long recording's bytes, and where its open segment would be under a new root:
+    (bytes, the final path, its .partial, the recorded segments)."""
+    source_root, root = tmp_path / "recorded", tmp_path / "rec"
+    closed = record(source_root, wallclock=past_hour_start(2), frames=160, counter=FrameCounter(), fps=4.0,
+                    segment_seconds=RecordingConfig().segment_seconds, fragment_seconds=1.0)
+    final = root / closed[0].path.relative_to(source_root)
+    final.parent.mkdir(parents=True)
+    return closed[0].path.read_bytes(), final, final.with_name(final.name + PARTIAL_SUFFIX), closed
+
+
+def test_an_open_segment_goes_up_part_by_part_while_it_grows_and_its_close_sends_only_the_rest(
+    s3: tuple[str, Proxy], tmp_path: Path
+) -> None:
+    """The writer only appends to an open segment (fragments, fsynced), so its `.partial`
+    at any moment is a prefix of the closed file: grown here stage by stage from a real
+    recording's bytes, as the writer would."""
+    url, proxy = s3
+    whole, final, partial, closed = _growing_from_a_recording(tmp_path)
+    root = tmp_path / "rec"
+    part = 16 * 1024
+    assert len(whole) > 4 * part
+    uploader = Uploader(settings(proxy.url, part_bytes=part), roots=lambda: [root],
+                        open_segments=lambda: [partial] if partial.exists() else [])
+    sent_while_open = 0
+    for grown in (part // 2, 2 * part + 100, 3 * part, len(whole) - 10):
+        partial.write_bytes(whole[:grown])
+        while uploader.upload_growing():
+            sent_while_open += 1
+        assert sent_while_open == grown // part  # every whole part, none beyond what is written
+        assert not uploader.queue.pending()  # an open segment is no backlog
+    item = uploader.queue.get(final)
+    assert item is not None and item.state == "growing" and item.upload_id is not None
+    listed = client(url).list_parts(Bucket=BUCKET, Key=item.key, UploadId=item.upload_id)  # type: ignore[attr-defined]
+    assert len(listed["Parts"]) == sent_while_open  # in the bucket before the segment closed
+
+    partial.write_bytes(whole)
+    partial.rename(final)  # closed
+    before = proxy.parts_received
+    uploader.when_event(SegmentClosed(final, closed[0].frames, closed[0].started_wallclock,
+                                      closed[0].duration_seconds, final.stat().st_size))
+    assert uploader.upload_all(deadline=time.monotonic() + WAIT)
+    total_parts = -(-len(whole) // part)
+    assert proxy.parts_received - before == total_parts - sent_while_open  # only the rest
+    assert bucket_bytes(url, item.key) == whole
+    assert uploader.queue.is_uploaded(final)
+
+
+def test_salvage_completes_what_a_lost_unit_left_unfinished_as_playable_footage(
+    s3: tuple[str, Proxy], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url, proxy = s3
+    whole, final, partial, _ = _growing_from_a_recording(tmp_path)
+    root = tmp_path / "rec"
+    part = 16 * 1024
+    partial.write_bytes(whole[: len(whole) * 2 // 3])
+    uploader = Uploader(settings(proxy.url, part_bytes=part), roots=lambda: [root],
+                        open_segments=lambda: [partial])
+    while uploader.upload_growing():
+        pass
+    sent = len(uploader.queue.get(final).parts)  # type: ignore[union-attr]
+    assert sent >= 2
+    # The unit is gone. From another machine, with the unit's upload settings:
+    config = tmp_path / "vigil.yaml"
+    config.write_text(f"upload:\n  enabled: true\n  bucket: {BUCKET}\n  endpoint_url: {url}\n"
+                      f"  region: us-east-1\n  prefix: {PREFIX}\n")
+    assert cli.main(["upload", "salvage", "--config", str(config)]) == 0
+    assert "completed s3://" in capsys.readouterr().out
+    key = PREFIX + final.relative_to(root).as_posix()
+    salvaged = bucket_bytes(url, key)
+    assert salvaged == whole[: sent * part]
+    out = tmp_path / "salvaged.mp4"
+    out.write_bytes(salvaged)
+    # Played as a player would: every whole fragment, until the part boundary cuts one.
+    numbers: list[int] = []
+    with av.open(str(out)) as container:
+        try:
+            for packet in container.demux(video=0):
+                numbers += [framecode.read_video_frame(f) for f in packet.decode()]
+        except av.error.InvalidDataError:
+            pass  # the cut fragment's last packet
+    fragments = scan_fragmented(out).fragments  # whole ones: what export and verify read
+    assert fragments and len(numbers) >= sum(f.frames for f in fragments) >= 4
+    assert numbers == list(range(len(numbers)))  # from the first frame, no hole
+    assert cli.main(["upload", "salvage", "--config", str(config)]) == 0  # nothing left: says so
+    assert "nothing unfinished" in capsys.readouterr().out

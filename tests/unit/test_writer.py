@@ -276,3 +276,25 @@ def test_footage_held_on_a_full_disk_is_bounded_in_bytes(tmp_path: Path,
         assert held_when_given_up <= bound  # before the last packet it was within the bound
         assert w.packets_lost > 0 and not w.is_holding
         w.close()
+
+
+def test_an_open_segment_only_grows_its_bytes_are_a_prefix_of_the_closed_file(tmp_path: Path) -> None:
+    """What uploading an open segment part by part relies on (controller/surfaces/upload.py):
+    the writer appends fragments and never rewrites a byte it wrote, not even at the close."""
+    mode = CameraMode(160, 120, 30)
+    packets = encode_synthetic(mode, 150, fragment_seconds=0.5, wall_start=1_700_000_000.0)
+    writer = SegmentWriter(tmp_path / "rec", width=160, height=120, fps=30, segment_seconds=3600,
+                           fsync=False)
+    seen: list[bytes] = []
+    for n, packet in enumerate(packets):
+        writer.write(packet)
+        if n % 40 == 39:
+            assert writer.open_path is not None
+            seen.append(writer.open_path.read_bytes())
+    closed = writer.close()
+    assert closed is not None
+    final = closed.path.read_bytes()
+    assert len(seen) == 3 and len(seen[0]) < len(seen[1]) < len(seen[2]) < len(final)
+    for prefix in seen:
+        assert final.startswith(prefix)
+    assert frame_numbers(closed.path) == list(range(150))
