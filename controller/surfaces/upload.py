@@ -47,7 +47,7 @@ from controller.storage.housekeeping import lower_thread_priority
 from controller.storage.merge import MergeBusy, housekeeping_lock
 from controller.surfaces.metrics import Exposition
 from controller.surfaces.upload_queue import Backlog, Order, StoredPart, UploadItem, UploadQueue
-from hw.footage import PARTIAL_SUFFIX, final_path
+from hw.footage import MANIFEST_SUFFIX, PARTIAL_SUFFIX, final_path, manifest_path
 
 THREAD_NAME = "vigil-upload"
 SCAN_SECONDS = 60.0
@@ -598,6 +598,7 @@ class Uploader:
             self._abort(item)
             item.size, item.mtime_ns, item.upload_id, item.parts = st.st_size, st.st_mtime_ns, None, []
         whole, part_digests = file_digests(path, part_bytes)
+        self._put_manifest(item)  # the proof first: an object in the bucket never lacks its own
         if item.copy_from is not None and self._copied(item, whole, part_digests):
             pass
         elif len(part_digests) <= 1:
@@ -655,6 +656,25 @@ class Uploader:
         logger.info("upload: {} copied inside the bucket from {} (the same bytes, renamed on the card)",
                     item.key, source)
         return True
+
+    def _put_manifest(self, item: UploadItem) -> None:
+        """The footage's signed manifest (integrity), if it has one, as the object KEY plus
+        `.manifest.json` beside it, checked by its SHA-256 as the footage is; `vigil verify`
+        reads a downloaded pair as it reads them on a card."""
+        manifest = manifest_path(item.path)
+        try:
+            data = manifest.read_bytes()
+        except FileNotFoundError:
+            return
+        digest = b64(hashlib.sha256(data).digest())
+        key = item.key + MANIFEST_SUFFIX
+        self._pay(len(data))
+        reply = self.client().put_object(Bucket=self.settings.bucket, Key=key, Body=data,
+                                         ContentLength=len(data), ContentType="application/json",
+                                         ChecksumSHA256=digest)
+        echoed = reply.get("ChecksumSHA256")
+        if echoed is not None and echoed != digest:
+            raise VerifyMismatch(f"{key} stored with SHA-256 {echoed}, sent {digest}")
 
     def _put_whole(self, item: UploadItem, digest: str) -> None:
         data = item.path.read_bytes()

@@ -19,6 +19,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 # Tiny parts in tests: moto reads its minimum part size from the environment when it is imported.
 os.environ.setdefault("S3_UPLOAD_PART_MIN_SIZE", "1024")
@@ -28,17 +29,19 @@ pytest.importorskip("moto", reason="moto[server] is not installed (the dev extra
 from controller import cli
 from controller.config.schema import RecordingConfig
 from controller.core.events import HourMerged, SegmentClosed
+from controller.keys import signer_for
 from controller.storage.merge import merge_hour
 from controller.storage.retention import RetentionPolicy, enforce_retention
 from controller.surfaces.fmp4 import scan_fragmented
 from controller.surfaces.upload import Uploader, UploadSettings
 from controller.surfaces.upload_queue import QUEUE_DIR_NAME
+from controller.verify import verify
 from hw import framecode
 from hw.footage import PARTIAL_SUFFIX, hour_folder_for
 from hw.synthetic import FrameCounter
 from hw.writer import ClosedSegment
 from tests.e2e.s3_server import ACCESS, BUCKET, Proxy, client, moto_server
-from tests.helpers import frame_numbers, gaps
+from tests.helpers import frame_numbers, gaps, segments
 from tests.pasthours import past_hour_start, record
 from tests.tmpfs import mounted_tmpfs
 
@@ -413,3 +416,36 @@ def test_salvage_completes_what_a_lost_unit_left_unfinished_as_playable_footage(
     assert numbers == list(range(len(numbers)))  # from the first frame, no hole
     assert cli.main(["upload", "salvage", "--config", str(config)]) == 0  # nothing left: says so
     assert "nothing unfinished" in capsys.readouterr().out
+
+
+def test_uploaded_footage_carries_its_signed_manifest_and_verifies_from_the_bucket(
+    s3: tuple[str, Proxy], tmp_path: Path
+) -> None:
+    url, proxy = s3
+    root = tmp_path / "rec"
+    signer = signer_for(Ed25519PrivateKey.generate(), "unit-a")
+    start = past_hour_start(2)
+    record(root, wallclock=start, frames=120, counter=FrameCounter(), fps=4.0, segment_seconds=10.0,
+           fragment_seconds=1.0, signer=signer)
+    own = "signed-unit/"  # moto keeps one store per process: this test's objects alone
+    uploader = Uploader(settings(proxy.url, key_prefix=own), roots=lambda: [root])
+    assert uploader.upload_all(deadline=time.monotonic() + WAIT)
+    # Everything the bucket holds, downloaded into a folder of its own, as a recipient would.
+    copy = tmp_path / "from-the-bucket"
+    listed = client(url).list_objects_v2(Bucket=BUCKET, Prefix=own)["Contents"]  # type: ignore[attr-defined]
+    keys = sorted(o["Key"] for o in listed)
+    footage = [k for k in keys if k.endswith(".mp4")]
+    assert len(footage) == len(segments(root)) >= 2, keys
+    assert [k for k in keys if k not in footage] == [k + ".manifest.json" for k in footage]
+    for key in keys:
+        target = copy / key.removeprefix(own)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(bucket_bytes(url, key))
+    report = verify([copy], key=signer.public_key)
+    assert report.is_ok, report.findings
+    # A byte changed in the bucket's copy of the footage is found by the same check.
+    victim = sorted(copy.rglob("*.mp4"))[1]
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    assert not verify([copy], key=signer.public_key).is_ok

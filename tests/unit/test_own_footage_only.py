@@ -55,7 +55,7 @@ def test_links_out_of_the_root_are_never_followed_by_retention_or_merge(tmp_path
     old = past_hour_start(30)
     record(root, wallclock=old + 60, frames=30, counter=FrameCounter())
     ours = [f.path for f in list_footage(root)]
-    other_day = past_hour_start(50)
+    other_day = past_hour_start(30 + 48)  # two days before `old`: another date at any hour of the day
     outside, before = outside_footage(tmp_path, other_day)
     linked = hour_folder_for(outside, other_day)
     # A linked date folder, a linked hour folder inside a real date folder, and a linked file
@@ -80,7 +80,7 @@ def test_a_filesystem_mounted_inside_the_root_is_left_alone(tmp_path: Path) -> N
     root = tmp_path / "rec"
     old = past_hour_start(30)
     record(root, wallclock=old + 60, frames=30, counter=FrameCounter())
-    other_day = past_hour_start(50)
+    other_day = past_hour_start(30 + 48)  # two days before `old`: another date at any hour of the day
     folder = hour_folder_for(root, other_day)
     folder.date_dir.mkdir(parents=True)
     with mounted_tmpfs(folder.date_dir, "8m"):
