@@ -13,6 +13,11 @@ Reference: boto3's `upload_file` with its default TransferConfig, what `aws s3 c
 (8 MiB parts, up to 10 at once, botocore's default CRC32 checksums, no read-back), and the
 same with one thread (max_concurrency=1), which sends parts one at a time as vigil does.
 Interleaved runs, so a busy moment of the shared machine hits both.
+
+Lag behind recording: an open segment grown in real time at the default bitrate (appended
+once a second, as the writer appends a fragment), the daemon's uploader running its worker
+thread; for each part, how old its first byte was when the bucket held it. The worst of these
+is how far footage in the bucket trails recording (target: 60 s).
 """
 
 from __future__ import annotations
@@ -22,11 +27,13 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from bench.common import Figure, table
 from bench.rig import free_port, load_note, quiet_logs, workdir
@@ -184,12 +191,83 @@ def run(*, files: int = 6, file_mb: float = 24.0, part_mb: float = 8.0, runs: in
     ])
 
 
+DEFAULT_BITRATE_BPS = 5_000_000  # as SEGMENT_BYTES_AT_DEFAULT_BITRATE
+
+
+def run_lag(url: str, work: Path, *, bitrate_bps: int, part_mb: float, parts: int) -> list[float]:
+    """How old each part's first byte was when the bucket held the part (seconds), for an open
+    segment grown at `bitrate_bps` until `parts` whole parts are recorded."""
+    from hw.footage import PARTIAL_SUFFIX
+
+    root = work / "lag"
+    when = datetime.now(UTC)
+    final = root / when.strftime("%Y-%m-%d") / when.strftime("%H") / when.strftime("%Y%m%dT%H%M%SZ.mp4")
+    final.parent.mkdir(parents=True)
+    partial = final.with_name(final.name + PARTIAL_SUFFIX)
+    part_bytes = int(part_mb * MiB)
+    settings = UploadSettings(bucket=BUCKET, key_prefix="lag/", endpoint_url=url, region="us-east-1",
+                              part_bytes=part_bytes, verify="checksum")
+    uploader = Uploader(settings, roots=lambda: [root], open_segments=lambda: [partial])
+    written_at: list[float] = []  # when each byte offset k * part_bytes was first written
+    stop = threading.Event()
+
+    def record() -> None:
+        per_second = bitrate_bps // 8
+        size = 0
+        with partial.open("ab") as f:
+            while not stop.is_set() and size < parts * part_bytes:
+                chunk = os.urandom(per_second)
+                now = time.monotonic()
+                while len(written_at) * part_bytes < size + len(chunk):  # a part's first byte is in it
+                    written_at.append(now)
+                f.write(chunk)
+                f.flush()
+                os.fsync(f.fileno())
+                size += len(chunk)
+                stop.wait(1.0)
+
+    writer = threading.Thread(target=record, name="bench-open-segment")
+    writer.start()
+    uploader.start()
+    stored_at: list[float] = []
+    deadline = time.monotonic() + parts * part_bytes * 8 / bitrate_bps + 120
+    try:
+        while len(stored_at) < parts and time.monotonic() < deadline:
+            item = uploader.queue.get(final)
+            while item is not None and len(stored_at) < len(item.parts):
+                stored_at.append(time.monotonic())
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        writer.join()
+        uploader.stop()
+    if len(stored_at) < parts:
+        raise RuntimeError(f"only {len(stored_at)} of {parts} parts of the open segment went up")
+    return [stored - written for stored, written in zip(stored_at, written_at, strict=False)]
+
+
+def lag_report(url: str, work: Path, *, bitrate_bps: int, part_mb: float, parts: int) -> str:
+    lags = run_lag(url, work, bitrate_bps=bitrate_bps, part_mb=part_mb, parts=parts)
+    each = ", ".join(f"{lag:.1f}" for lag in lags)
+    return (f"upload lag behind recording, open segment ({parts} parts of {part_mb:g} MiB at "
+            f"{bitrate_bps / 1e6:g} Mbit/s): worst {max(lags):.1f} s (each part: {each} s); target "
+            f"<= 60 s; closed-segment upload alone would trail by the segment's length (3600 s)")
+
+
 def smoke() -> str:
-    return run(files=2, file_mb=6.0, part_mb=5.0, runs=1)
+    return run(files=2, file_mb=6.0, part_mb=5.0, runs=1) + "\n" + _lag(bitrate_bps=40_000_000, part_mb=5.0,
+                                                                        parts=2)
+
+
+def _lag(**kw: Any) -> str:
+    with quiet_logs(), aws_environment(), workdir("vigil-bench-upload-lag-") as work, moto_process() as url:
+        boto3_client(url).create_bucket(Bucket=BUCKET)  # type: ignore[attr-defined]
+        return lag_report(url, work, **kw)
 
 
 def main() -> None:
     print(run())
+    print(_lag(bitrate_bps=DEFAULT_BITRATE_BPS, part_mb=8.0, parts=3))
 
 
 if __name__ == "__main__":

@@ -185,6 +185,9 @@ def test_metrics_parse_as_prometheus_text_and_counters_grow(recording: Live) -> 
     assert "vigil_errors_total[category=camera_lost]" in first
     wait_until(lambda: recording.controller.snapshot.totals.frames_recorded
                > first["vigil_frames_recorded_total"] + FPS, what="a second of frames")
+    # The achieved rate is measured over a window of at least a second of the sampler's own
+    # clock, which a busy machine may start late: the gauge is there once it is measured.
+    wait_until(lambda: recording.controller.snapshot.fps_achieved is not None, what="a measured frame rate")
     second = scrape()
     assert second["vigil_frames_recorded_total"] > first["vigil_frames_recorded_total"]
     assert second["vigil_frames_captured_total"] > first["vigil_frames_captured_total"]
