@@ -278,19 +278,25 @@ def test_retention_deletes_uploaded_first_and_alerts_on_unuploaded(
         assert backlog[1].exists() and backlog[2].exists()
 
 
+def _one_segment_uploaded(root: Path, uploader: Uploader) -> tuple[float, Path]:
+    """An hour of the past recorded in one piece (the default segment length), closed and
+    uploaded: (the hour's start, the segment)."""
+    start = past_hour_start(2)
+    (closed,) = record(root, wallclock=start, frames=120, counter=FrameCounter(), fps=4.0,
+                       segment_seconds=RecordingConfig().segment_seconds, fragment_seconds=1.0)
+    uploader.when_event(SegmentClosed(closed.path, closed.frames, closed.started_wallclock,
+                                      closed.duration_seconds, closed.path.stat().st_size))
+    assert uploader.upload_all(deadline=time.monotonic() + WAIT)
+    return start, closed.path
+
+
 def test_an_hour_adopted_from_an_uploaded_segment_is_copied_in_the_bucket_not_sent_again(
     s3: tuple[str, Proxy], tmp_path: Path
 ) -> None:
     url, proxy = s3
     root = tmp_path / "rec"
     uploader = Uploader(settings(proxy.url), roots=lambda: [root])
-    start = past_hour_start(2)
-    closed = record(root, wallclock=start, frames=120, counter=FrameCounter(), fps=4.0,
-                    segment_seconds=RecordingConfig().segment_seconds, fragment_seconds=1.0)
-    segment = closed[0].path
-    uploader.when_event(SegmentClosed(segment, closed[0].frames, closed[0].started_wallclock,
-                                      closed[0].duration_seconds, segment.stat().st_size))
-    assert uploader.upload_all(deadline=time.monotonic() + WAIT)
+    start, segment = _one_segment_uploaded(root, uploader)
     sent = proxy.body_bytes
     assert sent >= segment.stat().st_size
 
@@ -312,13 +318,7 @@ def test_an_adopted_hour_whose_segment_left_the_bucket_is_sent_as_usual(
     url, proxy = s3
     root = tmp_path / "rec"
     uploader = Uploader(settings(proxy.url), roots=lambda: [root])
-    start = past_hour_start(2)
-    closed = record(root, wallclock=start, frames=120, counter=FrameCounter(), fps=4.0,
-                    segment_seconds=RecordingConfig().segment_seconds, fragment_seconds=1.0)
-    segment = closed[0].path
-    uploader.when_event(SegmentClosed(segment, closed[0].frames, closed[0].started_wallclock,
-                                      closed[0].duration_seconds, segment.stat().st_size))
-    assert uploader.upload_all(deadline=time.monotonic() + WAIT)
+    start, segment = _one_segment_uploaded(root, uploader)
     client(url).delete_object(Bucket=BUCKET, Key=PREFIX + segment.relative_to(root).as_posix())  # type: ignore[attr-defined]
     sent = proxy.body_bytes
 
