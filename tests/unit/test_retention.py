@@ -14,6 +14,7 @@ from loguru import logger
 
 from controller.storage.retention import RetentionPolicy, enforce_retention
 from hw.footage import list_footage
+from tests.pasthours import past_hour_start
 from tests.tmpfs import mounted_tmpfs
 
 DAY = 86_400
@@ -102,7 +103,7 @@ def test_segments_sort_by_name_time_then_collision_number(tmp_path: Path) -> Non
 def test_free_space_reserve_deletes_oldest_first_on_a_full_disk(tmp_path: Path, log_lines: list[str]) -> None:
     with mounted_tmpfs(tmp_path / "disk", "4m") as disk:
         root = disk / "rec"
-        start = time.time() - 3 * 3600
+        start = past_hour_start(3) + 60  # a few minutes from here stay in one hour folder
         files = [segment_at(root, start + 10 * i, size=300 * 1024) for i in range(11)]
         # A merged hour counts from the hour's start: older than the hour's later segments.
         files.insert(0, merged_at(root, start + 15, size=300 * 1024))
@@ -140,7 +141,7 @@ def test_the_open_segment_and_the_newest_closed_one_are_never_deleted(tmp_path: 
 
 def test_a_fallback_root_on_another_filesystem_has_its_own_reserve(tmp_path: Path) -> None:
     with mounted_tmpfs(tmp_path / "a", "2m") as disk_a, mounted_tmpfs(tmp_path / "b", "8m") as disk_b:
-        start = time.time() - 3 * 3600
+        start = past_hour_start(3) + 60  # a few minutes from here stay in one hour folder
         on_a = [segment_at(disk_a, start + i, size=400 * 1024) for i in range(4)]
         on_b = [segment_at(disk_b, start - 100 + i, size=400 * 1024) for i in range(4)]
         report = enforce_retention([disk_a, disk_b], RetentionPolicy(retention_days=0, reserve_mb=1,
@@ -155,7 +156,7 @@ def test_free_inodes_below_the_reserve_delete_oldest_first(tmp_path: Path) -> No
     # Bytes to spare, inodes short: a card full of small files refuses new segments too.
     with mounted_tmpfs(tmp_path / "disk", "64m,nr_inodes=60") as disk:
         root = disk / "rec"
-        start = time.time() - 3 * 3600
+        start = past_hour_start(3) + 60  # a few minutes from here stay in one hour folder
         files = [segment_at(root, start + 10 * i) for i in range(20)]
         ballast = disk / "other"
         ballast.mkdir()
