@@ -39,7 +39,7 @@ def broken_picamera2() -> Iterator[None]:
         yield
     finally:
         sys.path.remove(str(BROKEN))
-        for name in list(sys.modules):
+        for name in sys.modules.copy():
             if name.split(".", 1)[0] in MODULES:
                 del sys.modules[name]
 

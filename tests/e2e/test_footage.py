@@ -279,6 +279,8 @@ def recorded_numbers_closed(root: Path) -> list[int]:
 
 def test_bad_times_reversed_spans_no_footage_and_huge_spans_are_4xx_with_a_reason(live: Live) -> None:
     auth = bearer(VIEWER)
+    # "nearest" needs footage to point at: the first fragment, if this test runs first in the module.
+    wait_until(lambda: spans_now(live), "a recorded span")
     for query, status, words in [
         ("start=yesterday&end=2026-01-01T00:00:00Z", 422, "ISO 8601"),
         ("start=2026-01-01T00:00:10Z&end=2026-01-01T00:00:00Z", 422, "not after"),

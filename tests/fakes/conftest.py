@@ -18,7 +18,7 @@ THREAD_EXIT_TIMEOUT_S = 2.0
 
 
 def _purge_fake_modules() -> None:
-    for name in list(sys.modules):
+    for name in sys.modules.copy():
         if name.split(".", 1)[0] in FAKE_PACKAGES:
             del sys.modules[name]
 

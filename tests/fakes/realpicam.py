@@ -59,7 +59,7 @@ class RealPicamera2:
 
 def _purge() -> None:
     """Forget the fakes and everything imported from REAL_DIR (simplejpeg, PIL, ... too)."""
-    for name, module in list(sys.modules.items()):
+    for name, module in sys.modules.copy().items():  # a copy: another thread may import meanwhile
         origin = getattr(module, "__file__", None) or ""
         if any(name == p or name.startswith(p + ".") for p in PURGED) \
                 or origin.startswith(str(REAL_DIR) + os.sep):
@@ -89,7 +89,7 @@ def load(platform: str = "pisp") -> RealPicamera2:
     if not (REAL_DIR / "picamera2" / "__init__.py").exists():
         pytest.skip(f"the genuine picamera2 is not installed in {REAL_DIR} (`make test` installs "
                     "it from tests/requirements-picamera2.txt)")
-    if any(n == "picamera2" or n == "libcamera" for n in sys.modules):
+    if any(n == "picamera2" or n == "libcamera" for n in sys.modules.copy()):
         pytest.fail("picamera2 or libcamera is already imported; the genuine library would not load fresh")
     fake_libcamera = importlib.import_module("tests.fakes.libcamera")
     sys.modules["libcamera"] = fake_libcamera
