@@ -33,7 +33,7 @@ import hashlib
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -70,6 +70,23 @@ class PermanentUploadError(UploadError):
 
 class VerifyMismatch(UploadError):
     """The bucket's copy is not the local file."""
+
+
+class FootageUnreadable(UploadError):
+    """The footage file itself cannot be read (a bad sector gives EIO): the card's fault, not
+    the endpoint's, so it neither backs the endpoint off nor holds back the files that read."""
+
+
+@contextlib.contextmanager
+def reading(path: Path) -> Iterator[None]:
+    """Local read errors of `path` as FootageUnreadable (a file gone is not one: it was merged
+    or deleted, and the caller sees it as FileNotFoundError)."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise
+    except OSError as err:
+        raise FootageUnreadable(f"{path} cannot be read: {err.strerror or err}") from err
 
 
 @dataclass(frozen=True)
@@ -275,6 +292,7 @@ class UploadStats:
     permanent_failures: int = 0
     deleted_after_upload: int = 0
     copied_files: int = 0  # hours copied inside the bucket from their uploaded segment
+    unreadable: int = 0  # attempts that failed reading the footage file itself (EIO)
 
 
 class Uploader:
@@ -510,9 +528,20 @@ class Uploader:
         item.attempts += 1
         message = f"{type(err).__name__}: {err}"
         item.last_error = message
+        if isinstance(err, FootageUnreadable):
+            item.read_failures += 1
         with contextlib.suppress(OSError):
             self.queue.save(item)
         self.last_error = message
+        if isinstance(err, FootageUnreadable):
+            self.stats.unreadable += 1
+            log = logger.error if item.read_failures == 1 else logger.debug
+            log("upload: {}; it stays on the card, pending, and goes after every file that reads "
+                "(attempt {})", err, item.read_failures)
+            if any(i.read_failures == 0 for i in self.queue.pending()):
+                return  # the endpoint is not at fault: the next file goes at once
+            self._back_off()  # nothing else waits: try the damaged file later, not in a tight loop
+            return
         stoppage = None if isinstance(err, VerifyMismatch) else classify(err, self.settings)
         if stoppage is not None:
             # Retrying cannot fix this: hold until the config changes, `upload now`, or long after.
@@ -526,10 +555,7 @@ class Uploader:
                                              f"on a config reload, `vigil upload now` or in "
                                              f"{PERMANENT_RETRY_SECONDS / 60:g} min")
             return
-        self._retry_delay = min(self.settings.retry_max_seconds,
-                                max(RETRY_FIRST_SECONDS, self._retry_delay * 2))
-        delay = random.uniform(self._retry_delay / 2, self._retry_delay)  # jitter
-        self.retry_at = time.monotonic() + delay
+        delay = self._back_off()
         if isinstance(err, VerifyMismatch):
             logger.warning("upload: {} ({}); uploading it again", item.key, err)
             return
@@ -539,6 +565,14 @@ class Uploader:
         else:
             logger.debug("upload still failing: {} (next try in {:.1f}s)", message, delay)
         self._raise_alert("transient", f"upload to bucket {self.settings.bucket} failing: {message}")
+
+    def _back_off(self) -> float:
+        """Double the wait before the next attempt (up to retry_max_seconds, with jitter)."""
+        self._retry_delay = min(self.settings.retry_max_seconds,
+                                max(RETRY_FIRST_SECONDS, self._retry_delay * 2))
+        delay = random.uniform(self._retry_delay / 2, self._retry_delay)
+        self.retry_at = time.monotonic() + delay
+        return delay
 
     def _raise_alert(self, kind: str, message: str) -> None:
         """One alert per failure episode; a new one only when the kind of failure changes."""
@@ -597,7 +631,8 @@ class Uploader:
                 item.upload_id is not None and item.part_size != part_bytes):
             self._abort(item)
             item.size, item.mtime_ns, item.upload_id, item.parts = st.st_size, st.st_mtime_ns, None, []
-        whole, part_digests = file_digests(path, part_bytes)
+        with reading(path):
+            whole, part_digests = file_digests(path, part_bytes)
         self._put_manifest(item)  # the proof first: an object in the bucket never lacks its own
         if item.copy_from is not None and self._copied(item, whole, part_digests):
             pass
@@ -619,7 +654,7 @@ class Uploader:
         item.checksum = composite(part_digests) if len(part_digests) > 1 else (part_digests or [whole])[0]
         item.verified_by = self.settings.verify
         item.done_at = time.time()
-        item.upload_id, item.parts, item.last_error = None, [], None
+        item.upload_id, item.parts, item.last_error, item.read_failures = None, [], None, 0
         self.queue.save(item)
         self.stats.uploaded_files += 1
         self.stats.uploaded_bytes += item.size
@@ -677,7 +712,8 @@ class Uploader:
             raise VerifyMismatch(f"{key} stored with SHA-256 {echoed}, sent {digest}")
 
     def _put_whole(self, item: UploadItem, digest: str) -> None:
-        data = item.path.read_bytes()
+        with reading(item.path):
+            data = item.path.read_bytes()
         self._pay(len(data))
         self.client().put_object(Bucket=self.settings.bucket, Key=item.key, Body=data,
                                  ContentLength=len(data), ContentType="video/mp4",
@@ -733,7 +769,7 @@ class Uploader:
             try:
                 if item.upload_id is None:
                     self._begin_multipart(item)
-                with partial.open("rb") as f:
+                with reading(partial), partial.open("rb") as f:
                     f.seek((number - 1) * part_bytes)
                     data = f.read(part_bytes)
                 if len(data) < part_bytes:
@@ -767,8 +803,9 @@ class Uploader:
                     continue
                 if self._stop.is_set():
                     raise UploadError("the uploader is stopping")
-                f.seek((number - 1) * part_bytes)
-                data = f.read(part_bytes)
+                with reading(item.path):
+                    f.seek((number - 1) * part_bytes)
+                    data = f.read(part_bytes)
                 if b64(hashlib.sha256(data).digest()) != digest:
                     raise UploadError(f"{item.path} changed while it was uploaded")
                 stored[number] = self._send_part(item, number, data, digest)

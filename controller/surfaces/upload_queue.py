@@ -20,7 +20,7 @@ import os
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -68,6 +68,9 @@ class UploadItem:
     # The bucket already holds these bytes under this key (an hour adopted from an uploaded
     # segment by a rename): the bucket copies them, nothing crosses the uplink again.
     copy_from: str | None = None
+    # Attempts that failed reading the file itself (a bad sector: EIO); such an item goes after
+    # every file that can be read, so one damaged file does not hold the rest of the card back.
+    read_failures: int = 0
 
     @property
     def path(self) -> Path:
@@ -80,7 +83,8 @@ class UploadItem:
     def from_json(cls, text: str) -> UploadItem:
         data: dict[str, Any] = json.loads(text)
         data["parts"] = [StoredPart(**p) for p in data.get("parts", [])]
-        return cls(**data)
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})  # a newer vigil's extra fields
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,10 +261,12 @@ class UploadQueue:
             return self._items.get(path)
 
     def pending(self) -> list[UploadItem]:
-        """Pending items in upload order (a started multipart upload first: it is half paid)."""
+        """Pending items in upload order (a started multipart upload first: it is half paid; a
+        file that could not be read last)."""
         items = [i for i in self.items() if i.state == "pending"]
         newest = self.order == "newest-first"
-        items.sort(key=lambda i: (i.upload_id is None, -i.start if newest else i.start, i.relative))
+        items.sort(key=lambda i: (i.read_failures > 0, i.upload_id is None, -i.start if newest else i.start,
+                                  i.relative))
         return items
 
     def is_uploaded(self, path: Path) -> bool:

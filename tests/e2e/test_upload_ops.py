@@ -374,3 +374,45 @@ def test_upload_now_goes_past_the_upload_hours(s3: tuple[str, Proxy], tmp_path: 
     finally:
         assert uploader.stop()
     assert object_bytes(url, "cam-1/" + path.relative_to(root).as_posix()) == path.read_bytes()
+
+
+def test_a_file_the_card_cannot_read_goes_last_and_holds_back_neither_the_rest_nor_the_endpoint(
+    s3: tuple[str, Proxy], tmp_path: Path
+) -> None:
+    from tests.fakes.durablefs import DurableFSError, DurableMount
+
+    url, proxy = s3
+    try:
+        disk = DurableMount(tmp_path / "card", tmp_path / "fs")
+        disk.start()
+    except DurableFSError as err:
+        pytest.fail(f"the durablefs FUSE filesystem did not work on this machine: {err}")
+    try:
+        root = disk.mountpoint / "rec"
+        files = [write_segment(root, 1_700_000_000.0 + 60 * i, 10 * i, 10) for i in range(3)]
+        disk.fail_reads(files[0])  # the oldest, first in the upload order: a bad sector
+        with pytest.raises(OSError):
+            files[0].read_bytes()
+        alerts: list[tuple[bool, str]] = []
+        uploader = Uploader(settings(proxy.url, order="oldest-first"), roots=lambda: [root],
+                            alert=lambda failing, message: alerts.append((failing, message)))
+        uploader.request_now()
+        outcomes = [uploader.run_once() for _ in range(4)]
+
+        assert outcomes == [False, True, True, False]  # the damaged file, the two others, it again
+        for path in files[1:]:
+            assert object_bytes(url, "cam-1/" + path.relative_to(root).as_posix()) == path.read_bytes()
+        bad = uploader.queue.get(files[0])
+        assert bad is not None and bad.state == "pending" and bad.read_failures == 2
+        assert bad.last_error is not None and "Input/output error" in bad.last_error
+        assert "cam-1/" + files[0].relative_to(root).as_posix() not in keys_in_bucket(url)
+        assert uploader.stats.unreadable == 2
+        # The endpoint worked all along: no alert, no endpoint backoff while others waited;
+        # with only the damaged file left, the next try waits instead of spinning on the card.
+        assert alerts == [] and uploader.summary().endpoint == "ok"
+        assert uploader.retry_at > time.monotonic()
+        reread = UploadQueue(key_prefix="cam-1/")
+        reread.load(root, read_only=True)
+        assert reread.pending()[-1].path == files[0] and reread.pending()[-1].read_failures == 2
+    finally:
+        disk.close()

@@ -69,6 +69,7 @@ class DurableOperations(mfusepy.Operations):  # type: ignore[misc]
         self.is_cut = False
         self._handles: dict[int, int] = {}  # file handle -> inode
         self._next_handle = 1
+        self.unreadable: set[int] = set()  # inodes whose reads fail (fail_reads)
 
     def _open_handle(self, node: Node) -> int:
         fh = self._next_handle
@@ -221,9 +222,19 @@ class DurableOperations(mfusepy.Operations):  # type: ignore[misc]
             self.tree.truncate(node, 0)
         return self._open_handle(node)
 
+    def fail_reads(self, path: str) -> dict[str, Any]:
+        """From now on every read of the file at `path` fails with EIO, as a card's bad sector
+        does; the file is still listed and its size still reads."""
+        with self.mutex:
+            self.unreadable.add(self.tree.lookup(path).ino)
+        return {}
+
     @_guarded
     def read(self, path: str | None, size: int, offset: int, fh: int) -> bytes:
-        return self.tree.read(self._node(path, fh), size, offset)
+        node = self._node(path, fh)
+        if node.ino in self.unreadable:
+            raise fs_error(errno.EIO, "a bad sector (durablefs fail_reads)")
+        return self.tree.read(node, size, offset)
 
     @_guarded
     def write(self, path: str | None, data: bytes, offset: int, fh: int) -> int:
@@ -267,6 +278,8 @@ class _ControlHandler(socketserver.StreamRequestHandler):
                 if request["op"] == "cut":
                     reply = self.server.operations.cut(Path(request["image"]),
                                                        float(request.get("keep_unsynced", 0.0)))
+                elif request["op"] == "fail_reads":
+                    reply = self.server.operations.fail_reads(str(request["path"]))
                 elif request["op"] == "stats":
                     reply = self.server.operations.stats()
                 else:

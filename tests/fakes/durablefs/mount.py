@@ -113,6 +113,11 @@ class DurableMount:
             raise FileExistsError(image)
         return self._ask({"op": "cut", "image": str(image), "keep_unsynced": keep_unsynced})
 
+    def fail_reads(self, path: Path) -> None:
+        """Every read of the file at `path` (under the mount point) fails with EIO from now on:
+        a bad sector on the card. It is still listed and stat still works."""
+        self._ask({"op": "fail_reads", "path": "/" + path.relative_to(self.mountpoint).as_posix()})
+
     def stats(self) -> dict[str, Any]:
         return self._ask({"op": "stats"})
 
