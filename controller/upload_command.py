@@ -4,8 +4,9 @@ Without `--root` both ask the daemon's API (`GET /upload/status`, `POST /actions
 with the action token) and `now` follows its progress there. With `--root ROOT` they work on
 the card itself, as `vigil export --root` does: `status` reads the queue records in
 ROOT/.vigil-upload without changing anything, `now` runs the daemon's own uploader in this
-process with the config's `upload` settings. Do not point `--root` at a root a running
-daemon records into: two uploaders would share one queue.
+process with the config's `upload` settings. One uploader per root: `now --root` on a root
+whose queue a running daemon holds (a lock in ROOT/.vigil-upload) is refused at once, naming
+the holder's pid; ask that daemon without `--root` instead.
 
 `now` exits 0 only when every file pending at the start (a segment merged meanwhile: its
 hour) is in the bucket, verified; 1 when a permanent error stops it (it says what to fix),
@@ -291,6 +292,10 @@ def _now_offline(args: argparse.Namespace) -> int:
         print(f"{who}: {err}; install it with pip install 'vigil[upload]'", file=sys.stderr)
         return EXIT_NOT_DONE
     uploader = Uploader(settings, roots=lambda: [root])
+    if not uploader.queue.load(root):
+        print(f"{who}: {uploader.queue.busy.get(root, f'the upload queue of {root} is unusable')}; "
+              f"ask it with `vigil upload now` (no --root), or wait until it is done", file=sys.stderr)
+        return EXIT_NOT_DONE
     bar = _Progress()
     last: dict[str, Any] = {}
 

@@ -379,7 +379,8 @@ class Uploader:
         if root is None:
             logger.warning("upload: {} is under no recording root; not queued", path)
             return
-        self.queue.load(root)
+        if not self.queue.load(root):
+            return  # another process uploads this root (logged once)
         try:
             self.queue.add(root, path)
         except OSError as err:
@@ -396,10 +397,12 @@ class Uploader:
     def stop(self, timeout: float = STOP_TIMEOUT_SECONDS) -> bool:
         self._stop.set()
         self._wake.set()
-        if self._thread is None:
-            return True
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                return False  # still mid-request: its queue stays locked
+        self.queue.close()  # the next uploader of these roots (a reset's) takes their locks
+        return True
 
     def wake(self) -> None:
         self._wake.set()
@@ -754,7 +757,7 @@ class Uploader:
             root = next((r for r in self._roots() if _is_under(partial, r)), None)
             final = final_path(partial)
             known = self.queue.get(final)
-            if root is None or (known is not None and known.state != "growing"):
+            if root is None or not self.queue.load(root) or (known is not None and known.state != "growing"):
                 continue
             number = len(known.parts) + 1 if known is not None else 1
             try:

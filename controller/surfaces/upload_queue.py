@@ -14,6 +14,7 @@ kept while its file exists, so retention can ask whether a file is already off t
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -30,6 +31,7 @@ from hw.footage import list_footage, partial_path, segment_start
 from hw.writer import fsync_directory
 
 QUEUE_DIR_NAME = ".vigil-upload"
+LOCK_NAME = "lock"  # one uploading process per root: `vigil upload now --root` beside a daemon
 ITEM_SUFFIX = ".json"
 TEMP_SUFFIX = ".tmp"
 ItemState = Literal["growing", "pending", "done"]  # growing: the segment is still open
@@ -137,6 +139,9 @@ class UploadQueue:
         self._lock = threading.Lock()
         self._items: dict[Path, UploadItem] = {}
         self._loaded: set[Path] = set()
+        self._lock_fds: list[int] = []  # held until the process ends
+        self.busy: dict[Path, str] = {}  # roots whose queue another process holds, and why
+        self._told_busy: set[Path] = set()
         self.broken_records = 0
         # The status snapshot asks for the backlog every loop iteration: the totals are
         # counted again only after an item changed (save/forget bump the version).
@@ -148,19 +153,24 @@ class UploadQueue:
 
     # -- loading and feeding ---------------------------------------------------------
 
-    def load(self, root: Path, *, read_only: bool = False) -> None:
+    def load(self, root: Path, *, read_only: bool = False) -> bool:
         """Read ROOT's queue folder once (a restart resumes from it); `read_only` changes
-        nothing on disk (`vigil upload status` on a card)."""
+        nothing on disk (`vigil upload status` on a card). Unless read-only, this process then
+        holds the folder's lock for as long as it lives: False (logged once) while another
+        process (a `vigil upload now --root` beside a daemon) holds it, and nothing of ROOT may
+        be uploaded or recorded here until it lets go."""
         if root in self._loaded:
-            return
+            return True
         folder = root / QUEUE_DIR_NAME
         try:
             if not read_only:
                 folder.mkdir(exist_ok=True)
+                if not self._lock_folder(root, folder):
+                    return False
             entries = list(folder.iterdir()) if folder.is_dir() else []
         except OSError as err:
             logger.error("upload queue folder {} is unusable: {}", folder, err)
-            return
+            return False
         for entry in entries:
             if entry.name.endswith(TEMP_SUFFIX):
                 if not read_only:
@@ -184,6 +194,39 @@ class UploadQueue:
                 self._items[item.path] = item
                 self._version += 1
         self._loaded.add(root)
+        return True
+
+    def close(self) -> None:
+        """Let go of the roots' locks; the queue is not used after this."""
+        for fd in self._lock_fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._lock_fds.clear()
+        self._loaded.clear()
+
+    def _lock_folder(self, root: Path, folder: Path) -> bool:
+        """Take the queue folder's lock (flock: the kernel lets go when the process ends, however
+        it ends) and write our pid in it; False when another process holds it."""
+        fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            self.busy[root] = f"another uploader (pid {holder}) holds the upload queue of {root}"
+            if root not in self._told_busy:
+                self._told_busy.add(root)
+                logger.error("upload: {}; this process leaves that root alone until it is done",
+                             self.busy[root])
+            return False
+        except BaseException:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fds.append(fd)
+        self.busy.pop(root, None)
+        return True
 
     def add(self, root: Path, path: Path) -> UploadItem | None:
         """Queue the closed footage file `path` under `root` (again, if it changed); None if gone."""
@@ -229,9 +272,8 @@ class UploadQueue:
         added = 0
         open_set = set(open_segments)
         for root in roots:
-            if not root.is_dir():
+            if not root.is_dir() or not self.load(root):
                 continue
-            self.load(root)
             for footage in list_footage(root):
                 if footage.path in open_set:
                     continue

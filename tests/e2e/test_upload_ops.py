@@ -193,6 +193,32 @@ def test_upload_status_and_now_on_a_card_offline(s3: tuple[str, Proxy], tmp_path
     assert (body["pending"], body["done"], body["failed"]) == (0, 3, 0)
 
 
+def test_upload_now_on_a_card_another_uploader_holds_is_refused_until_it_lets_go(
+    s3: tuple[str, Proxy], tmp_path: Path
+) -> None:
+    url, proxy = s3
+    root = tmp_path / "card"
+    files = [write_segment(root, 1_700_000_000.0 + 60 * i, 10 * i, 10) for i in range(2)]
+    config = upload_config(tmp_path / "vigil.yaml", proxy.url, BUCKET, root=root)
+    proxy.is_down = True  # the holder (as a daemon would be) is stuck retrying a dead endpoint
+    holder = Uploader(settings(proxy.url, key_prefix="cam-live/"), roots=lambda: [root])
+    holder.request_now()
+    assert not holder.run_once() and holder.queue.backlog().files == 2
+
+    refused = vigil("upload", "now", "--root", str(root), "--config", str(config))
+    assert refused.returncode == 1, refused.stderr
+    assert f"another uploader (pid {os.getpid()}) holds the upload queue of {root}" in refused.stderr
+    assert "vigil upload now` (no --root)" in refused.stderr
+    assert keys_in_bucket(url) & {"cam-live/" + p.relative_to(root).as_posix() for p in files} == set()
+
+    assert holder.stop()  # it lets go; the card's own `upload now` takes over
+    proxy.is_down = False
+    now = vigil("upload", "now", "--root", str(root), "--config", str(config))
+    assert now.returncode == 0, now.stderr
+    for path in files:
+        assert object_bytes(url, "cam-live/" + path.relative_to(root).as_posix()) == path.read_bytes()
+
+
 def test_upload_now_with_upload_off_is_a_config_error(tmp_path: Path) -> None:
     root = tmp_path / "card"
     root.mkdir()
