@@ -323,6 +323,10 @@ def test_snapshot_is_a_jpeg_of_the_latest_frame(recording: Live) -> None:
         assert (frame.width, frame.height) == (WIDTH, HEIGHT)
         return framecode.read_video_frame(frame)
 
+    # Right after a recovery (an earlier test's injected fault) no frame has passed validation
+    # yet, and the answer is a 503 saying so: wait for the first one.
+    wait_until(lambda: request(recording.server, "GET", "/snapshot.jpg", headers=VIEW).status == 200,
+               what="a validated frame")
     first = snapshot_number()
     captured = recording.controller.snapshot.totals.frames_captured
     wait_until(lambda: recording.controller.snapshot.totals.frames_captured > captured + 3,

@@ -648,10 +648,13 @@ def test_the_hls_route_serves_no_merged_hour_and_no_link(live: Live, tmp_path: P
     (tmp_path / "secret").write_bytes(b"SECRET")
     (day / "00" / "20010101T000000Z.mp4.partial").symlink_to(tmp_path / "secret")
     (day / "00" / "20010101T000001Z.mp4").symlink_to(tmp_path / "secret")
-    for path in ("2001-01-01/00/20010101T000000Z.mp4", "2001-01-01/00/20010101T000000Z.mp4.partial",
-                 "2001-01-01/00/20010101T000001Z.mp4"):
-        reply = get(live.server, f"/hls/{path}", bearer(VIEWER))
-        assert reply.status == 404 and b"SECRET" not in reply.body
+    try:
+        for path in ("2001-01-01/00/20010101T000000Z.mp4", "2001-01-01/00/20010101T000000Z.mp4.partial",
+                     "2001-01-01/00/20010101T000001Z.mp4"):
+            reply = get(live.server, f"/hls/{path}", bearer(VIEWER))
+            assert reply.status == 404 and b"SECRET" not in reply.body
+    finally:
+        shutil.rmtree(day)  # the module's recording root is shared: the tests after this decode it all
 
 
 def test_an_exported_clip_over_http_carries_its_signed_manifest(live: Live, tmp_path: Path,
