@@ -27,6 +27,7 @@ import re
 import ssl
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -142,6 +143,8 @@ class MqttSurface:
         self.published = 0
         self.dropped = 0
         self.connects = 0
+        self.subscribed = 0  # SUBACKs: the command topics are heard from here on
+        self.reconnect_delays: deque[int] = deque(maxlen=64)  # the latest waits paho was given
         self.connect_failures = 0
         self.login_refusals = 0
         self.births = 0
@@ -190,6 +193,7 @@ class MqttSurface:
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
         self._client = client
         self._desk = CommandDesk(self.controller, name="mqtt-commands")
         self._subscription = self.controller.bus.subscribe(
@@ -269,6 +273,10 @@ class MqttSurface:
         self._republish.set()
         self._wake.set()
 
+    def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int, reasons: Any,
+                      properties: Any) -> None:
+        self.subscribed += 1
+
     def _on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
         self.connect_failures += 1
         err, self._connect_error = self._connect_error, None
@@ -301,6 +309,7 @@ class MqttSurface:
         self._failures += 1
         ceiling = min(RECONNECT_MAX_SECONDS, RECONNECT_MIN_SECONDS * 2 ** min(self._failures, 10))
         delay = self._random.randint(RECONNECT_MIN_SECONDS, ceiling)
+        self.reconnect_delays.append(delay)
         if self._client is not None:
             self._client.reconnect_delay_set(delay, delay)
 

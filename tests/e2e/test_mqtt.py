@@ -314,7 +314,7 @@ def test_a_reset_command_passes_through_reset_and_is_answered(broker: Broker, wa
                                                              start_unit: Callable[..., Unit]) -> None:
     unit = start_unit(broker.port, mqtt={"commands": "true"})
     assert watcher.on(TOPICS.availability, WAIT_SECONDS, payload=b"online") is not None
-    assert wait_until(lambda: unit.mqtt.connects >= 1, WAIT_SECONDS)
+    assert wait_until(lambda: unit.mqtt.subscribed >= 1, WAIT_SECONDS)  # a command sent sooner is lost
     since = watcher.mark()
 
     watcher.publish(TOPICS.command("reset"), "")
@@ -335,7 +335,7 @@ def test_a_reset_command_passes_through_reset_and_is_answered(broker: Broker, wa
 def test_a_reset_that_changed_the_mqtt_section_answers_then_reconnects_with_it(
         broker: Broker, watcher: Watcher, start_unit: Callable[..., Unit], tmp_path: Path) -> None:
     unit = start_unit(broker.port, mqtt={"commands": "true"})
-    assert wait_until(lambda: unit.mqtt.connects >= 1, WAIT_SECONDS)
+    assert wait_until(lambda: unit.mqtt.subscribed >= 1, WAIT_SECONDS)  # a command sent sooner is lost
     renamed = Topics("site/renamed", "homeassistant")
     (tmp_path / "vigil0.yaml").write_text(config_text(
         unit.root, broker.port, mqtt={"commands": "true", "base_topic": renamed.base}))
@@ -357,7 +357,7 @@ def test_a_reset_that_changed_the_mqtt_section_answers_then_reconnects_with_it(
 def test_with_commands_off_the_command_topic_is_ignored_and_logged_once(
         broker: Broker, watcher: Watcher, start_unit: Callable[..., Unit], log_lines: list[str]) -> None:
     unit = start_unit(broker.port)  # commands default to off
-    assert wait_until(lambda: unit.mqtt.connects >= 1, WAIT_SECONDS)
+    assert wait_until(lambda: unit.mqtt.subscribed >= 1, WAIT_SECONDS)  # a command sent sooner is lost
     since = watcher.mark()
 
     for _ in range(3):
@@ -408,11 +408,12 @@ def test_broker_down_20_s_while_recording_loses_no_frame_and_everything_comes_ba
         time.sleep(0.5)
     assert unit.frames_recorded() > frames_before + 15 * 15, "recording stalled while the broker was away"
     broker.start()
-    restarted = time.monotonic()
 
-    # Reconnected within the backoff bound (plus a connection's own time).
-    assert wait_until(lambda: unit.mqtt.connects == 2, RECONNECT_MAX_SECONDS + 5), unit.mqtt
-    assert time.monotonic() - restarted <= RECONNECT_MAX_SECONDS + 5
+    # Reconnected, and never told to wait longer than the backoff bound between tries (the
+    # waits paho was given, not the wall clock: a busy machine stretches those).
+    assert wait_until(lambda: unit.mqtt.connects == 2, WAIT_SECONDS), unit.mqtt
+    delays = list(unit.mqtt.reconnect_delays)
+    assert delays and max(delays) <= RECONNECT_MAX_SECONDS, delays
     # The broker kept nothing (persistence false): what it has now, vigil published again.
     late = Watcher(broker)
     try:
