@@ -6,7 +6,7 @@
 set -u
 runs=${1:-2}
 here=$(cd "$(dirname "$0")/.." && pwd)
-busy() { taskset -c "$1" sh -c 'while :; do :; done' & echo $!; }
+busy() { taskset -c "$1" sh -c 'while :; do :; done' >/dev/null 2>&1 & echo $!; }
 a=$(busy 0); b=$(busy 1)
 trap 'kill $a $b 2>/dev/null' EXIT INT TERM
 failed=0
