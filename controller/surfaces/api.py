@@ -1173,6 +1173,7 @@ def _guarded_protocol(book: ConnectionBook) -> type[HttpToolsProtocol]:
         received; such a client may be dropped at the cap, and times out with a 408."""
 
         _request_timer: asyncio.TimerHandle | None = None
+        _request_deadline: float | None = None  # loop time; None: no request is awaited
         _stall_timer: asyncio.TimerHandle | None = None
         _begun = 0
         _answered = 0
@@ -1241,9 +1242,14 @@ def _guarded_protocol(book: ConnectionBook) -> type[HttpToolsProtocol]:
             return self._in_progress() and self._whole
 
         def _await_request(self) -> None:
-            """From now the client has limits.request_seconds to send a whole request."""
-            self._cancel(self._request_timer)
-            self._request_timer = self.loop.call_later(limits.request_seconds, self._request_overdue)
+            """From now the client has limits.request_seconds to send a whole request.
+
+            The deadline moves with each request; the timer is not made again each time (a
+            keep-alive viewer asks twice a second): one armed earlier finds the deadline
+            later when it fires, and waits again for the rest."""
+            self._request_deadline = self.loop.time() + limits.request_seconds
+            if self._request_timer is None:
+                self._request_timer = self.loop.call_at(self._request_deadline, self._request_due)
             book.waiting.pop(self, None)
             book.waiting[self] = time.monotonic()
 
@@ -1251,12 +1257,21 @@ def _guarded_protocol(book: ConnectionBook) -> type[HttpToolsProtocol]:
             if self._in_progress():
                 book.waiting.pop(self, None)  # a request is in progress: not idle
             if self._received():
-                self._cancel(self._request_timer)  # the whole request is in
-                self._request_timer = None
+                self._request_deadline = None  # the whole request is in
+
+        def _request_due(self) -> None:
+            self._request_timer = None
+            deadline = self._request_deadline
+            if deadline is None or self.transport.is_closing():
+                return
+            if self.loop.time() < deadline:  # moved on by a later request
+                self._request_timer = self.loop.call_at(deadline, self._request_due)
+                return
+            self._request_overdue()
 
         def _request_overdue(self) -> None:
-            self._request_timer = None
-            if self.transport.is_closing() or self._received():
+            self._request_deadline = None
+            if self._received():
                 return
             book.timed_out += 1
             book.waiting.pop(self, None)
