@@ -1161,6 +1161,10 @@ class ConnectionBook:
                 "send_stalled": self.send_stalled}
 
 
+class _HeadTooLarge(Exception):
+    """A request head over the bound (raised inside the parser's callbacks)."""
+
+
 def _guarded_protocol(book: ConnectionBook) -> type[HttpToolsProtocol]:
     """uvicorn's HttpToolsProtocol with the cap, the head bound and the deadlines of `book.limits`."""
     limits = book.limits
@@ -1180,6 +1184,8 @@ def _guarded_protocol(book: ConnectionBook) -> type[HttpToolsProtocol]:
         _head_done = False
         _whole = False
         _head_bytes = 0  # received since the last whole head, while a head is incomplete
+        _head_fields = 0  # the newest request's URL and header lines, as the parser hands them over
+        _head_too_large = False
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             book.accepted += 1
@@ -1217,6 +1223,37 @@ def _guarded_protocol(book: ConnectionBook) -> type[HttpToolsProtocol]:
             super().on_message_begin()
             self._begun += 1
             self._head_done = self._whole = False
+            self._head_fields = 0
+
+        def on_url(self, url: bytes) -> None:
+            self._count_head(len(url))
+            super().on_url(url)
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self._count_head(len(name) + len(value) + 4)  # ": " and CRLF
+            super().on_header(name, value)
+
+        def _count_head(self, size: int) -> None:
+            """A head that arrives whole in one read is counted here, exactly, before its
+            request starts; raising stops the parser, and uvicorn then answers through
+            send_400_response (a 431 below)."""
+            self._head_fields += size
+            if self._head_fields > limits.max_head_bytes:
+                self._head_too_large = True
+                raise _HeadTooLarge(limits.max_head_bytes)
+
+        def send_400_response(self, msg: str) -> None:
+            if self._head_too_large:
+                self._refuse_head()
+            else:
+                super().send_400_response(msg)
+
+        def _refuse_head(self) -> None:
+            book.head_too_large += 1
+            book.waiting.pop(self, None)
+            self.transport.write(_raw_response(
+                _HEAD_TOO_LARGE, f"request head over {limits.max_head_bytes} bytes"))
+            self.transport.close()
 
         def on_headers_complete(self) -> None:
             self._head_done = True
@@ -1284,13 +1321,11 @@ def _guarded_protocol(book: ConnectionBook) -> type[HttpToolsProtocol]:
             if self._head_open():
                 self._head_bytes += len(data)
             super().data_received(data)
+            # A head still not whole: the parser holds what it has, so its bytes are bounded
+            # here (to within one read of the bound).
             if (self._head_open() and self._head_bytes > limits.max_head_bytes
                     and not self.transport.is_closing()):
-                book.head_too_large += 1
-                book.waiting.pop(self, None)
-                self.transport.write(_raw_response(
-                    _HEAD_TOO_LARGE, f"request head over {limits.max_head_bytes} bytes"))
-                self.transport.close()
+                self._refuse_head()
                 return
             self._note_progress()
 

@@ -543,20 +543,24 @@ def test_a_request_head_over_the_bound_is_431_in_one_piece_or_many(file_server: 
     # at once or trickle in (each piece well inside the request deadline).
     server, _ = file_server(max_head_bytes=4096, request_seconds=30.0)
     start = b"GET /recordings HTTP/1.1\r\nHost: vigil\r\n"
-    for pieces in (1, 8):
-        filler = b"X-Big: " + b"z" * 6000 + b"\r\n"
+    for pieces, whole in ((1, True), (1, False), (8, False)):
+        # Whole: the head ends (a blank line), all of it in one send; else it never ends.
+        filler = b"X-Big: " + b"z" * 6000 + b"\r\n" + (b"\r\n" if whole else b"")
         with socket.create_connection(("127.0.0.1", server.port), timeout=SOCKET_TIMEOUT_SECONDS) as sock:
-            sock.sendall(start)
             step = len(filler) // pieces + 1
             try:
-                for at in range(0, len(filler), step):
-                    sock.sendall(filler[at:at + step])
+                if whole:
+                    sock.sendall(start + filler)
+                else:
+                    sock.sendall(start)
+                    for at in range(0, len(filler), step):
+                        sock.sendall(filler[at:at + step])
             except OSError:
                 pass  # closed by the server once it saw too much
             answer = _read_until_closed(sock)
-        assert answer.startswith(b"HTTP/1.1 431"), answer[:200]
+        assert answer.startswith(b"HTTP/1.1 431"), (pieces, whole, answer[:200])
         assert b"request head over 4096 bytes" in answer
-    assert server.connections.head_too_large == 2
+    assert server.connections.head_too_large == 3
     # A head inside the bound, on a connection that already had a request, is answered.
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=SOCKET_TIMEOUT_SECONDS)
     try:
@@ -567,4 +571,4 @@ def test_a_request_head_over_the_bound_is_431_in_one_piece_or_many(file_server: 
             assert response.status == 200
     finally:
         conn.close()
-    assert server.connections.head_too_large == 2
+    assert server.connections.head_too_large == 3
