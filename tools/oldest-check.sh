@@ -41,7 +41,8 @@ print("oldest versions installed:", ", ".join(l.strip() for l in open(sys.argv[1
 PY
 
 # The parts that lean on numpy, PyAV, pydantic and FastAPI: encoding, muxing, merging, the
-# config models, every camera backend, doctor, a recording process, the HTTP API, and paho-mqtt
+# config models, every camera backend, doctor, a recording process, the HTTP API and its
+# connection guard (a subclass of uvicorn's httptools protocol), and paho-mqtt
 # 2.0's callbacks against a real mosquitto.
 # PYTHONNODEBUGRANGES=1: as in the Makefile's test target (CPython 3.11's global ast state).
 PYTHONNODEBUGRANGES=1 "$venv/bin/python" -m pytest -q -n 2 -p no:randomly \
@@ -49,4 +50,4 @@ PYTHONNODEBUGRANGES=1 "$venv/bin/python" -m pytest -q -n 2 -p no:randomly \
   tests/unit/test_merge.py tests/unit/test_config.py tests/unit/test_validate.py \
   tests/contract/test_camera_contract.py tests/contract/test_doctor.py \
   tests/contract/test_picamera2_unavailable.py tests/e2e/test_run.py tests/e2e/test_api.py \
-  tests/e2e/test_mqtt.py
+  tests/e2e/test_mqtt.py tests/e2e/test_port.py

@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn, Protocol
 
 import anyio.to_thread
-import h11
 import uvicorn
 from fastapi import Body, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.encoders import jsonable_encoder
@@ -39,7 +38,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from loguru import logger
 from pydantic import BaseModel, Field
 from starlette.requests import cookie_parser
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from controller.config import ApiConfig, parse_listen
 from controller.core.commands import CommandDesk
@@ -1043,10 +1042,14 @@ class SnapshotCache:
 
 # --- the server --------------------------------------------------------------------------------
 #
-# uvicorn (uvicorn/protocols/http/h11_impl.py) arms no timer until a first response is sent:
-# a client that connects and sends nothing, or half a request head, holds its connection and
-# its descriptor forever, and `limit_concurrency` only answers 503 once a whole request has
-# arrived. So the API puts its own bounds around uvicorn's H11Protocol: a hard cap on open
+# uvicorn parses requests with httptools (llhttp, in C): per request that costs about half of
+# what its pure-Python h11 protocol did, and requests are most of what a live HLS viewer costs
+# the daemon (bench/live.py). uvicorn (uvicorn/protocols/http/httptools_impl.py) arms no timer
+# until a first response is sent: a client that connects and sends nothing, or half a request
+# head, holds its connection and its descriptor forever; `limit_concurrency` only answers 503
+# once a whole request head has arrived; and llhttp takes a head of any length. So the API
+# puts its own bounds around uvicorn's HttpToolsProtocol: a bound on a request head's bytes
+# (431 and closed past it), a hard cap on open
 # connections (at the cap the oldest connection idle for over a second is dropped, so an
 # operator gets through a flood of idle ones; else the newcomer gets 503), a deadline for
 # each whole request, a deadline for a client that stops reading its response, and a small
@@ -1066,7 +1069,7 @@ SEND_STALL_SECONDS = 30.0  # a client that reads none of its response for this l
 # (a burst of real clients is still sending its requests), the new one gets 503 instead.
 DROP_IDLE_AFTER_SECONDS = 1.0
 KEEP_ALIVE_SECONDS = 5
-MAX_HEAD_BYTES = 16 * 1024  # a request head larger than this is answered 400 by h11
+MAX_HEAD_BYTES = 16 * 1024  # a request head larger than this is answered 431 and closed
 HANDLER_THREADS = 8  # request handlers run on at most this many worker threads
 # Descriptors the rest of the daemon may need beside the API's: its own files, the camera,
 # the segment writer, merges, /proc reads. The API keeps to what is left of the limit.
@@ -1110,6 +1113,9 @@ class ServerLimits:
 
 _TIMED_OUT = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
               b"connection: close\r\ncontent-length: %d\r\n\r\n%s")
+_HEAD_TOO_LARGE = (b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+                   b"content-type: text/plain; charset=utf-8\r\nconnection: close\r\n"
+                   b"content-length: %d\r\n\r\n%s")
 _TOO_MANY = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n"
              b"retry-after: 1\r\nconnection: close\r\ncontent-length: %d\r\n\r\n%s")
 
@@ -1129,11 +1135,12 @@ class ConnectionBook:
     """
 
     limits: ServerLimits
-    waiting: dict[H11Protocol, float] = field(default_factory=dict)
+    waiting: dict[HttpToolsProtocol, float] = field(default_factory=dict)
     accepted: int = 0
     refused: int = 0  # over the cap with nothing to drop: answered 503 and closed
     dropped_idle: int = 0  # waiting connections closed to make room for a new one
     timed_out: int = 0  # no whole request within request_seconds: 408 and closed
+    head_too_large: int = 0  # a request head over max_head_bytes: 431 and closed
     send_stalled: int = 0  # read none of the response for send_stall_seconds: closed
     at_cap: bool = False  # logged once when the cap is reached, once when it is left
 
@@ -1150,21 +1157,40 @@ class ConnectionBook:
     def counts(self) -> dict[str, int]:
         return {"accepted": self.accepted, "refused": self.refused,
                 "dropped_idle": self.dropped_idle, "timed_out": self.timed_out,
+                "head_too_large": self.head_too_large,
                 "send_stalled": self.send_stalled}
 
 
-def _guarded_protocol(book: ConnectionBook) -> type[H11Protocol]:
-    """uvicorn's H11Protocol with the cap and the deadlines of `book.limits`."""
+class _HeadTooLarge(Exception):
+    """A request head over the bound (raised inside the parser's callbacks)."""
+
+
+def _guarded_protocol(book: ConnectionBook) -> type[HttpToolsProtocol]:
+    """uvicorn's HttpToolsProtocol with the cap, the head bound and the deadlines of `book.limits`."""
     limits = book.limits
 
-    class GuardedH11Protocol(H11Protocol):
+    class GuardedProtocol(HttpToolsProtocol):
+        """Where the connection's newest request is, from the parser's callbacks: `_begun`
+        requests were started and `_answered` of them answered; the newest has its whole head
+        (`_head_done`) and its whole body (`_whole`). As with h11's states before: no request
+        is in progress while the newest has only part of its head, or is answered and wholly
+        received; such a client may be dropped at the cap, and times out with a 408."""
+
         _request_timer: asyncio.TimerHandle | None = None
+        _request_deadline: float | None = None  # loop time; None: no request is awaited
         _stall_timer: asyncio.TimerHandle | None = None
+        _begun = 0
+        _answered = 0
+        _head_done = False
+        _whole = False
+        _head_bytes = 0  # received since the last whole head, while a head is incomplete
+        _head_fields = 0  # the newest request's URL and header lines, as the parser hands them over
+        _head_too_large = False
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             book.accepted += 1
             open_now = sum(1 for c in self.connections
-                           if isinstance(c, H11Protocol) and not c.transport.is_closing())
+                           if isinstance(c, HttpToolsProtocol) and not c.transport.is_closing())
             if open_now >= limits.max_connections:
                 book.note_cap(True, open_now)
             if open_now >= limits.max_connections and not self._drop_oldest_waiting():
@@ -1192,37 +1218,119 @@ def _guarded_protocol(book: ConnectionBook) -> type[H11Protocol]:
                     return True
             return False
 
+        # The parser's callbacks (httptools calls them from inside feed_data).
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._begun += 1
+            self._head_done = self._whole = False
+            self._head_fields = 0
+
+        def on_url(self, url: bytes) -> None:
+            self._count_head(len(url))
+            super().on_url(url)
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self._count_head(len(name) + len(value) + 4)  # ": " and CRLF
+            super().on_header(name, value)
+
+        def _count_head(self, size: int) -> None:
+            """A head that arrives whole in one read is counted here, exactly, before its
+            request starts; raising stops the parser, and uvicorn then answers through
+            send_400_response (a 431 below)."""
+            self._head_fields += size
+            if self._head_fields > limits.max_head_bytes:
+                self._head_too_large = True
+                raise _HeadTooLarge(limits.max_head_bytes)
+
+        def send_400_response(self, msg: str) -> None:
+            if self._head_too_large:
+                self._refuse_head()
+            else:
+                super().send_400_response(msg)
+
+        def _refuse_head(self) -> None:
+            book.head_too_large += 1
+            book.waiting.pop(self, None)
+            self.transport.write(_raw_response(
+                _HEAD_TOO_LARGE, f"request head over {limits.max_head_bytes} bytes"))
+            self.transport.close()
+
+        def on_headers_complete(self) -> None:
+            self._head_done = True
+            self._head_bytes = 0
+            super().on_headers_complete()
+
+        def on_message_complete(self) -> None:
+            self._whole = True
+            super().on_message_complete()
+
+        def _in_progress(self) -> bool:
+            """The newest request has its whole head, and is not answered or its body is
+            still coming (an answer may go before the body, as a refusal does)."""
+            return self._head_done and (self._begun > self._answered or not self._whole)
+
+        def _head_open(self) -> bool:
+            """What arrives now is (part of) a request head: the newest one's head is not whole,
+            or every request is answered and wholly received (the next one has not begun)."""
+            return not self._head_done or (self._begun == self._answered and self._whole)
+
+        def _received(self) -> bool:
+            """The newest request is wholly received (it is being answered)."""
+            return self._in_progress() and self._whole
+
         def _await_request(self) -> None:
-            """From now the client has limits.request_seconds to send a whole request."""
-            self._cancel(self._request_timer)
-            self._request_timer = self.loop.call_later(limits.request_seconds, self._request_overdue)
+            """From now the client has limits.request_seconds to send a whole request.
+
+            The deadline moves with each request; the timer is not made again each time (a
+            keep-alive viewer asks twice a second): one armed earlier finds the deadline
+            later when it fires, and waits again for the rest."""
+            self._request_deadline = self.loop.time() + limits.request_seconds
+            if self._request_timer is None:
+                self._request_timer = self.loop.call_at(self._request_deadline, self._request_due)
             book.waiting.pop(self, None)
             book.waiting[self] = time.monotonic()
 
         def _note_progress(self) -> None:
-            state = self.conn.their_state
-            if state is not h11.IDLE:
+            if self._in_progress():
                 book.waiting.pop(self, None)  # a request is in progress: not idle
-            if state not in (h11.IDLE, h11.SEND_BODY):
-                self._cancel(self._request_timer)  # the whole request is in
-                self._request_timer = None
+            if self._received():
+                self._request_deadline = None  # the whole request is in
+
+        def _request_due(self) -> None:
+            self._request_timer = None
+            deadline = self._request_deadline
+            if deadline is None or self.transport.is_closing():
+                return
+            if self.loop.time() < deadline:  # moved on by a later request
+                self._request_timer = self.loop.call_at(deadline, self._request_due)
+                return
+            self._request_overdue()
 
         def _request_overdue(self) -> None:
-            self._request_timer = None
-            if self.transport.is_closing() or self.conn.their_state not in (h11.IDLE, h11.SEND_BODY):
+            self._request_deadline = None
+            if self._received():
                 return
             book.timed_out += 1
             book.waiting.pop(self, None)
-            if self.conn.their_state is h11.IDLE:
+            if not self._in_progress():
                 self.transport.write(_raw_response(
                     _TIMED_OUT, f"no whole request within {limits.request_seconds:g} s"))
             self.transport.close()
 
         def data_received(self, data: bytes) -> None:
+            if self._head_open():
+                self._head_bytes += len(data)
             super().data_received(data)
+            # A head still not whole: the parser holds what it has, so its bytes are bounded
+            # here (to within one read of the bound).
+            if (self._head_open() and self._head_bytes > limits.max_head_bytes
+                    and not self.transport.is_closing()):
+                self._refuse_head()
+                return
             self._note_progress()
 
         def on_response_complete(self) -> None:
+            self._answered += 1
             super().on_response_complete()
             if not self.transport.is_closing():
                 self._await_request()
@@ -1252,7 +1360,7 @@ def _guarded_protocol(book: ConnectionBook) -> type[H11Protocol]:
             super().connection_lost(exc)
             if book.at_cap:
                 open_now = sum(1 for c in self.connections
-                               if isinstance(c, H11Protocol) and not c.transport.is_closing())
+                               if isinstance(c, HttpToolsProtocol) and not c.transport.is_closing())
                 if open_now < limits.max_connections // 2:
                     book.note_cap(False, open_now)
 
@@ -1261,7 +1369,7 @@ def _guarded_protocol(book: ConnectionBook) -> type[H11Protocol]:
             if timer is not None:
                 timer.cancel()
 
-    return GuardedH11Protocol
+    return GuardedProtocol
 
 
 class _LoopErrors:
@@ -1391,7 +1499,6 @@ class ApiServer:
             # backstop: the cap above admits at most max_connections, plus as many again while
             # dropped idle ones are closing.
             limit_concurrency=2 * limits.max_connections + 1,
-            h11_max_incomplete_event_size=limits.max_head_bytes,
         )
         server = _Server(config, limits, self.loop_errors)
         self._server = server

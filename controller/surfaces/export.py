@@ -6,7 +6,9 @@ wall-clock time relative to the clip's first frame, so a gap in the recording (a
 a restart) stays a gap in the clip's timestamps. The clip starts at the keyframe at or
 before `start` (a decoder needs it; when `start` falls in a gap, the first keyframe after
 it) and ends with the last frame that starts before `end`; the exact span covered comes
-back in the result.
+back in the result. Which frames are in the span goes by each file's own clock, as the spans
+index counts them: a clip cut at a span's end as the index lists it holds that span's last
+frame, wherever it began.
 
 Files are found through the spans index (hw.footage names only, never through a link).
 The open segment is never read where the writer is writing: its whole fragments are first
@@ -89,7 +91,7 @@ class Clip:
 
     path: Path
     start: float = 0.0  # UTC seconds of the first frame
-    end: float = 0.0  # UTC seconds when the last frame ends
+    end: float = 0.0  # UTC seconds when the last frame ends, by its file's clock (as the spans index)
     frames: int = 0
     keyframes: int = 0
     gaps: list[tuple[float, float]] = field(default_factory=list)  # (UTC start, seconds)
@@ -290,6 +292,7 @@ def _write_clip(timelines: list, start: float, end: float, out_path: Path,  # ty
         origin: Fraction | None = None  # wall clock of the clip's first frame
         last_at: Fraction | None = None  # wall clock of the last frame written
         last_end = Fraction(0)
+        own_end: Fraction | None = None  # when the last frame written ends, by its file's clock
         last_pts = -1
         gop: list[_Timed] = []  # packets since the last keyframe, while before `start`
         done = False
@@ -307,6 +310,7 @@ def _write_clip(timelines: list, start: float, end: float, out_path: Path,  # ty
             used = False
             shift: Fraction | None = None
             for stream, timed in _timed_packets(path, start, seek=timeline.kind == "merged"):
+                own = timed.at  # the frame's time by its own file, as the spans index has it
                 if shift is None:
                     # A file that starts a little before the last one ended (the wall clock
                     # and the capture clock drift apart) goes right after it, as the hourly
@@ -318,7 +322,12 @@ def _write_clip(timelines: list, start: float, end: float, out_path: Path,  # ty
                     timed = _Timed(timed.packet, timed.at + shift, timed.duration)
                 if last_at is not None and timed.at <= last_at:
                     continue  # already written from another file
-                if timed.at >= end:
+                # Which frames are in the span goes by each frame's own time, not by where the
+                # shift placed it: the shifts add up over a run of files (up to a frame per
+                # few segments when the clocks drift), so a clip cut at a span's end as the
+                # index lists it lost that span's last frame; and a frame is then in a clip or
+                # not whatever file the clip began in.
+                if own >= end:
                     done = True
                     break
                 ctx = stream.codec_context
@@ -335,7 +344,7 @@ def _write_clip(timelines: list, start: float, end: float, out_path: Path,  # ty
                         gop = [timed]
                     elif gop:
                         gop.append(timed)
-                    if timed.at + timed.duration <= start:
+                    if own + timed.duration <= start:
                         continue  # before the span: kept only as the keyframe's group
                     if not gop:
                         continue  # no keyframe yet: wait for one
@@ -363,11 +372,12 @@ def _write_clip(timelines: list, start: float, end: float, out_path: Path,  # ty
                     clip.frames += 1
                     clip.keyframes += int(packet.is_keyframe)
                     used = True
+                own_end = own + timed.duration  # `timed` is the last of `pending`
                 if progress is not None and last_at is not None:
                     progress(min(1.0, max(0.0, (float(last_at) - start) / (end - start))))
             if used:
                 clip.files.append(timeline.path)
-        clip.end = float(last_end)
+        clip.end = float(own_end) if own_end is not None else 0.0
         if out_stream is None or clip.frames == 0:
             with contextlib.suppress(av.FFmpegError, OSError):
                 output.close()  # nothing to write: the caller removes the file

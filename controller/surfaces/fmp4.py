@@ -43,6 +43,7 @@ class Fragment:
     frames: int
     tfdt_at: int = 0  # file offset of the tfdt's baseMediaDecodeTime value
     tfdt_bytes: int = 8  # its width: 8 (tfdt version 1) or 4 (version 0)
+    last_duration: int = 0  # its last frame's, in the track's timescale (0: no frame)
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,7 +172,7 @@ def _fragment(moof: bytes, offset: int, size: int, default_duration: int, payloa
     start = struct.unpack_from(">Q", tfdt, 4)[0] if tfdt[0] == 1 else struct.unpack_from(">I", tfdt, 4)[0]
     traf_at = _payload_at(moof, b"traf")
     tfdt_at = payload_at + traf_at + _payload_at(traf, b"tfdt") + 4  # after version and flags
-    frames = total = 0
+    frames = total = last = 0
     for trun in boxes.get(b"trun", []):
         tflags = int.from_bytes(trun[1:4], "big")
         count = struct.unpack_from(">I", trun, 4)[0]
@@ -179,11 +180,14 @@ def _fragment(moof: bytes, offset: int, size: int, default_duration: int, payloa
         per_sample = sum(4 for bit in (0x100, 0x200, 0x400, 0x800) if tflags & bit)
         if tflags & 0x100:
             for i in range(count):
-                total += struct.unpack_from(">I", trun, pos + i * per_sample)[0]
-        else:
+                last = struct.unpack_from(">I", trun, pos + i * per_sample)[0]
+                total += last
+        elif count:
             total += count * duration_each
+            last = duration_each
         frames += count
-    return Fragment(offset, size, int(start), int(total), int(frames), tfdt_at, 8 if tfdt[0] == 1 else 4)
+    return Fragment(offset, size, int(start), int(total), int(frames), tfdt_at, 8 if tfdt[0] == 1 else 4,
+                    int(last))
 
 
 def scan_fragmented(path: Path, *, limit: int | None = None) -> FragmentedFile:

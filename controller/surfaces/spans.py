@@ -97,13 +97,19 @@ def segment_runs(path: Path, kind: FileKind = "segment") -> FileTimeline:
 def _split_fragments(scanned: fmp4.FragmentedFile, anchor: float, first: int) -> tuple[Run, ...]:
     # The muxer gives a fragment's last frame the time up to the next fragment's first, so a
     # pause (a restart joined by a merge, a camera loss) hides in that frame's duration: a
-    # fragment ends after its frames at the file's typical frame duration, at the latest.
+    # fragment ends when its last frame starts plus, at the most, the file's typical frame
+    # duration. (Not its frames times the typical duration: frames slower than typical, as
+    # under load, made that end before the last frame began, and an export cut there lost it.)
     per_frame = sorted(f.duration / f.frames for f in scanned.fragments if f.frames)
     typical = per_frame[len(per_frame) // 2] if per_frame else 0.0
     runs: list[Run] = []
     for frag in scanned.fragments:
         t0 = anchor + (frag.start - first) / scanned.timescale
-        t1 = t0 + min(frag.duration, frag.frames * typical) / scanned.timescale
+        if frag.frames and frag.last_duration:
+            last_start = frag.duration - frag.last_duration
+            t1 = t0 + (last_start + min(frag.last_duration, typical)) / scanned.timescale
+        else:
+            t1 = t0 + min(frag.duration, frag.frames * typical) / scanned.timescale
         if runs and t0 - runs[-1].end <= GAP_SECONDS:
             last = runs[-1]
             runs[-1] = Run(last.start, max(last.end, t1), last.frames + frag.frames)

@@ -382,7 +382,7 @@ def test_odd_authorization_headers_are_4xx(daemon: Daemon, headers: dict[str, st
     b"Authorization: Bearer \xff\xfe\x80\r\n",
     b"If-Range: " + HUGE.encode() + b"\r\nRange: bytes=0-1\r\n",
     b"If-Range: \xff\xff\r\nRange: bytes=" + HUGE.encode() + b"-\r\n",
-    b"X-Big: " + b"z" * 20000 + b"\r\n",  # a head over h11's bound
+    b"X-Big: " + b"z" * 20000 + b"\r\n",  # a head over the bound (MAX_HEAD_BYTES)
 ])
 def test_raw_header_bytes_never_give_a_server_error(daemon: Daemon, raw: bytes) -> None:
     path = f"/recordings/{closed_segment(daemon)}".encode()
@@ -536,3 +536,39 @@ def test_over_the_cap_with_nothing_idle_a_client_gets_503(file_server: ServerFac
     finally:
         for sock in busy:
             sock.close()
+
+
+def test_a_request_head_over_the_bound_is_431_in_one_piece_or_many(file_server: ServerFactory) -> None:
+    # llhttp takes a head of any length: the API counts a head's bytes itself, whether they come
+    # at once or trickle in (each piece well inside the request deadline).
+    server, _ = file_server(max_head_bytes=4096, request_seconds=30.0)
+    start = b"GET /recordings HTTP/1.1\r\nHost: vigil\r\n"
+    for pieces, whole in ((1, True), (1, False), (8, False)):
+        # Whole: the head ends (a blank line), all of it in one send; else it never ends.
+        filler = b"X-Big: " + b"z" * 6000 + b"\r\n" + (b"\r\n" if whole else b"")
+        with socket.create_connection(("127.0.0.1", server.port), timeout=SOCKET_TIMEOUT_SECONDS) as sock:
+            step = len(filler) // pieces + 1
+            try:
+                if whole:
+                    sock.sendall(start + filler)
+                else:
+                    sock.sendall(start)
+                    for at in range(0, len(filler), step):
+                        sock.sendall(filler[at:at + step])
+            except OSError:
+                pass  # closed by the server once it saw too much
+            answer = _read_until_closed(sock)
+        assert answer.startswith(b"HTTP/1.1 431"), (pieces, whole, answer[:200])
+        assert b"request head over 4096 bytes" in answer
+    assert server.connections.head_too_large == 3
+    # A head inside the bound, on a connection that already had a request, is answered.
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=SOCKET_TIMEOUT_SECONDS)
+    try:
+        for _ in range(2):
+            conn.request("GET", "/recordings", headers={"X-Big": "z" * 3000})
+            response = conn.getresponse()
+            response.read()
+            assert response.status == 200
+    finally:
+        conn.close()
+    assert server.connections.head_too_large == 3
