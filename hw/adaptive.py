@@ -20,6 +20,14 @@ above the frame interval, the CPU is too hot or the firmware reports throttling 
 up that has to be taken back soon doubles the calm period asked before the next one, so a
 constant load near the threshold costs a few steps an hour, not one a minute.
 
+A camera that encodes itself (picamera2: its H264Encoder) has no frames for vigil to
+re-encode, so `build_sensor_ladder` gives it the knobs that camera offers instead: its
+encoder's bit rate (a new encoder, so a cut at a keyframe), the lores sampling rate of the
+side checks, then the sensor's own frame rate (FrameDurationLimits: 30 -> 15 -> 10, the
+frames are never made, so nothing is skipped). Its load shows as the packet queue's depth
+and drops and as the encoder's lag: packets coming out later after their frame than the
+first one did (`LoadSample.lag_seconds`).
+
 Pure and clock-free: every time comes in with the sample, so tests drive it with a
 simulated clock. The pipeline (hw/pipeline.py) measures and applies the steps.
 """
@@ -47,6 +55,12 @@ SETTLE_SECONDS = 2.0
 FAILED_UP_PERIODS = 2.0
 MAX_UP_BACKOFF = 64
 CHANGES_KEPT = 100
+# The encoder lag (a packet's arrival after its frame, beyond the first packet's) that counts
+# as falling behind when it lasts `down_after_seconds`, and the most a step up tolerates.
+LAG_HIGH_SECONDS = 0.5
+LAG_CALM_SECONDS = 0.2
+# The lores side stream's sampling rate steps down to this fraction, once.
+LORES_SCALE = 0.5
 THERMAL_ROOT = Path("/sys/class/thermal")
 THROTTLE_READ_SECONDS = 10.0
 # `vcgencmd get_throttled` bits that describe the present (the ones above 16 say "since boot").
@@ -83,7 +97,11 @@ class QualityStep:
     decimation: int  # keep one frame in this many
     width: int
     height: int
-    fps: float  # the recorded rate: the camera's over `decimation`
+    fps: float  # the recorded rate: the camera's over `decimation` (a packet camera: its sensor's)
+    # A camera that encodes itself (picamera2): bit_rate_scale is its encoder's, fps its
+    # sensor's frame rate, lores_fps the rate its side stream is checked at.
+    packets: bool = False
+    lores_fps: float = 0.0
 
     def encoder_mode(self) -> CameraMode:
         """The mode the encoder is opened in for this step."""
@@ -94,6 +112,9 @@ class QualityStep:
         return (self.width, self.height, self.fps) != (other.width, other.height, other.fps)
 
     def describe(self) -> str:
+        if self.packets:
+            return (f"bitrate x{self.bit_rate_scale:g}, sensor {self.fps:g} fps, "
+                    f"lores sampled at {self.lores_fps:g} fps, {self.width}x{self.height}")
         return (f"preset {self.preset} crf {self.crf}"
                 + (f" bitrate x{self.bit_rate_scale:g}" if self.bit_rate_scale != 1.0 else "")
                 + f", {self.fps:g} fps, {self.width}x{self.height}")
@@ -108,7 +129,9 @@ class QualityStep:
         if self.bit_rate_scale != other.bit_rate_scale:
             parts.append(f"bitrate x{other.bit_rate_scale:g} -> x{self.bit_rate_scale:g}")
         if self.fps != other.fps:
-            parts.append(f"fps {other.fps:g} -> {self.fps:g}")
+            parts.append(f"{'sensor ' if self.packets else ''}fps {other.fps:g} -> {self.fps:g}")
+        if self.lores_fps != other.lores_fps:
+            parts.append(f"lores sampling {other.lores_fps:g} -> {self.lores_fps:g} fps")
         if (self.width, self.height) != (other.width, other.height):
             parts.append(f"size {other.width}x{other.height} -> {self.width}x{self.height}")
         return ", ".join(parts) or "no change"
@@ -151,6 +174,34 @@ def build_ladder(mode: CameraMode, *, preset: str, crf: int, hardware: bool,
     return tuple(steps)
 
 
+def build_sensor_ladder(mode: CameraMode, *, lores_fps: float,
+                        spec: AdaptiveSpec) -> tuple[QualityStep, ...]:
+    """The ladder of a camera that encodes itself (picamera2), from level 0 down to the floors.
+
+    Its encoder's bit rate down to `bitrate_floor_fraction` (one step), the lores side
+    stream's sampling rate halved (one step), then the sensor's frame rate in the raw
+    ladder's even divisions (30 -> 15 -> 10) down to `fps_floor`. Its size is the sensor
+    stream's and stays. With adaptation off the ladder is its top step.
+    """
+    top = QualityStep(0, "", 0, 1.0, 1, mode.width, mode.height, mode.fps, packets=True,
+                      lores_fps=lores_fps)
+    steps = [top]
+    if not spec.enabled:
+        return tuple(steps)
+
+    def add(**changes: object) -> None:
+        steps.append(replace(steps[-1], level=len(steps), **changes))  # type: ignore[arg-type]
+
+    if spec.bitrate_floor_fraction < 1.0:
+        add(bit_rate_scale=spec.bitrate_floor_fraction)
+    if lores_fps * LORES_SCALE >= 1.0:
+        add(lores_fps=lores_fps * LORES_SCALE)
+    for divisor in DECIMATIONS:
+        if mode.fps / divisor >= spec.fps_floor - 1e-9:
+            add(fps=mode.fps / divisor)
+    return tuple(steps)
+
+
 @dataclass(frozen=True, slots=True)
 class LoadSample:
     """The encoder's load over the last sample period, as the pipeline measured it."""
@@ -163,6 +214,9 @@ class LoadSample:
     frame_interval: float  # seconds between frames the encoder is given (after decimation)
     temperature_c: float | None = None
     throttled: str = ""  # what the firmware says limits the CPU now, "" for nothing
+    # A camera that encodes itself: how much later than the first packet after its frame the
+    # newest packet came out of its encoder (growing: the encoder falls behind).
+    lag_seconds: float = 0.0
 
     @property
     def queue_fraction(self) -> float:
@@ -172,6 +226,16 @@ class LoadSample:
     def encode_ratio(self) -> float:
         """Encode time per frame over the time the encoder has for a frame."""
         return self.encode_seconds / self.frame_interval if self.frame_interval > 0 else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class PacketLoad:
+    """A camera that encodes itself, as its packet queue and encoder show its load."""
+
+    queue_depth: int
+    queue_size: int
+    dropped_total: int  # packets dropped since the camera opened (queue full)
+    lag_seconds: float  # LoadSample.lag_seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,6 +348,9 @@ class QualityGovernor:
         if held is not None and held >= spec.down_after_seconds:
             causes.append(f"encode {s.encode_seconds * 1000:.0f} ms per frame for a "
                           f"{s.frame_interval * 1000:.0f} ms interval for {held:.0f} s")
+        held = self._sustained("lag", s.lag_seconds >= LAG_HIGH_SECONDS, now)
+        if held is not None and held >= spec.down_after_seconds:
+            causes.append(f"encoder {s.lag_seconds:.1f} s behind its frames for {held:.0f} s")
         hot = s.temperature_c is not None and s.temperature_c >= spec.temperature_max_c
         held = self._sustained("temperature", hot, now)
         if held is not None and held >= spec.down_after_seconds:
@@ -299,6 +366,8 @@ class QualityGovernor:
             return False
         spec = self.spec
         if s.dropped or s.throttled or s.queue_fraction > spec.queue_low_fraction:
+            return False
+        if s.lag_seconds > LAG_CALM_SECONDS:
             return False
         if s.temperature_c is not None and \
                 s.temperature_c > spec.temperature_max_c - TEMPERATURE_HYSTERESIS_C:
@@ -385,7 +454,7 @@ class LoadMeter:
 
     def sample(self, now: float, *, queue_depth: int, queue_size: int, dropped_total: int,
                encoded_total: int, encode_seconds_total: float,
-               frame_interval: float) -> LoadSample | None:
+               frame_interval: float, lag_seconds: float = 0.0) -> LoadSample | None:
         """A sample when a period has passed since the last one, else None."""
         if self._started is None:
             self._started = now
@@ -400,7 +469,7 @@ class LoadMeter:
             # Nothing came out while frames waited: the encoder was stuck the whole period.
             encode = now - self._started
         sample = LoadSample(now, queue_depth, queue_size, dropped_total - dropped0, encode,
-                            frame_interval, self._temperature(), self._throttle(now))
+                            frame_interval, self._temperature(), self._throttle(now), lag_seconds)
         self._started = now
         self._before = (dropped_total, encoded_total, encode_seconds_total)
         self.last = sample
