@@ -747,7 +747,14 @@ class Camera:
         with self._lock:
             if CONTROLS["FrameDurationLimits"] in request._controls:
                 limits = request._controls[CONTROLS["FrameDurationLimits"]]
-                self._frame_limits = (int(limits[0]), int(limits[1]))
+                before, self._frame_limits = self._frame_limits, (int(limits[0]), int(limits[1]))
+                if self._frame_limits != before:
+                    # Controls travel with the request that carries them (a running camera's
+                    # set_controls reaches libcamera on the next request picamera2 queues).
+                    # libcamera applies a frame duration a few frames later (the Raspberry Pi
+                    # pipeline's DelayedControls); the fake applies it from the next frame.
+                    self._hardware.record("frame_limits", f"{self._frame_limits} at frame "
+                                          f"{self._hardware.frames_produced}")
             self._queue.append(request)
             self._queued.notify_all()
 
