@@ -17,8 +17,11 @@ dropped, and when the queue stays above its high mark, the encode time per frame
 above the frame interval, the CPU is too hot or the firmware reports throttling for
 `down_after_seconds`; up one step only after `up_after_seconds` of calm with headroom
 (the encode time the step up would need is at most `up_headroom` of the interval). A step
-up that has to be taken back soon doubles the calm period asked before the next one, so a
-constant load near the threshold costs a few steps an hour, not one a minute.
+up that has to be taken back before it held (half an hour, or two calm periods if longer,
+ending with the queue at its low mark) doubles the calm period asked before the next one,
+so a constant load near the threshold, even one that fills the queue only slowly, costs a
+few steps an hour, not one a minute; a queue that shrinks is draining what an earlier step
+left and is no reason for another.
 
 A camera that encodes itself (picamera2: its H264Encoder) has no frames for vigil to
 re-encode, so `build_sensor_ladder` gives it the knobs that camera offers instead: its
@@ -50,9 +53,12 @@ SCALES = (0.75, 0.5, 0.375, 0.25)
 TEMPERATURE_HYSTERESIS_C = 5.0
 # After a change the queue needs a moment to drain before the next verdict means anything.
 SETTLE_SECONDS = 2.0
-# A step up taken back within this many calm periods counts as failed: the next one waits
-# twice as long, up to MAX_UP_BACKOFF times `up_after_seconds`.
+# A step up taken back before it held counts as failed: the next one waits twice as long,
+# up to MAX_UP_BACKOFF times `up_after_seconds`. It held after this many calm periods, but
+# at least HELD_SECONDS (a load that fills a long queue slowly shows only after minutes),
+# ending with the queue at its low mark.
 FAILED_UP_PERIODS = 2.0
+HELD_SECONDS = 1800.0
 MAX_UP_BACKOFF = 64
 CHANGES_KEPT = 100
 # The encoder lag (a packet's arrival after its frame, beyond the first packet's) that counts
@@ -270,6 +276,7 @@ class QualityGovernor:
         self._calm_since: float | None = None
         self._last_change: float | None = None
         self._last_up: float | None = None
+        self._last_depth: int | None = None
         self._backoff = 1
 
     def __repr__(self) -> str:
@@ -292,14 +299,15 @@ class QualityGovernor:
         if causes:
             self._calm_since = None
             if settled and self.level < len(self.ladder) - 1:
-                if self._last_up is not None and \
-                        now - self._last_up < FAILED_UP_PERIODS * self.up_wait_seconds:
+                if self._last_up is not None:  # the last step up had not held yet
                     self._backoff = min(MAX_UP_BACKOFF, self._backoff * 2)
                 self._last_up = None
                 return self._take(now, self.level + 1, ", ".join(causes))
             return None
-        if self._last_up is not None and now - self._last_up >= FAILED_UP_PERIODS * self.up_wait_seconds:
-            # The step up held: the next one may come sooner again.
+        if self._last_up is not None and self._drained(sample) and \
+                now - self._last_up >= max(HELD_SECONDS, FAILED_UP_PERIODS * self.up_wait_seconds):
+            # The step up held (and the queue is as low as it was when it was taken: a
+            # load that builds slowly has not merely not shown yet): the next may come sooner.
             self._backoff = max(1, self._backoff // 2)
             self._last_up = None
         if not self._is_calm(sample):
@@ -341,7 +349,11 @@ class QualityGovernor:
         causes = []
         if s.dropped > 0:
             causes.append(f"{s.dropped} frames dropped")
-        held = self._sustained("queue", s.queue_fraction >= spec.queue_high_fraction, now)
+        # A queue that shrinks is draining what an earlier step left: no reason for another.
+        draining = self._last_depth is not None and s.queue_depth < self._last_depth
+        self._last_depth = s.queue_depth
+        held = self._sustained("queue", s.queue_fraction >= spec.queue_high_fraction
+                               and not draining, now)
         if held is not None and held >= spec.down_after_seconds:
             causes.append(f"queue {s.queue_depth}/{s.queue_size} for {held:.0f} s")
         held = self._sustained("encode", s.encode_ratio >= 1.0, now)
@@ -359,6 +371,11 @@ class QualityGovernor:
         if held is not None and held >= spec.down_after_seconds:
             causes.append(f"firmware reports {s.throttled}")
         return causes
+
+    def _drained(self, s: LoadSample) -> bool:
+        """No sign of load at all: nothing dropped, the queue at its low mark, no lag."""
+        return (not s.dropped and s.queue_fraction <= self.spec.queue_low_fraction
+                and s.lag_seconds <= LAG_CALM_SECONDS)
 
     def _is_calm(self, s: LoadSample) -> bool:
         """Whether the step above would have room: the hysteresis side of the decision."""

@@ -55,6 +55,11 @@ def test_on_a_pi_5_it_names_the_software_encoder(real_picamera2: RealPicamera2, 
     report = examine(config(tmp_path, backend="picamera2"), makers=makers(FakeV4L2()))
     assert report.exit_code == EXIT_OK
     assert "LibavH264Encoder, software libx264 on the CPU (PISP" in report.text()
+    # The Pi camera adapts with its own knobs, not "cannot adapt: pass-through".
+    assert ("adaptive quality: on, 4 steps of picamera2's own knobs (bitrate x1 -> x0.5; lores "
+            "sampling 4 -> 2 fps; sensor fps 30 -> 15; sensor fps 15 -> 10): a bit-rate step starts a "
+            "new encoder and segment at a keyframe, a frame-rate step asks the sensor for fewer "
+            "frames (FrameDurationLimits)") in report.text()
 
 
 def test_an_impossible_pi_mode_is_a_problem_naming_the_modes(fake_picamera2: ModuleType,

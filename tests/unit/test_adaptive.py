@@ -16,6 +16,7 @@ from hw.adaptive import (
     LoadMeter,
     LoadSample,
     QualityGovernor,
+    QualityStep,
     ThrottleReader,
     build_ladder,
     build_sensor_ladder,
@@ -366,3 +367,69 @@ def test_a_size_step_scales_frames_in_the_encoder_and_the_frame_code_survives(tm
     assert {(f.width, f.height) for f in decoded} == {(320, 240)}
     numbers = [framecode.read_video_frame(f.reformat(width=640, height=480)) for f in decoded]
     assert numbers == list(range(20))
+
+
+class SimulatedPacketPath:
+    """The Pi camera's packet queue in front of a recorder, on a simulated clock.
+
+    The sensor delivers `step.fps` packets a second; the recorder needs `cost(step, t)`
+    seconds a packet (a lower bit rate makes packets cheaper to handle, a lower sensor rate
+    makes fewer of them); what does not fit in the queue is dropped.
+    """
+
+    def __init__(self, gov: QualityGovernor, cost: object, queue_size: int = 180) -> None:
+        self.gov = gov
+        self.cost = cost
+        self.queue = 0.0
+        self.queue_size = queue_size
+        self.dropped = 0
+
+    def run(self, seconds: float, start: float = 0.0) -> int:
+        steps = 0
+        t = start
+        while t < start + seconds:
+            t += 1.0
+            step = self.gov.step
+            self.queue += step.fps - 1.0 / self.cost(step, t)  # type: ignore[operator]
+            dropped = 0
+            if self.queue > self.queue_size:
+                dropped = round(self.queue - self.queue_size)
+                self.queue = float(self.queue_size)
+            self.queue = max(0.0, self.queue)
+            self.dropped += dropped
+            change = self.gov.observe(LoadSample(t, round(self.queue), self.queue_size, dropped, 0.0,
+                                                 1.0 / step.fps))
+            steps += change is not None
+        return steps
+
+
+# The Pi camera's ladder (README "Adaptive quality"): when its top rung never fits, three
+# steps down, then the step back up tried and taken back after 1, 2, 4, 8 and 16 calm
+# periods: at most 13 steps in an hour; by the fourth hour the wait is 32 periods or more,
+# one try (two steps) an hour at most.
+PI_MAX_STEPS_PER_HOUR = 13
+PI_MAX_STEPS_FOURTH_HOUR = 2
+
+
+@pytest.mark.parametrize("load", [0.98, 1.0, 1.01, 1.02, 1.05, 1.2, 1.6])
+def test_the_pi_cameras_ladder_under_a_constant_load_does_not_oscillate(load: float) -> None:
+    """A load that fills the packet queue only slowly (1.01: 0.3 packets a second) must not
+    pass a step up as held before the queue has shown it; a queue that still drains what an
+    earlier step left is no reason for another step down."""
+    rng = random.Random(5)
+    gov = sensor_governor()
+
+    def cost(step: QualityStep, t: float) -> float:
+        # `load` x the frame interval at the top rung; half the bit rate saves a tenth.
+        relief = 0.8 + 0.2 * step.bit_rate_scale
+        return load / 30.0 * relief * rng.uniform(0.95, 1.05)
+
+    sim = SimulatedPacketPath(gov, cost)
+    first_hour = sim.run(HOUR)
+    later_hours = [sim.run(HOUR, start=HOUR * h) for h in range(1, 4)]
+    assert first_hour <= PI_MAX_STEPS_PER_HOUR
+    assert all(steps <= PI_MAX_STEPS_PER_HOUR for steps in later_hours), later_hours
+    assert later_hours[-1] <= PI_MAX_STEPS_FOURTH_HOUR, later_hours
+    assert sim.dropped == 0
+    # Never below the rung that fits: 15 fps carries any of these loads.
+    assert gov.step.fps >= 15
