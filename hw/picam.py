@@ -68,6 +68,11 @@ LORES_JOIN_GRACE_SECONDS = 1.0
 # frame within this, or the step is given up and the old encoder records on.
 HANDOVER_TIMEOUT_SECONDS = 2.0
 HANDOVER_POLL_SECONDS = 0.005
+# A packet further than this many frame intervals after the one before: frames were lost
+# before the encoder (libcamera had no free buffer while picamera2's thread was busy).
+MISSED_GAP_INTERVALS = 1.5
+# After a sensor frame-rate change, this many packets may still come at the old interval.
+RATE_CHANGE_GRACE_PACKETS = 10
 FPS_TOLERANCE = 0.01
 INSTALL_HINT = ("install it from Raspberry Pi OS (`sudo apt install python3-picamera2`) and "
                 "create vigil's venv with --system-site-packages so it can see it")
@@ -287,6 +292,14 @@ class PicameraCamera:
         self.encoder_lag = 0.0  # seconds: the newest packet's delay beyond the first one's
         self.encoder_restarts = 0
         self.duplicates_discarded = 0
+        # Frames the sensor's timestamps say never reached the encoder (a gap between two
+        # packets): when picamera2's thread, which also runs the encoder, holds every buffer,
+        # libcamera has none to fill and the frame is lost. Counted, and a load signal.
+        self.frames_missed = 0
+        self._last_stamp: float | None = None
+        self._interval = 1.0 / mode.fps
+        self._grace_interval = 0.0
+        self._grace_packets = 0
 
     def __repr__(self) -> str:
         m = self._mode
@@ -369,6 +382,7 @@ class PicameraCamera:
         self._base, self._resync, self._lost_reason = None, True, ""
         # A camera opens at the top of the ladder: the pipeline's governor starts there too.
         self.sensor_fps, self.encoder_lag, self.lores_fps = m.fps, 0.0, self.lores_configured
+        self._last_stamp, self._interval, self._grace_packets = None, 1.0 / m.fps, 0
         self._drain()
         try:
             self._feed = self._start_encoder(picam2, bitrate=None, live=True)
@@ -413,8 +427,8 @@ class PicameraCamera:
         return build_sensor_ladder(self._mode, lores_fps=self.lores_configured, spec=spec)
 
     def packet_load(self) -> PacketLoad:
-        return PacketLoad(self._packets.qsize(), self._packets.maxsize, self.packets_dropped,
-                          self.encoder_lag)
+        return PacketLoad(self._packets.qsize(), self._packets.maxsize,
+                          self.packets_dropped + self.frames_missed, self.encoder_lag)
 
     def apply_quality(self, step: QualityStep) -> float | None:
         """Set the camera's knobs as `step` says; when the encoded stream was cut (a new
@@ -433,6 +447,11 @@ class PicameraCamera:
             picam2.set_controls({"FrameDurationLimits": (frame_us, frame_us)})
             logger.info("picamera2 sensor frame rate {:g} -> {:g} fps (FrameDurationLimits {} us)",
                         self.sensor_fps, step.fps, frame_us)
+            with self._feed_lock:
+                # Frames in flight come at the old interval: neither is a gap for a while.
+                self._grace_interval = max(self._interval, 1.0 / step.fps)
+                self._grace_packets = RATE_CHANGE_GRACE_PACKETS
+                self._interval = 1.0 / step.fps
             self.sensor_fps = step.fps
         if step.lores_fps and step.lores_fps != self.lores_fps:
             self.lores_fps = step.lores_fps
@@ -537,6 +556,7 @@ class PicameraCamera:
 
     def _enqueue(self, packet: EncodedPacket) -> None:
         """Into the packet queue (the caller holds _feed_lock, so feeds keep their order)."""
+        self._count_missed(packet.timestamp)
         keyframe = packet.is_keyframe
         if self._resync and not keyframe:
             self.packets_dropped += 1
@@ -550,6 +570,21 @@ class PicameraCamera:
                                "skipping to the next keyframe")
             self.packets_dropped += 1
             self._resync = True
+
+    def _count_missed(self, stamp: float) -> None:
+        """Count the frames a gap before this packet says were lost before the encoder."""
+        last, self._last_stamp = self._last_stamp, stamp
+        interval = self._interval
+        if self._grace_packets:
+            self._grace_packets -= 1
+            interval = self._grace_interval
+        if last is None or stamp - last <= MISSED_GAP_INTERVALS * interval:
+            return
+        missed = max(1, round((stamp - last) / interval) - 1)
+        if not self.frames_missed:
+            logger.warning("picamera2 frames missed: {} between packets {:.3f}s apart (libcamera "
+                           "had no free buffer: the encoder's thread is behind)", missed, stamp - last)
+        self.frames_missed += missed
 
     def _output_failed(self, err: BaseException) -> None:
         self.output_failed = repr(err)

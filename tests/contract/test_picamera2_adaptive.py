@@ -37,6 +37,7 @@ from tests.specs import camera_spec, recording_spec
 WAIT_SECONDS = 60.0
 FPS = 30.0
 CAPACITY = 24.0  # packets a second the throttled recorder takes: below 30, above 15
+RATE_CHANGE_FRAMES = 10  # frames a new FrameDurationLimits may take to show
 
 
 class ThrottledPicamera(PicameraCamera):
@@ -134,7 +135,7 @@ def test_under_load_the_pi_camera_steps_down_bitrate_then_sensor_rate_and_climbs
     assert quality.last_change.endswith(": sensor fps 30 -> 15")
     down = [a.message for a in c.alerts.recent() if a.kind == "quality"]
     assert [m.split(":")[0] for m in down] == [f"quality down to level {n}" for n in (1, 2, 3)]
-    assert all("queue" in m for m in down), down  # the measured cause: the packet queue
+    assert "queue" in down[0], down  # the measured cause: the packet queue
     assert down[0].endswith("bitrate x1 -> x0.5") and down[2].endswith("sensor fps 30 -> 15")
     # The knobs really moved: a second encoder at half picamera2's own bit rate, then the
     # sensor asked for 66667 us frames through the requests picamera2 queues.
@@ -170,3 +171,67 @@ def test_under_load_the_pi_camera_steps_down_bitrate_then_sensor_rate_and_climbs
     assert abs(sorted(slow)[len(slow) // 2] - 1.0 / 15.0) < 0.002
     # The bit-rate steps cut the stream at the new encoder's keyframe: a segment starts there.
     assert len(segments(tmp_path / "rec")) >= 3
+
+
+def test_when_picamera2s_own_thread_falls_behind_frames_go_missing_until_the_sensor_slows(
+        real_picamera2: RealPicamera2, tmp_path: Path, running: list[RunningController]) -> None:
+    """The other load: picamera2's event loop, which runs the encoder in process_requests,
+    takes 45 ms a frame (the fake libcamera's slow_event_loop), so at 30 fps libcamera runs
+    out of buffers and frames are lost before any encoder sees them. vigil sees the gaps in
+    the sensor's timestamps, steps down at once, and at 15 fps nothing is lost any more."""
+    handle = real_picamera2.install_camera("imx708")
+    rec = recording_spec(root=tmp_path / "rec", segment_seconds=4, fragment_seconds=0.5)
+    adaptive = replace(rec.adaptive, down_after_seconds=0.5, up_after_seconds=2.0, fps_floor=15.0)
+    hardware = Hardware(camera_spec(backend="picamera2", width=160, height=120, fps=FPS,
+                                    read_timeout_seconds=0.5, frozen_seconds=0),
+                        replace(rec, adaptive=adaptive),
+                        load_meter=lambda: LoadMeter(temperature=lambda: None,
+                                                     throttle=lambda now: ""))
+    r = RunningController(Controller(hardware, policy=FAST_POLICY, autostart=True))
+    running.append(r)
+    c = r.controller
+    r.thread.start()
+    assert c.wait_for_state("recording", WAIT_SECONDS), c.refusals
+    assert handle.wait_for_frames(30, WAIT_SECONDS)
+    pipeline = c.unit.pipeline
+    assert pipeline is not None and pipeline.quality is not None
+    camera = pipeline.camera
+    assert isinstance(camera, PicameraCamera)
+    governor = pipeline.quality.governor
+
+    handle.slow_event_loop(0.045)
+    assert c.wait_until(lambda: governor.level == 3, WAIT_SECONDS), governor.changes
+    causes = [ch.cause for ch in governor.changes]
+    assert any("frames dropped" in cause for cause in causes), causes
+    assert camera.frames_missed > 0
+    # Keep the load on for a while: at 15 fps the slow thread keeps up; the ladder has no
+    # measure of the headroom picamera2's thread would have at 30 fps, so after a calm period
+    # it tries, loses a few frames again and steps back down, each try twice as late.
+    slowed = handle.frames_produced
+    assert handle.wait_for_frames(slowed + 90, WAIT_SECONDS)
+    assert c.wait_until(lambda: governor.level == 3, WAIT_SECONDS), governor.changes
+    handle.slow_event_loop(0)
+    assert c.wait_until(lambda: governor.level == 0, WAIT_SECONDS), governor.changes
+    produced = handle.frames_produced
+    assert handle.wait_for_frames(produced + 30, WAIT_SECONDS)
+    r.stop()
+
+    numbers = [n for _, n in decoded_times(tmp_path / "rec")]
+    assert numbers and len(numbers) == len(set(numbers)) and numbers == sorted(numbers)
+    # What is missing from the footage is exactly what the sensor lost for want of a
+    # buffer before the ladder reached a rate that fits: nothing the encoder was given.
+    missing = set(range(numbers[0], numbers[-1] + 1)) - set(numbers)
+    lost = {n for n in handle.dropped_numbers() if numbers[0] <= n <= numbers[-1]}
+    assert missing == lost and lost
+    # None of it while the sensor ran at 15 fps: every frame lost came while it was asked
+    # for 30 (a few frames after a change may still come at the old rate).
+    slow_windows, start = [], None
+    for _, detail in handle.events("frame_limits"):
+        frame = int(detail.rsplit(" ", 1)[1])
+        if detail.startswith("(66667, 66667)"):
+            start = frame
+        elif start is not None:
+            slow_windows.append((start, frame))
+            start = None
+    assert slow_windows
+    assert [n for n in lost if any(a + RATE_CHANGE_FRAMES < n <= b for a, b in slow_windows)] == []

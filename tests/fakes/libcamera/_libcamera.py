@@ -905,6 +905,11 @@ class CameraManager:
             return []
         with self._completed_lock:
             ready, self._completed = self._completed, []
+        # system.py's slow_event_loop(): the thread that takes the completed requests
+        # (picamera2's event loop, which also runs its encoders) needs this long for each.
+        cost = sum(r._camera._hardware.request_cost_s for r in ready)
+        if cost > 0:
+            time.sleep(cost)
         return ready
 
     def _complete(self, request: Request) -> None:
