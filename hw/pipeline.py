@@ -155,6 +155,11 @@ class RecordingPipeline:
         self.quality = quality if encoder is not None or (
             quality is not None and quality.for_packets) else None
         self._cut_at: tuple[float, QualityStep] | None = None  # a packet camera's stream cut
+        # A camera that encodes itself reports what it lost before the pipeline saw it
+        # (picamera2: packets its full queue dropped, frames that never reached its encoder);
+        # they count as dropped here, from what it had lost when this pipeline started.
+        self._camera_load: Callable[[], PacketLoad] | None = getattr(camera, "packet_load", None)
+        self._camera_drops = 0
         self._decimation = 1
         self._decimation_count = 0
         self._pending_step: QualityStep | None = None
@@ -202,6 +207,8 @@ class RecordingPipeline:
             raise RuntimeError("a pipeline starts once; make a new one")
         self._started = True
         self.stats.last_frame_monotonic = time.monotonic()
+        if self._camera_load is not None:
+            self._camera_drops = self._camera_load().dropped_total
         # A camera that checks a side stream of its own (the Pi's lores) reports its verdicts
         # here and hands over its newest checked frame for snapshots.
         attach = getattr(self.camera, "attach_sinks", None)
@@ -251,8 +258,13 @@ class RecordingPipeline:
                     if self.quality.when_decimated is not None:
                         self.quality.when_decimated(item.sequence)
                     continue
-            elif self.quality is not None and self.quality.for_packets:
-                self._adapt_packets(time.monotonic(), item)
+            elif self._camera_load is not None:
+                load = self._camera_load()
+                if load.dropped_total > self._camera_drops:
+                    stats.frames_dropped += load.dropped_total - self._camera_drops
+                    self._camera_drops = load.dropped_total
+                if self.quality is not None and self.quality.for_packets:
+                    self._adapt_packets(time.monotonic(), item, load)
             try:
                 q.put_nowait(item)
             except queue.Full:
@@ -294,7 +306,7 @@ class RecordingPipeline:
         self._decimation_count += 1
         return not keep
 
-    def _adapt_packets(self, now: float, packet: EncodedPacket) -> None:
+    def _adapt_packets(self, now: float, packet: EncodedPacket, load: PacketLoad) -> None:
         """The packet path's measure-and-step, on the capture thread before `packet` is queued.
 
         The camera applies a step itself; a step that cut its stream queues a _StreamCut
@@ -302,16 +314,15 @@ class RecordingPipeline:
         the sensor's rate queues it at once (the next keyframe starts the new segment).
         """
         quality = self.quality
-        assert quality is not None and quality.apply is not None and quality.load is not None
+        assert quality is not None and quality.apply is not None
         if self._cut_at is not None and packet.timestamp >= self._cut_at[0]:
             self._put_cut(self._cut_at[1])
             self._cut_at = None
-        load = quality.load()
         governor = quality.governor
         sample = quality.meter.sample(
             now, queue_depth=load.queue_depth + self._queue.qsize(),
             queue_size=load.queue_size + self._queue.maxsize,
-            dropped_total=load.dropped_total + self.stats.frames_dropped,
+            dropped_total=self.stats.frames_dropped,
             encoded_total=self.stats.frames_recorded, encode_seconds_total=0.0,
             frame_interval=1.0 / governor.step.fps, lag_seconds=load.lag_seconds)
         change = governor.observe(sample) if sample is not None else None
