@@ -180,8 +180,13 @@ def _adaptive_line(camera: Camera, config: VigilConfig, hardware: Hardware) -> s
     """What the quality ladder can do with this camera (README "Adaptive quality")."""
     packets = camera.mode.output == "packets"
     if packets and getattr(camera, "apply_quality", None) is None:
-        return (f"cannot adapt: pass-through ({hardware.backend} hands over its own H.264; vigil "
+        text = (f"cannot adapt: pass-through ({hardware.backend} hands over its own H.264; vigil "
                 "only muxes it, so under load it drops rather than lowers quality)")
+        knobs = getattr(camera, "adaptive_knobs", None)
+        offered = knobs() if knobs is not None else []
+        if offered:
+            text += f"; the camera offers {' and '.join(offered)}, which vigil does not drive yet"
+        return text
     if not config.recording.adaptive.enabled:
         return "off (recording.adaptive.enabled is false)"
     ladder = hardware.quality_ladder(camera.mode, camera)
