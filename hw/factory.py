@@ -242,12 +242,10 @@ class Hardware:
             return None
         if mode.output != "frames":
             apply = getattr(camera, "apply_quality", None)
-            load = getattr(camera, "packet_load", None)
-            if apply is None or load is None:
+            if apply is None or getattr(camera, "packet_load", None) is None:
                 return None
             return QualityControl(QualityGovernor(ladder, self.recording.adaptive), None,
-                                  meter=self.load_meter(), when_step=when_step,
-                                  apply=apply, load=load)
+                                  meter=self.load_meter(), when_step=when_step, apply=apply)
         return QualityControl(QualityGovernor(ladder, self.recording.adaptive),
                               lambda step: self.make_step_encoder(mode, step),
                               meter=self.load_meter(), when_step=when_step)

@@ -98,8 +98,8 @@ class QualityControl:
 
     A camera that encodes itself (picamera2) sets its own knobs instead: `apply` takes the
     step and answers the timestamp of the new stream's first packet when the step cut it
-    (None: the stream goes on, e.g. a sensor frame-rate change); `load` reads its packet
-    queue and encoder lag.
+    (None: the stream goes on, e.g. a sensor frame-rate change); the pipeline reads its load
+    from the camera's `packet_load()`.
     """
 
     governor: QualityGovernor
@@ -109,11 +109,10 @@ class QualityControl:
     # Told the sequence number of each frame decimated (a test's record of what was skipped).
     when_decimated: Callable[[int], None] | None = None
     apply: Callable[[QualityStep], float | None] | None = None
-    load: Callable[[], PacketLoad] | None = None
 
     @property
     def for_packets(self) -> bool:
-        return self.apply is not None and self.load is not None
+        return self.apply is not None
 
 
 @dataclass(frozen=True)
@@ -152,14 +151,14 @@ class RecordingPipeline:
         # so the capture thread pays one attribute store per frame.
         self.latest_frame: Frame | None = None
         self._queue: queue.Queue[object] = queue.Queue(maxsize=queue_frames)
-        self.quality = quality if encoder is not None or (
-            quality is not None and quality.for_packets) else None
-        self._cut_at: tuple[float, QualityStep] | None = None  # a packet camera's stream cut
         # A camera that encodes itself reports what it lost before the pipeline saw it
         # (picamera2: packets its full queue dropped, frames that never reached its encoder);
         # they count as dropped here, from what it had lost when this pipeline started.
         self._camera_load: Callable[[], PacketLoad] | None = getattr(camera, "packet_load", None)
         self._camera_drops = 0
+        self.quality = quality if encoder is not None or (
+            quality is not None and quality.for_packets and self._camera_load is not None) else None
+        self._cut_at: tuple[float, QualityStep] | None = None  # a packet camera's stream cut
         self._decimation = 1
         self._decimation_count = 0
         self._pending_step: QualityStep | None = None
