@@ -76,6 +76,7 @@ THREAD_PREFIX = "libcamera-fake"
 STRIDE_ALIGN = 64
 CODE_ROWS, CODE_BITS = 16, 32
 THREAD_JOIN_TIMEOUT_S = 5.0
+MAX_LATENESS_S = 0.5  # a frame thread later than this restarts the sensor's time grid
 
 
 def _fail(what: str, err: int) -> RuntimeError:
@@ -771,7 +772,11 @@ class Camera:
             if delay > 0 and stopping.wait(delay):
                 return
             period = self._frame_seconds()
-            due = max(due + period, time.monotonic() - period)
+            # A sensor keeps its own time: a frame thread the host scheduled late still
+            # stamps its frames on the sensor's grid (they are delivered late, as from a
+            # busy machine); only after a long absence does the grid start again from now.
+            now = time.monotonic()
+            due = due + period if now - due < MAX_LATENESS_S else now
             if self.is_disconnected:
                 return  # unplugged: nothing more completes
             if hardware.is_stalled:
