@@ -10,6 +10,7 @@ problems are reported but do not fail it, as the daemon records without its pane
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -177,14 +178,25 @@ def _camera_problem(backend: str, err: BaseException) -> str:
 
 def _adaptive_line(camera: Camera, config: VigilConfig, hardware: Hardware) -> str:
     """What the quality ladder can do with this camera (README "Adaptive quality")."""
-    if camera.mode.output == "packets":
-        return (f"cannot adapt: pass-through ({hardware.backend} hands over its own H.264; vigil "
+    packets = camera.mode.output == "packets"
+    if packets and getattr(camera, "apply_quality", None) is None:
+        text = (f"cannot adapt: pass-through ({hardware.backend} hands over its own H.264; vigil "
                 "only muxes it, so under load it drops rather than lowers quality)")
+        knobs = getattr(camera, "adaptive_knobs", None)
+        offered = knobs() if knobs is not None else []
+        if offered:
+            text += f"; the camera offers {' and '.join(offered)}, which vigil does not drive yet"
+        return text
     if not config.recording.adaptive.enabled:
         return "off (recording.adaptive.enabled is false)"
-    ladder = hardware.quality_ladder(camera.mode)
+    ladder = hardware.quality_ladder(camera.mode, camera)
     if len(ladder) < 2:
         return "nothing to give up: every floor is at the configured quality"
+    if packets:
+        steps = "; ".join(step.difference(above) for above, step in itertools.pairwise(ladder))
+        return (f"on, {len(ladder) - 1} steps of {hardware.backend}'s own knobs ({steps}): a bit-rate "
+                "step starts a new encoder and segment at a keyframe, a frame-rate step asks the "
+                "sensor for fewer frames (FrameDurationLimits)")
     return f"on, {len(ladder) - 1} steps down to {ladder[-1].describe()}"
 
 

@@ -17,8 +17,19 @@ dropped, and when the queue stays above its high mark, the encode time per frame
 above the frame interval, the CPU is too hot or the firmware reports throttling for
 `down_after_seconds`; up one step only after `up_after_seconds` of calm with headroom
 (the encode time the step up would need is at most `up_headroom` of the interval). A step
-up that has to be taken back soon doubles the calm period asked before the next one, so a
-constant load near the threshold costs a few steps an hour, not one a minute.
+up that has to be taken back before it held (half an hour, or two calm periods if longer,
+ending with the queue at its low mark) doubles the calm period asked before the next one,
+so a constant load near the threshold, even one that fills the queue only slowly, costs a
+few steps an hour, not one a minute; a queue that shrinks is draining what an earlier step
+left and is no reason for another.
+
+A camera that encodes itself (picamera2: its H264Encoder) has no frames for vigil to
+re-encode, so `build_sensor_ladder` gives it the knobs that camera offers instead: its
+encoder's bit rate (a new encoder, so a cut at a keyframe), the lores sampling rate of the
+side checks, then the sensor's own frame rate (FrameDurationLimits: 30 -> 15 -> 10, the
+frames are never made, so nothing is skipped). Its load shows as the packet queue's depth
+and drops and as the encoder's lag: packets coming out later after their frame than the
+first one did (`LoadSample.lag_seconds`).
 
 Pure and clock-free: every time comes in with the sample, so tests drive it with a
 simulated clock. The pipeline (hw/pipeline.py) measures and applies the steps.
@@ -42,11 +53,20 @@ SCALES = (0.75, 0.5, 0.375, 0.25)
 TEMPERATURE_HYSTERESIS_C = 5.0
 # After a change the queue needs a moment to drain before the next verdict means anything.
 SETTLE_SECONDS = 2.0
-# A step up taken back within this many calm periods counts as failed: the next one waits
-# twice as long, up to MAX_UP_BACKOFF times `up_after_seconds`.
+# A step up taken back before it held counts as failed: the next one waits twice as long,
+# up to MAX_UP_BACKOFF times `up_after_seconds`. It held after this many calm periods, but
+# at least HELD_SECONDS (a load that fills a long queue slowly shows only after minutes),
+# ending with the queue at its low mark.
 FAILED_UP_PERIODS = 2.0
+HELD_SECONDS = 1800.0
 MAX_UP_BACKOFF = 64
 CHANGES_KEPT = 100
+# The encoder lag (a packet's arrival after its frame, beyond the first packet's) that counts
+# as falling behind when it lasts `down_after_seconds`, and the most a step up tolerates.
+LAG_HIGH_SECONDS = 0.5
+LAG_CALM_SECONDS = 0.2
+# The lores side stream's sampling rate steps down to this fraction, once.
+LORES_SCALE = 0.5
 THERMAL_ROOT = Path("/sys/class/thermal")
 THROTTLE_READ_SECONDS = 10.0
 # `vcgencmd get_throttled` bits that describe the present (the ones above 16 say "since boot").
@@ -83,7 +103,11 @@ class QualityStep:
     decimation: int  # keep one frame in this many
     width: int
     height: int
-    fps: float  # the recorded rate: the camera's over `decimation`
+    fps: float  # the recorded rate: the camera's over `decimation` (a packet camera: its sensor's)
+    # A camera that encodes itself (picamera2): bit_rate_scale is its encoder's, fps its
+    # sensor's frame rate, lores_fps the rate its side stream is checked at.
+    packets: bool = False
+    lores_fps: float = 0.0
 
     def encoder_mode(self) -> CameraMode:
         """The mode the encoder is opened in for this step."""
@@ -94,6 +118,9 @@ class QualityStep:
         return (self.width, self.height, self.fps) != (other.width, other.height, other.fps)
 
     def describe(self) -> str:
+        if self.packets:
+            return (f"bitrate x{self.bit_rate_scale:g}, sensor {self.fps:g} fps, "
+                    f"lores sampled at {self.lores_fps:g} fps, {self.width}x{self.height}")
         return (f"preset {self.preset} crf {self.crf}"
                 + (f" bitrate x{self.bit_rate_scale:g}" if self.bit_rate_scale != 1.0 else "")
                 + f", {self.fps:g} fps, {self.width}x{self.height}")
@@ -108,7 +135,9 @@ class QualityStep:
         if self.bit_rate_scale != other.bit_rate_scale:
             parts.append(f"bitrate x{other.bit_rate_scale:g} -> x{self.bit_rate_scale:g}")
         if self.fps != other.fps:
-            parts.append(f"fps {other.fps:g} -> {self.fps:g}")
+            parts.append(f"{'sensor ' if self.packets else ''}fps {other.fps:g} -> {self.fps:g}")
+        if self.lores_fps != other.lores_fps:
+            parts.append(f"lores sampling {other.lores_fps:g} -> {self.lores_fps:g} fps")
         if (self.width, self.height) != (other.width, other.height):
             parts.append(f"size {other.width}x{other.height} -> {self.width}x{self.height}")
         return ", ".join(parts) or "no change"
@@ -151,6 +180,34 @@ def build_ladder(mode: CameraMode, *, preset: str, crf: int, hardware: bool,
     return tuple(steps)
 
 
+def build_sensor_ladder(mode: CameraMode, *, lores_fps: float,
+                        spec: AdaptiveSpec) -> tuple[QualityStep, ...]:
+    """The ladder of a camera that encodes itself (picamera2), from level 0 down to the floors.
+
+    Its encoder's bit rate down to `bitrate_floor_fraction` (one step), the lores side
+    stream's sampling rate halved (one step), then the sensor's frame rate in the raw
+    ladder's even divisions (30 -> 15 -> 10) down to `fps_floor`. Its size is the sensor
+    stream's and stays. With adaptation off the ladder is its top step.
+    """
+    top = QualityStep(0, "", 0, 1.0, 1, mode.width, mode.height, mode.fps, packets=True,
+                      lores_fps=lores_fps)
+    steps = [top]
+    if not spec.enabled:
+        return tuple(steps)
+
+    def add(**changes: object) -> None:
+        steps.append(replace(steps[-1], level=len(steps), **changes))  # type: ignore[arg-type]
+
+    if spec.bitrate_floor_fraction < 1.0:
+        add(bit_rate_scale=spec.bitrate_floor_fraction)
+    if lores_fps * LORES_SCALE >= 1.0:
+        add(lores_fps=lores_fps * LORES_SCALE)
+    for divisor in DECIMATIONS:
+        if mode.fps / divisor >= spec.fps_floor - 1e-9:
+            add(fps=mode.fps / divisor)
+    return tuple(steps)
+
+
 @dataclass(frozen=True, slots=True)
 class LoadSample:
     """The encoder's load over the last sample period, as the pipeline measured it."""
@@ -163,6 +220,9 @@ class LoadSample:
     frame_interval: float  # seconds between frames the encoder is given (after decimation)
     temperature_c: float | None = None
     throttled: str = ""  # what the firmware says limits the CPU now, "" for nothing
+    # A camera that encodes itself: how much later than the first packet after its frame the
+    # newest packet came out of its encoder (growing: the encoder falls behind).
+    lag_seconds: float = 0.0
 
     @property
     def queue_fraction(self) -> float:
@@ -172,6 +232,16 @@ class LoadSample:
     def encode_ratio(self) -> float:
         """Encode time per frame over the time the encoder has for a frame."""
         return self.encode_seconds / self.frame_interval if self.frame_interval > 0 else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class PacketLoad:
+    """A camera that encodes itself, as its packet queue and encoder show its load."""
+
+    queue_depth: int
+    queue_size: int
+    dropped_total: int  # packets dropped since the camera opened (queue full)
+    lag_seconds: float  # LoadSample.lag_seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +276,7 @@ class QualityGovernor:
         self._calm_since: float | None = None
         self._last_change: float | None = None
         self._last_up: float | None = None
+        self._last_depth: int | None = None
         self._backoff = 1
 
     def __repr__(self) -> str:
@@ -228,14 +299,15 @@ class QualityGovernor:
         if causes:
             self._calm_since = None
             if settled and self.level < len(self.ladder) - 1:
-                if self._last_up is not None and \
-                        now - self._last_up < FAILED_UP_PERIODS * self.up_wait_seconds:
+                if self._last_up is not None:  # the last step up had not held yet
                     self._backoff = min(MAX_UP_BACKOFF, self._backoff * 2)
                 self._last_up = None
                 return self._take(now, self.level + 1, ", ".join(causes))
             return None
-        if self._last_up is not None and now - self._last_up >= FAILED_UP_PERIODS * self.up_wait_seconds:
-            # The step up held: the next one may come sooner again.
+        if self._last_up is not None and self._drained(sample) and \
+                now - self._last_up >= max(HELD_SECONDS, FAILED_UP_PERIODS * self.up_wait_seconds):
+            # The step up held (and the queue is as low as it was when it was taken: a
+            # load that builds slowly has not merely not shown yet): the next may come sooner.
             self._backoff = max(1, self._backoff // 2)
             self._last_up = None
         if not self._is_calm(sample):
@@ -277,13 +349,20 @@ class QualityGovernor:
         causes = []
         if s.dropped > 0:
             causes.append(f"{s.dropped} frames dropped")
-        held = self._sustained("queue", s.queue_fraction >= spec.queue_high_fraction, now)
+        # A queue that shrinks is draining what an earlier step left: no reason for another.
+        draining = self._last_depth is not None and s.queue_depth < self._last_depth
+        self._last_depth = s.queue_depth
+        held = self._sustained("queue", s.queue_fraction >= spec.queue_high_fraction
+                               and not draining, now)
         if held is not None and held >= spec.down_after_seconds:
             causes.append(f"queue {s.queue_depth}/{s.queue_size} for {held:.0f} s")
         held = self._sustained("encode", s.encode_ratio >= 1.0, now)
         if held is not None and held >= spec.down_after_seconds:
             causes.append(f"encode {s.encode_seconds * 1000:.0f} ms per frame for a "
                           f"{s.frame_interval * 1000:.0f} ms interval for {held:.0f} s")
+        held = self._sustained("lag", s.lag_seconds >= LAG_HIGH_SECONDS, now)
+        if held is not None and held >= spec.down_after_seconds:
+            causes.append(f"encoder {s.lag_seconds:.1f} s behind its frames for {held:.0f} s")
         hot = s.temperature_c is not None and s.temperature_c >= spec.temperature_max_c
         held = self._sustained("temperature", hot, now)
         if held is not None and held >= spec.down_after_seconds:
@@ -293,12 +372,19 @@ class QualityGovernor:
             causes.append(f"firmware reports {s.throttled}")
         return causes
 
+    def _drained(self, s: LoadSample) -> bool:
+        """No sign of load at all: nothing dropped, the queue at its low mark, no lag."""
+        return (not s.dropped and s.queue_fraction <= self.spec.queue_low_fraction
+                and s.lag_seconds <= LAG_CALM_SECONDS)
+
     def _is_calm(self, s: LoadSample) -> bool:
         """Whether the step above would have room: the hysteresis side of the decision."""
         if self.level == 0:
             return False
         spec = self.spec
         if s.dropped or s.throttled or s.queue_fraction > spec.queue_low_fraction:
+            return False
+        if s.lag_seconds > LAG_CALM_SECONDS:
             return False
         if s.temperature_c is not None and \
                 s.temperature_c > spec.temperature_max_c - TEMPERATURE_HYSTERESIS_C:
@@ -385,7 +471,7 @@ class LoadMeter:
 
     def sample(self, now: float, *, queue_depth: int, queue_size: int, dropped_total: int,
                encoded_total: int, encode_seconds_total: float,
-               frame_interval: float) -> LoadSample | None:
+               frame_interval: float, lag_seconds: float = 0.0) -> LoadSample | None:
         """A sample when a period has passed since the last one, else None."""
         if self._started is None:
             self._started = now
@@ -400,7 +486,7 @@ class LoadMeter:
             # Nothing came out while frames waited: the encoder was stuck the whole period.
             encode = now - self._started
         sample = LoadSample(now, queue_depth, queue_size, dropped_total - dropped0, encode,
-                            frame_interval, self._temperature(), self._throttle(now))
+                            frame_interval, self._temperature(), self._throttle(now), lag_seconds)
         self._started = now
         self._before = (dropped_total, encoded_total, encode_seconds_total)
         self.last = sample

@@ -211,9 +211,18 @@ class Hardware:
             return H264Encoder(mode, fragment_seconds=rec.fragment_seconds, preset=rec.encoder_preset,
                                crf=rec.crf)
 
-    def quality_ladder(self, mode: CameraMode) -> tuple[QualityStep, ...]:
-        """The adaptive-quality ladder for raw frames of `mode` (one step: adaptation off)."""
+    def quality_ladder(self, mode: CameraMode,
+                       camera: Camera | None = None) -> tuple[QualityStep, ...]:
+        """The adaptive-quality ladder for raw frames of `mode` (one step: adaptation off);
+        for a camera that encodes itself, the ladder of its own knobs (none: one step)."""
         rec = self.recording
+        if mode.output != "frames":
+            own = getattr(camera, "quality_ladder", None)
+            if own is None:
+                return (QualityStep(0, "", 0, 1.0, 1, mode.width, mode.height, mode.fps,
+                                    packets=True),)
+            ladder: tuple[QualityStep, ...] = own(rec.adaptive)
+            return ladder
         return build_ladder(mode, preset=rec.encoder_preset, crf=rec.crf,
                             hardware=self.encoder_choice.is_hardware, spec=rec.adaptive)
 
@@ -224,15 +233,19 @@ class Hardware:
                            preset=step.preset, crf=step.crf, codec=self.encoder_choice.codec,
                            bit_rate_scale=step.bit_rate_scale, input_size=(mode.width, mode.height))
 
-    def quality_control(self, mode: CameraMode,
-                        when_step: StepSink | None = None) -> QualityControl | None:
-        """What a pipeline of raw `mode` frames needs to adapt; None when nothing can adapt
-        (adaptation off, a ladder of one step, or a camera that encodes itself)."""
-        if mode.output != "frames":
-            return None
-        ladder = self.quality_ladder(mode)
+    def quality_control(self, mode: CameraMode, when_step: StepSink | None = None,
+                        camera: Camera | None = None) -> QualityControl | None:
+        """What a pipeline of `mode` needs to adapt; None when nothing can adapt (adaptation
+        off, a ladder of one step, or a camera that encodes itself and has no knobs)."""
+        ladder = self.quality_ladder(mode, camera)
         if len(ladder) < 2:
             return None
+        if mode.output != "frames":
+            apply = getattr(camera, "apply_quality", None)
+            if apply is None or getattr(camera, "packet_load", None) is None:
+                return None
+            return QualityControl(QualityGovernor(ladder, self.recording.adaptive), None,
+                                  meter=self.load_meter(), when_step=when_step, apply=apply)
         return QualityControl(QualityGovernor(ladder, self.recording.adaptive),
                               lambda step: self.make_step_encoder(mode, step),
                               meter=self.load_meter(), when_step=when_step)
@@ -281,4 +294,4 @@ class Hardware:
         return RecordingPipeline(camera, writer, encoder=encoder, validator=validator,
                                  when_error=when_error, queue_frames=queue_frames_for(mode, rec.queue_frames),
                                  read_timeout=self.camera.read_timeout_seconds,
-                                 quality=self.quality_control(mode, when_quality_step))
+                                 quality=self.quality_control(mode, when_quality_step, camera))

@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
+from hw.adaptive import AdaptiveSpec, PacketLoad, QualityStep, build_sensor_ladder
 from hw.camera import CameraMode, EncodedPacket, Frame
 from hw.encoder import keyframe_interval
 from hw.errors import BackendUnavailable, CameraLost, CameraTimeout, CameraUnavailable
@@ -63,6 +64,15 @@ LORES_WIDTH = 320
 LORES_SAMPLE_FPS = 4.0  # validation and snapshots need a few pictures a second, not 30
 PACKET_QUEUE = 120  # encoded frames held for the pipeline: 4 s at 30 fps
 LORES_JOIN_GRACE_SECONDS = 1.0
+# A bit-rate step starts a second encoder beside the running one; it must see its first
+# frame within this, or the step is given up and the old encoder records on.
+HANDOVER_TIMEOUT_SECONDS = 2.0
+HANDOVER_POLL_SECONDS = 0.005
+# A packet further than this many frame intervals after the one before: frames were lost
+# before the encoder (libcamera had no free buffer while picamera2's thread was busy).
+MISSED_GAP_INTERVALS = 1.5
+# After a sensor frame-rate change, this many packets may still come at the old interval.
+RATE_CHANGE_GRACE_PACKETS = 10
 FPS_TOLERANCE = 0.01
 INSTALL_HINT = ("install it from Raspberry Pi OS (`sudo apt install python3-picamera2`) and "
                 "create vigil's venv with --system-site-packages so it can see it")
@@ -73,6 +83,31 @@ FrameSink = Callable[[Frame], None]
 
 class SensorModeUnavailable(CameraUnavailable, ValueError):
     """No sensor mode gives the configured size at the configured rate: a config problem."""
+
+
+class _EncoderFeed:
+    """One picamera2 encoder's packets on their way into the packet queue.
+
+    A bit-rate step runs the new encoder beside the old one for a few frames: the old one's
+    packets are held from the moment the new one starts, until the new one's first frame is
+    known (`cutoff_us`, the sensor time of its first, key, frame); the old one's packets
+    before it go on, the rest (the same frames, encoded twice) are discarded; the new one's
+    are held until the old one has stopped and flushed, then go on after them.
+    """
+
+    def __init__(self, encoder: Any, *, live: bool) -> None:
+        self.encoder = encoder
+        self.live = live  # its packets go straight into the queue
+        self.cutoff_us: int | None = None  # packets of frames at or after this are duplicates
+        self.pending: list[tuple[int, EncodedPacket]] = []
+        self.dead = False
+        self.duplicates = 0
+
+    def sensor_us(self, timestamp_us: int) -> int:
+        """A packet's frame time on the sensor's clock (picamera2 stamps it from the
+        encoder's first frame, Encoder.firsttimestamp, itself the SensorTimestamp in us)."""
+        first = getattr(self.encoder, "firsttimestamp", None)
+        return int(first or 0) + int(timestamp_us)
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +259,7 @@ class PicameraCamera:
         self.camera_num = camera_num
         self.module = module
         self.lores_fps = lores_fps
+        self.lores_configured = lores_fps  # lores_fps is lowered by a quality step
         self.lores = lores_size(mode.width, mode.height)
         self._packets: queue.Queue[EncodedPacket] = queue.Queue(maxsize=queue_packets)
         self._picam2: Any = None
@@ -233,7 +269,8 @@ class PicameraCamera:
         self.sensor_mode: SensorMode | None = None
         self.encoder_kind = ""
         self.platform = ""
-        self._base: tuple[float, float] | None = None  # (monotonic, wall clock) at timestamp 0
+        # (monotonic, wall clock) at sensor time 0, from the first packet after opening.
+        self._base: tuple[float, float] | None = None
         self._resync = True  # after a drop, wait for a keyframe: P-frames alone do not decode
         self.packets_dropped = 0
         self.output_failed = ""
@@ -244,6 +281,25 @@ class PicameraCamera:
         self._when_frame: FrameSink | None = None
         self.latest_frame: Frame | None = None
         self.lores_frames = 0
+        # Adaptive quality (hw.adaptive.build_sensor_ladder): the knobs as they are set now.
+        self._encoders: ModuleType | None = None
+        self._outputs: ModuleType | None = None
+        self._feed: _EncoderFeed | None = None
+        self._feed_lock = threading.RLock()
+        self.base_bitrate: int | None = None  # what picamera2's encoder chose at level 0
+        self.bitrate: int | None = None
+        self.sensor_fps = mode.fps
+        self.encoder_lag = 0.0  # seconds: the newest packet's delay beyond the first one's
+        self.encoder_restarts = 0
+        self.duplicates_discarded = 0
+        # Frames the sensor's timestamps say never reached the encoder (a gap between two
+        # packets): when picamera2's thread, which also runs the encoder, holds every buffer,
+        # libcamera has none to fill and the frame is lost. Counted, and a load signal.
+        self.frames_missed = 0
+        self._last_stamp: float | None = None
+        self._interval = 1.0 / mode.fps
+        self._grace_interval = 0.0
+        self._grace_packets = 0
 
     def __repr__(self) -> str:
         m = self._mode
@@ -322,15 +378,15 @@ class PicameraCamera:
         log = logger.info if self.encoder_kind == "hardware" else logger.warning
         log("picamera2 encoder={} platform={}: {}", self.encoder_kind, self.platform,
             describe_encoder(self.encoder_kind, self.platform))
-        # A Fraction, not the config's float: LibavH264Encoder (the Pi 5's H264Encoder) hands
-        # framerate to PyAV's add_stream(rate=), which takes an int or a Fraction only.
-        encoder = encoders.H264Encoder(repeat=True, iperiod=self.iperiod,
-                                       framerate=Fraction(m.fps).limit_denominator(1001))
-        output = _packet_output_class(outputs.Output)(self._on_packet, self._output_failed)
+        self._encoders, self._outputs = encoders, outputs
         self._base, self._resync, self._lost_reason = None, True, ""
+        # A camera opens at the top of the ladder: the pipeline's governor starts there too.
+        self.sensor_fps, self.encoder_lag, self.lores_fps = m.fps, 0.0, self.lores_configured
+        self._last_stamp, self._interval, self._grace_packets = None, 1.0 / m.fps, 0
         self._drain()
         try:
-            picam2.start_encoder(encoder, output)
+            self._feed = self._start_encoder(picam2, bitrate=None, live=True)
+            self.base_bitrate = self.bitrate = _int_or_none(getattr(self._feed.encoder, "bitrate", None))
             picam2.start()
         except RuntimeError as err:
             raise CameraLost(f"the Pi camera did not start: {err}") from err
@@ -342,22 +398,171 @@ class PicameraCamera:
                     "lores={}x{} iperiod={}", self.model, self._camera_id, m.width, m.height,
                     m.fps, sensor, *self.lores, self.iperiod)
 
+    def _start_encoder(self, picam2: Any, *, bitrate: int | None, live: bool) -> _EncoderFeed:
+        """Start one picamera2 H264Encoder on the main stream, its packets into a new feed.
+
+        picamera2 takes the bit rate only when an encoder starts (LibavH264Encoder sets
+        codec_context.bit_rate in _start, the V4L2 encoder its VIDEO_BITRATE control in its
+        constructor's start), so a new bit rate is a new encoder; None lets it choose.
+        """
+        assert self._encoders is not None and self._outputs is not None
+        m = self._mode
+        # A Fraction, not the config's float: LibavH264Encoder (the Pi 5's H264Encoder) hands
+        # framerate to PyAV's add_stream(rate=), which takes an int or a Fraction only.
+        encoder = self._encoders.H264Encoder(bitrate=bitrate, repeat=True, iperiod=self.iperiod,
+                                             framerate=Fraction(m.fps).limit_denominator(1001))
+        feed = _EncoderFeed(encoder, live=live)
+
+        def sink(frame: Any, keyframe: bool, timestamp_us: int | None) -> None:
+            self._on_packet(feed, frame, keyframe, timestamp_us)
+
+        output = _packet_output_class(self._outputs.Output)(sink, self._output_failed)
+        picam2.start_encoder(encoder, output)
+        return feed
+
+    # -- adaptive quality (on the pipeline's capture thread) --------------------------------
+
+    def quality_ladder(self, spec: AdaptiveSpec) -> tuple[QualityStep, ...]:
+        """This camera's adaptive-quality ladder: bit rate, lores sampling, sensor frame rate."""
+        return build_sensor_ladder(self._mode, lores_fps=self.lores_configured, spec=spec)
+
+    def packet_load(self) -> PacketLoad:
+        return PacketLoad(self._packets.qsize(), self._packets.maxsize,
+                          self.packets_dropped + self.frames_missed, self.encoder_lag)
+
+    def apply_quality(self, step: QualityStep) -> float | None:
+        """Set the camera's knobs as `step` says; when the encoded stream was cut (a new
+        encoder), the timestamp of its first packet, a keyframe: a new segment starts there.
+
+        The sensor's frame rate changes live: FrameDurationLimits goes with the next request
+        picamera2 queues (Picamera2.set_controls), no restart, no frame lost; the lores
+        sampling rate is read by the lores thread at its next wait; a new bit rate hands
+        over to a new encoder (`_hand_over`).
+        """
+        picam2 = self._picam2
+        if picam2 is None:
+            return None
+        if step.fps != self.sensor_fps:
+            frame_us = round(1_000_000 / step.fps)
+            picam2.set_controls({"FrameDurationLimits": (frame_us, frame_us)})
+            logger.info("picamera2 sensor frame rate {:g} -> {:g} fps (FrameDurationLimits {} us)",
+                        self.sensor_fps, step.fps, frame_us)
+            with self._feed_lock:
+                # Frames in flight come at the old interval: neither is a gap for a while.
+                self._grace_interval = max(self._interval, 1.0 / step.fps)
+                self._grace_packets = RATE_CHANGE_GRACE_PACKETS
+                self._interval = 1.0 / step.fps
+            self.sensor_fps = step.fps
+        if step.lores_fps and step.lores_fps != self.lores_fps:
+            self.lores_fps = step.lores_fps
+        wanted = (None if step.bit_rate_scale == 1.0 or self.base_bitrate is None
+                  else max(1, round(self.base_bitrate * step.bit_rate_scale)))
+        if wanted == (None if self.bitrate == self.base_bitrate else self.bitrate):
+            return None
+        return self._hand_over(picam2, wanted)
+
+    def _hand_over(self, picam2: Any, bitrate: int | None) -> float | None:
+        """Replace the running encoder by one at `bitrate`, losing and repeating no frame.
+
+        picamera2 feeds every encoder on the stream each frame (process_requests), so the
+        new one starts beside the old; once it has taken its first frame the old one is
+        stopped (its flush hands over what it still holds) and its packets of that frame and
+        later are discarded as the duplicates they are.
+        """
+        old = self._feed
+        if old is None:
+            return None
+        with self._feed_lock:
+            old.live = False  # hold its packets until the cut is known
+        try:
+            new = self._start_encoder(picam2, bitrate=bitrate, live=False)
+        except Exception as err:
+            logger.warning("picamera2 could not start an encoder at bitrate={} error={!r}; "
+                           "the running one records on", bitrate, err)
+            self._release(old, cutoff=None)
+            return None
+        deadline = time.monotonic() + HANDOVER_TIMEOUT_SECONDS
+        while getattr(new.encoder, "firsttimestamp", None) is None and time.monotonic() < deadline:
+            time.sleep(HANDOVER_POLL_SECONDS)
+        first = getattr(new.encoder, "firsttimestamp", None)
+        if first is None:
+            logger.warning("picamera2's new encoder saw no frame within {:g}s; the running one "
+                           "records on", HANDOVER_TIMEOUT_SECONDS)
+            with self._feed_lock:
+                new.dead = True
+            with contextlib.suppress(Exception):
+                picam2.stop_encoder(new.encoder)
+            self._release(old, cutoff=None)
+            return None
+        self._release(old, cutoff=int(first))
+        try:
+            picam2.stop_encoder(old.encoder)  # its flush arrives in _on_packet, cut at `first`
+        except Exception as err:
+            logger.warning("picamera2 stop_encoder of the replaced encoder failed error={!r}", err)
+        with self._feed_lock:
+            old.dead = True
+            self.duplicates_discarded += old.duplicates
+            for _, packet in new.pending:
+                self._enqueue(packet)
+            new.pending.clear()
+            new.live = True
+            self._feed = new
+        self.bitrate = _int_or_none(getattr(new.encoder, "bitrate", None))
+        self.encoder_restarts += 1
+        logger.info("picamera2 encoder handed over bitrate={} duplicates_discarded={}",
+                    self.bitrate, old.duplicates)
+        base = self._base
+        # Its first packet's timestamp, as _on_packet stamps it (the base exists: the old
+        # encoder delivered before the new one started).
+        return base[0] + int(first) / 1e6 if base is not None else time.monotonic()
+
+    def _release(self, feed: _EncoderFeed, *, cutoff: int | None) -> None:
+        """Let a held feed's packets go on: those before `cutoff` (all without one)."""
+        with self._feed_lock:
+            feed.cutoff_us = cutoff
+            for sensor_us, packet in feed.pending:
+                if cutoff is not None and sensor_us >= cutoff:
+                    feed.duplicates += 1
+                else:
+                    self._enqueue(packet)
+            feed.pending.clear()
+            feed.live = True
+
     # -- the encoder's thread --------------------------------------------------------------
 
-    def _on_packet(self, frame: Any, keyframe: bool, timestamp_us: int | None) -> None:
+    def _on_packet(self, feed: _EncoderFeed, frame: Any, keyframe: bool,
+                   timestamp_us: int | None) -> None:
         now_mono, now_wall = time.monotonic(), time.time()
-        if timestamp_us is None:
-            stamp, wall = now_mono, now_wall
-        else:
-            if self._base is None:
-                self._base = (now_mono - timestamp_us / 1e6, now_wall - timestamp_us / 1e6)
-            stamp = self._base[0] + timestamp_us / 1e6
-            wall = self._base[1] + timestamp_us / 1e6
+        sensor_us = None if timestamp_us is None else feed.sensor_us(timestamp_us)
+        with self._feed_lock:
+            if sensor_us is None:
+                stamp, wall = now_mono, now_wall
+            else:
+                if self._base is None:
+                    self._base = (now_mono - sensor_us / 1e6, now_wall - sensor_us / 1e6)
+                stamp = self._base[0] + sensor_us / 1e6
+                wall = self._base[1] + sensor_us / 1e6
+                self.encoder_lag = max(0.0, now_mono - stamp)
+            if feed.dead:
+                return
+            if feed.cutoff_us is not None and sensor_us is not None and sensor_us >= feed.cutoff_us:
+                feed.duplicates += 1
+                return
+            packet = EncodedPacket(bytes(frame), bool(keyframe), stamp, wall)
+            if not feed.live:
+                feed.pending.append((sensor_us if sensor_us is not None else 0, packet))
+                return
+            self._enqueue(packet)
+
+    def _enqueue(self, packet: EncodedPacket) -> None:
+        """Into the packet queue (the caller holds _feed_lock, so feeds keep their order)."""
+        self._count_missed(packet.timestamp)
+        keyframe = packet.is_keyframe
         if self._resync and not keyframe:
             self.packets_dropped += 1
             return
         try:
-            self._packets.put_nowait(EncodedPacket(bytes(frame), bool(keyframe), stamp, wall))
+            self._packets.put_nowait(packet)
             self._resync = False
         except queue.Full:
             if not self.packets_dropped:
@@ -365,6 +570,21 @@ class PicameraCamera:
                                "skipping to the next keyframe")
             self.packets_dropped += 1
             self._resync = True
+
+    def _count_missed(self, stamp: float) -> None:
+        """Count the frames a gap before this packet says were lost before the encoder."""
+        last, self._last_stamp = self._last_stamp, stamp
+        interval = self._interval
+        if self._grace_packets:
+            self._grace_packets -= 1
+            interval = self._grace_interval
+        if last is None or stamp - last <= MISSED_GAP_INTERVALS * interval:
+            return
+        missed = max(1, round((stamp - last) / interval) - 1)
+        if not self.frames_missed:
+            logger.warning("picamera2 frames missed: {} between packets {:.3f}s apart (libcamera "
+                           "had no free buffer: the encoder's thread is behind)", missed, stamp - last)
+        self.frames_missed += missed
 
     def _output_failed(self, err: BaseException) -> None:
         self.output_failed = repr(err)
@@ -376,9 +596,9 @@ class PicameraCamera:
         width, height = self.lores
         validator = FrameValidator(CameraMode(width, height, self.lores_fps),
                                    frozen_seconds=self.frozen_seconds)
-        interval = 1.0 / self.lores_fps
         sequence = 0
-        while not stop.wait(interval):
+        # The rate is read at every wait: a quality step may lower it (apply_quality).
+        while not stop.wait(1.0 / self.lores_fps):
             try:
                 array = picam2.capture_array("lores", wait=self.capture_timeout)
             except TimeoutError:
@@ -511,6 +731,10 @@ class PicameraCamera:
         with contextlib.suppress(queue.Empty):
             while True:
                 self._packets.get_nowait()
+
+
+def _int_or_none(value: Any) -> int | None:
+    return int(value) if isinstance(value, (int, float)) else None
 
 
 def _event_loop_died(picam2: Any) -> bool:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from loguru import logger
 
-from hw.adaptive import LoadMeter, QualityGovernor, QualityStep, StepChange
+from hw.adaptive import LoadMeter, PacketLoad, QualityGovernor, QualityStep, StepChange
 from hw.camera import Camera, CameraMode, EncodedPacket, Frame
 from hw.encoder import H264Encoder
 from hw.errors import CameraError, CameraTimeout, EncoderError, StorageError
@@ -82,17 +82,37 @@ class _QualityCut:
     step: QualityStep
 
 
+@dataclass(frozen=True)
+class _StreamCut:
+    """Queued by the capture thread before the first packet of a changed stream (a camera
+    that encodes itself took a quality step): the writer starts a new segment at its
+    keyframe, so each segment holds one stream's parameters."""
+
+    step: QualityStep
+
+
 @dataclass
 class QualityControl:
     """What a pipeline needs to adapt its quality: the governor, a load meter and a way to
-    open an encoder for a step (hw.factory builds it from the config's ladder)."""
+    open an encoder for a step (hw.factory builds it from the config's ladder).
+
+    A camera that encodes itself (picamera2) sets its own knobs instead: `apply` takes the
+    step and answers the timestamp of the new stream's first packet when the step cut it
+    (None: the stream goes on, e.g. a sensor frame-rate change); the pipeline reads its load
+    from the camera's `packet_load()`.
+    """
 
     governor: QualityGovernor
-    make_encoder: EncoderMaker
+    make_encoder: EncoderMaker | None
     meter: LoadMeter = field(default_factory=LoadMeter)
     when_step: StepSink | None = None
     # Told the sequence number of each frame decimated (a test's record of what was skipped).
     when_decimated: Callable[[int], None] | None = None
+    apply: Callable[[QualityStep], float | None] | None = None
+
+    @property
+    def for_packets(self) -> bool:
+        return self.apply is not None
 
 
 @dataclass(frozen=True)
@@ -131,7 +151,14 @@ class RecordingPipeline:
         # so the capture thread pays one attribute store per frame.
         self.latest_frame: Frame | None = None
         self._queue: queue.Queue[object] = queue.Queue(maxsize=queue_frames)
-        self.quality = quality if encoder is not None else None
+        # A camera that encodes itself reports what it lost before the pipeline saw it
+        # (picamera2: packets its full queue dropped, frames that never reached its encoder);
+        # they count as dropped here, from what it had lost when this pipeline started.
+        self._camera_load: Callable[[], PacketLoad] | None = getattr(camera, "packet_load", None)
+        self._camera_drops = 0
+        self.quality = quality if encoder is not None or (
+            quality is not None and quality.for_packets and self._camera_load is not None) else None
+        self._cut_at: tuple[float, QualityStep] | None = None  # a packet camera's stream cut
         self._decimation = 1
         self._decimation_count = 0
         self._pending_step: QualityStep | None = None
@@ -179,6 +206,8 @@ class RecordingPipeline:
             raise RuntimeError("a pipeline starts once; make a new one")
         self._started = True
         self.stats.last_frame_monotonic = time.monotonic()
+        if self._camera_load is not None:
+            self._camera_drops = self._camera_load().dropped_total
         # A camera that checks a side stream of its own (the Pi's lores) reports its verdicts
         # here and hands over its newest checked frame for snapshots.
         attach = getattr(self.camera, "attach_sinks", None)
@@ -228,6 +257,13 @@ class RecordingPipeline:
                     if self.quality.when_decimated is not None:
                         self.quality.when_decimated(item.sequence)
                     continue
+            elif self._camera_load is not None:
+                load = self._camera_load()
+                if load.dropped_total > self._camera_drops:
+                    stats.frames_dropped += load.dropped_total - self._camera_drops
+                    self._camera_drops = load.dropped_total
+                if self.quality is not None and self.quality.for_packets:
+                    self._adapt_packets(time.monotonic(), item, load)
             try:
                 q.put_nowait(item)
             except queue.Full:
@@ -269,6 +305,50 @@ class RecordingPipeline:
         self._decimation_count += 1
         return not keep
 
+    def _adapt_packets(self, now: float, packet: EncodedPacket, load: PacketLoad) -> None:
+        """The packet path's measure-and-step, on the capture thread before `packet` is queued.
+
+        The camera applies a step itself; a step that cut its stream queues a _StreamCut
+        before the first packet of the new stream (found by its timestamp), one that changed
+        the sensor's rate queues it at once (the next keyframe starts the new segment).
+        """
+        quality = self.quality
+        assert quality is not None and quality.apply is not None
+        if self._cut_at is not None and packet.timestamp >= self._cut_at[0]:
+            self._put_cut(self._cut_at[1])
+            self._cut_at = None
+        governor = quality.governor
+        sample = quality.meter.sample(
+            now, queue_depth=load.queue_depth + self._queue.qsize(),
+            queue_size=load.queue_size + self._queue.maxsize,
+            dropped_total=self.stats.frames_dropped,
+            encoded_total=self.stats.frames_recorded, encode_seconds_total=0.0,
+            frame_interval=1.0 / governor.step.fps, lag_seconds=load.lag_seconds)
+        change = governor.observe(sample) if sample is not None else None
+        if change is None:
+            return
+        self.stats.quality_level = change.new.level
+        self.stats.quality_steps += 1
+        logger.warning("quality step {} level={} {}", "down" if change.is_down else "up",
+                       change.new.level, change.describe())
+        if quality.when_step is not None:
+            quality.when_step(change)
+        try:
+            cut = quality.apply(change.new)
+        except Exception as err:  # the camera's library failing must not stop recording
+            logger.opt(exception=err).error("applying quality level={} failed", change.new.level)
+            return
+        if cut is not None:
+            self._cut_at = (cut, change.new)
+        elif change.new.fps != change.old.fps:
+            self._put_cut(change.new)
+
+    def _put_cut(self, step: QualityStep) -> None:
+        try:
+            self._queue.put(_StreamCut(step), timeout=self.read_timeout)
+        except queue.Full:
+            logger.warning("the writer is behind: quality level={} starts no new segment", step.level)
+
     def _encode_loop(self) -> None:
         encoder, writer, stats, q = self.encoder, self.writer, self.stats, self._queue
         while True:
@@ -280,6 +360,10 @@ class RecordingPipeline:
             try:
                 if isinstance(item, _QualityCut):
                     encoder = self._cut(item.step)
+                    continue
+                if isinstance(item, _StreamCut):
+                    step = item.step
+                    writer.restream(step.width, step.height, step.fps)
                     continue
                 if encoder is not None and isinstance(item, Frame):
                     started = time.perf_counter()
@@ -305,6 +389,7 @@ class RecordingPipeline:
         """Finish the open segment with the old encoder and open one for `step`: the new
         encoder starts on a keyframe, which starts the next segment in the new parameters."""
         assert self.encoder is not None and self.quality is not None
+        assert self.quality.make_encoder is not None
         for packet in self.encoder.flush():
             self.writer.write(packet)
             self.stats.frames_recorded += 1

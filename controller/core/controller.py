@@ -532,7 +532,7 @@ class Controller:
         if now >= self._next_health:
             self._next_health = now + HEALTH_SECONDS
             self.health = self._health_sampler.sample(
-                state=unit.state, configured_fps=unit.hardware.camera.fps,
+                state=unit.state, configured_fps=_asked_fps(unit.hardware.camera.fps, pipeline),
                 stats=pipeline.stats if pipeline is not None else None,
                 errors=sum(self.ledger.totals.values()),
                 root=unit.root_status.path if unit.root_status is not None else None,
@@ -656,6 +656,15 @@ def _quality_status(pipeline: RecordingPipeline | None) -> QualityStatus | None:
     return QualityStatus(level=step.level, levels=len(governor.ladder), fps=step.fps,
                          width=step.width, height=step.height, describe=step.describe(),
                          steps=pipeline.stats.quality_steps, last_change=last)
+
+
+def _asked_fps(configured: float, pipeline: RecordingPipeline | None) -> float:
+    """The rate the camera is asked for now: a camera that encodes itself (picamera2) lowers
+    its sensor's rate on a quality step, and frames it never makes are not missing."""
+    quality = pipeline.quality if pipeline is not None else None
+    if quality is not None and quality.governor.step.packets:
+        return quality.governor.step.fps
+    return configured
 
 
 def _why_no_frame(state: str, pipeline: RecordingPipeline | None) -> str:

@@ -17,7 +17,7 @@ import av
 from loguru import logger
 
 from hw.camera import CameraMode, EncodedPacket, Frame
-from hw.errors import CameraLost, CameraUnavailable
+from hw.errors import CameraError, CameraLost, CameraUnavailable
 from hw.v4l2.abi import V4L2_BUF_FLAG_ERROR, fourcc_text
 from hw.v4l2.device import (
     AUTO_PREFERENCE,
@@ -148,6 +148,17 @@ class V4L2Camera:
         logger.info("v4l2 camera open device={} card={} driver={} format={} size={}x{} fps={}",
                     self.device, caps.card, caps.driver, name, granted.width, granted.height,
                     f"{granted.fps:g}" if granted.fps else "unknown")
+
+    def adaptive_knobs(self) -> list[str]:
+        """What the open camera's driver offers to lower its H.264 stream's cost (doctor says
+        so; vigil does not drive these controls yet)."""
+        if self._dev is None:
+            return []
+        try:
+            return self._dev.adaptive_knobs()
+        except CameraError as err:
+            logger.warning("v4l2 controls not readable device={} error={}", self.device, err)
+            return []
 
     def _mismatch(self, dev: V4L2Device, chosen: FormatDesc, granted: GrantedFormat) -> GrantedModeMismatch:
         asked = self._asked

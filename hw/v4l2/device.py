@@ -30,6 +30,10 @@ from hw.v4l2.abi import (
     V4L2_CAP_STREAMING,
     V4L2_CAP_TIMEPERFRAME,
     V4L2_CAP_VIDEO_CAPTURE,
+    V4L2_CID_MPEG_VIDEO_BITRATE,
+    V4L2_CTRL_FLAG_DISABLED,
+    V4L2_CTRL_FLAG_INACTIVE,
+    V4L2_CTRL_FLAG_READ_ONLY,
     V4L2_FIELD_ANY,
     V4L2_FRMIVAL_TYPE_DISCRETE,
     V4L2_FRMSIZE_TYPE_DISCRETE,
@@ -46,6 +50,7 @@ from hw.v4l2.abi import (
     VIDIOC_QBUF,
     VIDIOC_QUERYBUF,
     VIDIOC_QUERYCAP,
+    VIDIOC_QUERYCTRL,
     VIDIOC_REQBUFS,
     VIDIOC_S_FMT,
     VIDIOC_S_PARM,
@@ -58,6 +63,7 @@ from hw.v4l2.abi import (
     v4l2_fract,
     v4l2_frmivalenum,
     v4l2_frmsizeenum,
+    v4l2_queryctrl,
     v4l2_requestbuffers,
     v4l2_streamparm,
 )
@@ -217,6 +223,24 @@ class GrantedFormat:
 
 
 @dataclass(frozen=True, slots=True)
+class ControlRange:
+    """One control as VIDIOC_QUERYCTRL describes it."""
+
+    cid: int
+    name: str
+    minimum: int
+    maximum: int
+    step: int
+    default: int
+    flags: int
+
+    @property
+    def is_settable(self) -> bool:
+        return not self.flags & (V4L2_CTRL_FLAG_DISABLED | V4L2_CTRL_FLAG_READ_ONLY
+                                 | V4L2_CTRL_FLAG_INACTIVE)
+
+
+@dataclass(frozen=True, slots=True)
 class CapturedBuffer:
     """One dequeued buffer's payload, copied out before the buffer went back to the driver."""
 
@@ -330,6 +354,31 @@ class V4L2Device:
                                             s.min_height, s.max_height, s.step_height))
             sizes.append((size.discrete.width, size.discrete.height))
         return FrameSizes(discrete=tuple(sizes))
+
+    def query_control(self, cid: int) -> ControlRange | None:
+        """VIDIOC_QUERYCTRL for one control; None when the driver has no such control (EINVAL)."""
+        buf, ctrl = _new(v4l2_queryctrl)
+        ctrl.id = cid
+        if not self._enumerate(VIDIOC_QUERYCTRL, buf, "VIDIOC_QUERYCTRL"):
+            return None
+        return ControlRange(ctrl.id, _text(ctrl.name), ctrl.minimum, ctrl.maximum, ctrl.step,
+                            ctrl.default_value, ctrl.flags)
+
+    def adaptive_knobs(self) -> list[str]:
+        """The knobs this camera offers that could lower an encoded stream's cost, in words:
+        an H.264 bit-rate control (V4L2_CID_MPEG_VIDEO_BITRATE) and a settable frame interval
+        (V4L2_CAP_TIMEPERFRAME in VIDIOC_G_PARM). vigil queries them; it does not drive them."""
+        knobs = []
+        bitrate = self.query_control(V4L2_CID_MPEG_VIDEO_BITRATE)
+        if bitrate is not None and bitrate.is_settable:
+            knobs.append(f"bit rate ({bitrate.minimum}..{bitrate.maximum} bit/s, now default "
+                         f"{bitrate.default})")
+        buf, parm = _new(v4l2_streamparm)
+        parm.type = V4L2_BUF_TYPE_VIDEO_CAPTURE
+        if self._enumerate(VIDIOC_G_PARM, buf, "VIDIOC_G_PARM") and \
+                parm.parm.capture.capability & V4L2_CAP_TIMEPERFRAME:
+            knobs.append("frame interval (VIDIOC_S_PARM timeperframe)")
+        return knobs
 
     def frame_rates(self, code: int, width: int, height: int) -> list[float]:
         """Discrete frame rates for one size, fastest first ([] when the driver lists none)."""

@@ -55,6 +55,11 @@ def test_on_a_pi_5_it_names_the_software_encoder(real_picamera2: RealPicamera2, 
     report = examine(config(tmp_path, backend="picamera2"), makers=makers(FakeV4L2()))
     assert report.exit_code == EXIT_OK
     assert "LibavH264Encoder, software libx264 on the CPU (PISP" in report.text()
+    # The Pi camera adapts with its own knobs, not "cannot adapt: pass-through".
+    assert ("adaptive quality: on, 4 steps of picamera2's own knobs (bitrate x1 -> x0.5; lores "
+            "sampling 4 -> 2 fps; sensor fps 30 -> 15; sensor fps 15 -> 10): a bit-rate step starts a "
+            "new encoder and segment at a keyframe, a frame-rate step asks the sensor for fewer "
+            "frames (FrameDurationLimits)") in report.text()
 
 
 def test_an_impossible_pi_mode_is_a_problem_naming_the_modes(fake_picamera2: ModuleType,
@@ -96,6 +101,34 @@ def test_a_v4l2_camera_shows_its_modes_and_the_pass_through(tmp_path: Path) -> N
     assert "h264 160x120@30; mjpeg 640x480@30, 160x120@30" in text
     assert "encoder: pass-through: the camera's own H.264, muxed without re-encoding" in text
     assert "adaptive quality: cannot adapt: pass-through (v4l2 hands over its own H.264" in text
+    # A UVC camera's frame interval can be set (V4L2_CAP_TIMEPERFRAME), no bit rate is offered.
+    assert ("under load it drops rather than lowers quality); the camera offers frame interval "
+            "(VIDIOC_S_PARM timeperframe), which vigil does not drive yet") in text
+
+
+def test_a_v4l2_h264_camera_names_the_knobs_its_driver_offers_or_none(tmp_path: Path) -> None:
+    """VIDIOC_QUERYCTRL and VIDIOC_G_PARM answered by the fake kernel from videodev2.h layouts
+    of its own; no real /dev/video exists here, so no real driver is asked."""
+    from tests.fakes.v4l2_device import CID_MPEG_VIDEO_BITRATE, CTRL_FLAG_INACTIVE
+
+    kernel = FakeV4L2()
+    kernel.add_device(formats={"h264": [(160, 120)]},
+                      controls={CID_MPEG_VIDEO_BITRATE: ("Video Bitrate", 25000, 25000000, 25000,
+                                                         10000000, 0)})
+    text = examine(config(tmp_path, backend="v4l2"),
+                   makers=makers(kernel, picamera2=ABSENT_PICAMERA2)).text()
+    assert ("the camera offers bit rate (25000..25000000 bit/s, now default 10000000) and frame "
+            "interval (VIDIOC_S_PARM timeperframe), which vigil does not drive yet") in text
+
+    kernel = FakeV4L2()
+    kernel.add_device(formats={"h264": [(160, 120)]}, timeperframe=False,
+                      controls={CID_MPEG_VIDEO_BITRATE: ("Video Bitrate", 1, 2, 1, 1, CTRL_FLAG_INACTIVE)})
+    report = examine(config(tmp_path, backend="v4l2"), makers=makers(kernel, picamera2=ABSENT_PICAMERA2))
+    text = report.text()
+    assert report.exit_code == EXIT_OK, text
+    line = next(x for x in text.splitlines() if "adaptive quality:" in x)
+    assert line.endswith("cannot adapt: pass-through (v4l2 hands over its own H.264; vigil only "
+                         "muxes it, so under load it drops rather than lowers quality)"), line
 
 
 def test_a_configured_backend_that_is_missing_fails(tmp_path: Path) -> None:

@@ -11,6 +11,8 @@ The fake decodes and encodes the ioctl arguments from raw bytes with `struct` la
 written from linux include/uapi/linux/videodev2.h (torvalds/linux @ 00419a6a) for LP64
 (x86-64, aarch64), independently of hw/v4l2/abi.py's ctypes definitions, and computes the
 request numbers from those sizes; a request it does not know gets ENOTTY, as from a driver.
+VIDIOC_QUERYCTRL's struct v4l2_queryctrl and V4L2_CID_MPEG_VIDEO_BITRATE are from the same
+header and include/uapi/linux/v4l2-controls.h (as linux-libc-dev installs them).
 
 Behaviour follows uvcvideo and the V4L2 spec: ENUM_* end with EINVAL; S_FMT and S_PARM never
 refuse but grant the nearest size and rate offered; REQBUFS/QUERYBUF/QBUF/DQBUF with MMAP
@@ -62,6 +64,7 @@ STREAMPARM_SIZE = 204  # struct v4l2_streamparm: u32 type, 200-byte union
 CAPTUREPARM = struct.Struct("<6I4I")  # struct v4l2_captureparm at offset 4
 REQUESTBUFFERS = struct.Struct("<III2I")  # struct v4l2_requestbuffers, 20
 BUFFER = struct.Struct("<5I4x2q2I4B4s2IQ3I4x")  # struct v4l2_buffer, 88 (timeval, pointer union)
+QUERYCTRL_STRUCT = struct.Struct("<II32siiiiI2I")  # struct v4l2_queryctrl, 68
 INT = struct.Struct("<i")
 
 
@@ -82,6 +85,7 @@ STREAMON = _ioc(_W, 18, INT.size)
 STREAMOFF = _ioc(_W, 19, INT.size)
 G_PARM = _ioc(_RW, 21, STREAMPARM_SIZE)
 S_PARM = _ioc(_RW, 22, STREAMPARM_SIZE)
+QUERYCTRL = _ioc(_RW, 36, QUERYCTRL_STRUCT.size)
 ENUM_FRAMESIZES = _ioc(_RW, 74, FRMSIZEENUM.size)
 ENUM_FRAMEINTERVALS = _ioc(_RW, 75, FRMIVALENUM.size)
 
@@ -93,6 +97,10 @@ CAP_STREAMING = 0x04000000
 CAP_DEVICE_CAPS = 0x80000000
 CAP_VIDEO_M2M = 0x8000
 CAP_TIMEPERFRAME = 0x1000
+# v4l2-controls.h: V4L2_CID_CODEC_BASE = V4L2_CTRL_CLASS_CODEC (0x00990000) | 0x900; +207.
+CID_MPEG_VIDEO_BITRATE = 0x009909CF
+CTRL_TYPE_INTEGER = 1
+CTRL_FLAG_DISABLED, CTRL_FLAG_READ_ONLY, CTRL_FLAG_INACTIVE = 0x1, 0x4, 0x10
 BUF_FLAG_MAPPED, BUF_FLAG_QUEUED, BUF_FLAG_DONE = 0x1, 0x2, 0x4
 BUF_FLAG_KEYFRAME = 0x8
 BUF_FLAG_TIMESTAMP_MONOTONIC = 0x2000
@@ -217,7 +225,9 @@ class FakeVideoDevice:
 
     def __init__(self, kernel: FakeV4L2, path: str, *, formats: dict[str, Sequence[tuple[int, int]]],
                  rates: Sequence[float], card: str, gop: int, repeat_headers: bool, paced: bool,
-                 packets: Sequence[bytes] | None, keep_payloads: bool, capture: bool) -> None:
+                 packets: Sequence[bytes] | None, keep_payloads: bool, capture: bool,
+                 controls: dict[int, tuple[str, int, int, int, int, int]] | None = None,
+                 timeperframe: bool = True) -> None:
         unknown = set(formats) - set(FORMATS)
         if unknown:
             raise ValueError(f"unknown formats {sorted(unknown)}; the fake offers {sorted(FORMATS)}")
@@ -232,6 +242,9 @@ class FakeVideoDevice:
         self.packets = list(packets) if packets else None
         self.keep_payloads = keep_payloads
         self.capture = capture
+        # VIDIOC_QUERYCTRL answers: id -> (name, minimum, maximum, step, default, flags)
+        self.controls = dict(controls or {})
+        self.timeperframe = timeperframe  # G_PARM reports V4L2_CAP_TIMEPERFRAME, S_PARM sets it
         self.history: list[tuple[float, str]] = []
         self.payloads: list[bytes] = []
         self.frames_served = 0
@@ -379,14 +392,23 @@ class FakeVideoDevice:
         if struct.unpack_from("<I", buf)[0] != BUF_TYPE_VIDEO_CAPTURE:
             raise _oserror(errno.EINVAL)
         s = self._stream
-        if write:
+        if write and self.timeperframe:
             numerator, denominator = CAPTUREPARM.unpack_from(buf, 4)[2:4]
             if numerator and denominator:
                 s.fps = self._nearest_rate(denominator / numerator)
                 self._note(f"s_parm fps={s.fps:g}")
         period = 1 / Fraction(s.fps).limit_denominator(1001)
-        CAPTUREPARM.pack_into(buf, 4, CAP_TIMEPERFRAME, 0, period.numerator, period.denominator,
-                              0, len(s.buffers), 0, 0, 0, 0)
+        CAPTUREPARM.pack_into(buf, 4, CAP_TIMEPERFRAME if self.timeperframe else 0, 0,
+                              period.numerator, period.denominator, 0, len(s.buffers), 0, 0, 0, 0)
+
+    def _queryctrl(self, buf: bytearray) -> None:
+        """The control asked for by id, or EINVAL when the driver has none (as the spec says)."""
+        cid = QUERYCTRL_STRUCT.unpack_from(buf)[0]
+        if cid not in self.controls:
+            raise _oserror(errno.EINVAL)
+        name, minimum, maximum, step, default, flags = self.controls[cid]
+        QUERYCTRL_STRUCT.pack_into(buf, 0, cid, CTRL_TYPE_INTEGER, name.encode()[:31], minimum,
+                                   maximum, step, default, flags, 0, 0)
 
     def _reqbufs(self, buf: bytearray) -> None:
         count, kind, memory, *_ = REQUESTBUFFERS.unpack_from(buf)
@@ -498,7 +520,7 @@ class FakeVideoDevice:
         G_PARM: lambda self, buf: self._parm(buf, write=False),
         S_PARM: lambda self, buf: self._parm(buf, write=True),
         REQBUFS: _reqbufs, QUERYBUF: _querybuf, QBUF: _qbuf, DQBUF: _dqbuf,
-        STREAMON: _streamon, STREAMOFF: _streamoff,
+        STREAMON: _streamon, STREAMOFF: _streamoff, QUERYCTRL: _queryctrl,
     }
 
 
@@ -533,19 +555,25 @@ class FakeV4L2:
         packets: Sequence[bytes] | None = None,
         keep_payloads: bool = False,
         capture: bool = True,
+        controls: dict[int, tuple[str, int, int, int, int, int]] | None = None,
+        timeperframe: bool = True,
     ) -> FakeVideoDevice:
         """Plug in a camera node (default: H.264, MJPEG and YUYV at 160x120, 30 fps).
 
         `by_id` adds the stable /dev/v4l/by-id/<by_id> name for it; `capture=False` makes a
         node that is no camera (a codec's, say); `paced=False` serves frames as fast as they
-        are dequeued, stamped as if captured at the device's rate (a replay).
+        are dequeued, stamped as if captured at the device's rate (a replay); `controls`
+        are what VIDIOC_QUERYCTRL finds, by id: (name, minimum, maximum, step, default, flags);
+        `timeperframe=False` is a driver whose frame interval cannot be set (G_PARM without
+        V4L2_CAP_TIMEPERFRAME, S_PARM ignored).
         """
         offered = formats if formats is not None else {
             "h264": [(160, 120)], "mjpeg": [(160, 120)], "yuyv422": [(160, 120)]}
         with self.cond:
             device = FakeVideoDevice(self, path, formats=offered, rates=rates, card=card, gop=gop,
                                      repeat_headers=repeat_headers, paced=paced, packets=packets,
-                                     keep_payloads=keep_payloads, capture=capture)
+                                     keep_payloads=keep_payloads, capture=capture,
+                                     controls=controls, timeperframe=timeperframe)
             self.devices[path] = device
             if by_id is not None:
                 self._aliases[f"/dev/v4l/by-id/{by_id}"] = path

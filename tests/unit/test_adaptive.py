@@ -16,8 +16,10 @@ from hw.adaptive import (
     LoadMeter,
     LoadSample,
     QualityGovernor,
+    QualityStep,
     ThrottleReader,
     build_ladder,
+    build_sensor_ladder,
     parse_throttled,
     read_cpu_temperature_c,
 )
@@ -63,6 +65,85 @@ def test_the_hardware_encoder_gives_up_bit_rate_and_floors_are_kept() -> None:
 def test_adaptation_off_is_a_ladder_of_one_step() -> None:
     assert ladder_for(CameraMode(640, 480, 30), replace(SPEC, enabled=False)) == [
         "preset ultrafast crf 23, 30 fps, 640x480"]
+
+
+def sensor_ladder(mode: CameraMode, spec: AdaptiveSpec = SPEC, lores_fps: float = 4.0) -> list[str]:
+    return [s.describe() for s in build_sensor_ladder(mode, lores_fps=lores_fps, spec=spec)]
+
+
+def test_the_pi_cameras_ladder_gives_up_bit_rate_then_lores_sampling_then_sensor_rate() -> None:
+    assert sensor_ladder(CameraMode(1920, 1080, 30, "packets")) == [
+        "bitrate x1, sensor 30 fps, lores sampled at 4 fps, 1920x1080",
+        "bitrate x0.5, sensor 30 fps, lores sampled at 4 fps, 1920x1080",
+        "bitrate x0.5, sensor 30 fps, lores sampled at 2 fps, 1920x1080",
+        "bitrate x0.5, sensor 15 fps, lores sampled at 2 fps, 1920x1080",
+        "bitrate x0.5, sensor 10 fps, lores sampled at 2 fps, 1920x1080",
+    ]
+    # Its size is the sensor stream's: no rung scales it, whatever height_floor says.
+    ladder = build_sensor_ladder(CameraMode(1920, 1080, 30, "packets"), lores_fps=4.0,
+                                 spec=replace(SPEC, height_floor=2))
+    assert {(s.width, s.height, s.decimation) for s in ladder} == {(1920, 1080, 1)}
+    assert all(s.packets for s in ladder)
+
+
+def test_the_pi_cameras_floors_are_kept_and_off_is_one_step() -> None:
+    spec = replace(SPEC, bitrate_floor_fraction=1.0, fps_floor=12.0)
+    assert sensor_ladder(CameraMode(1280, 720, 25, "packets"), spec, lores_fps=1.0) == [
+        "bitrate x1, sensor 25 fps, lores sampled at 1 fps, 1280x720",
+        "bitrate x1, sensor 12.5 fps, lores sampled at 1 fps, 1280x720",
+    ]
+    assert sensor_ladder(CameraMode(1280, 720, 25, "packets"), replace(SPEC, enabled=False)) == [
+        "bitrate x1, sensor 25 fps, lores sampled at 4 fps, 1280x720"]
+
+
+def packet_sample(at: float, *, queue: int = 0, dropped: int = 0, lag: float = 0.0) -> LoadSample:
+    """What the pipeline measures on the packet path: no encode time of its own (picamera2
+    encodes), the frame interval of the sensor's rate, the encoder's lag."""
+    return LoadSample(at, queue, 180, dropped, 0.0, 1 / 30, None, "", lag)
+
+
+def sensor_governor(spec: AdaptiveSpec = SPEC) -> QualityGovernor:
+    return QualityGovernor(build_sensor_ladder(CameraMode(1920, 1080, 30, "packets"), lores_fps=4.0,
+                                               spec=spec), spec)
+
+
+def test_the_pi_cameras_encoder_lag_steps_down_when_it_lasts_and_climbs_back_when_calm() -> None:
+    gov = sensor_governor()
+    assert gov.observe(packet_sample(0.0, lag=0.8)) is None
+    assert gov.observe(packet_sample(1.0, lag=0.8)) is None
+    change = gov.observe(packet_sample(2.0, lag=0.9))
+    assert change is not None and change.describe() == (
+        "encoder 0.9 s behind its frames for 2 s: bitrate x1 -> x0.5")
+    change = gov.observe(packet_sample(3.0, queue=100, dropped=2))
+    assert change is None  # settling: the next verdict waits for the queue to show the step
+    change = gov.observe(packet_sample(5.0, queue=100, dropped=2))
+    assert change is not None and change.describe() == (
+        "2 frames dropped, queue 100/180 for 2 s: lores sampling 4 -> 2 fps")
+    change = gov.observe(packet_sample(8.0, dropped=1))
+    assert change is not None and change.describe() == "1 frames dropped: sensor fps 30 -> 15"
+    assert gov.step.fps == 15 and gov.step.decimation == 1
+    # A lag between the calm and the busy marks holds the rung: no step either way.
+    t = 8.0
+    for _ in range(int(SPEC.up_after_seconds) * 3):
+        t += 1.0
+        assert gov.observe(packet_sample(t, lag=0.3)) is None
+    # Calm (no lag, an empty queue) for up_after_seconds: one step up, the sensor's rate back.
+    changes = []
+    for _ in range(int(SPEC.up_after_seconds) + 2):
+        t += 1.0
+        change = gov.observe(packet_sample(t))
+        if change is not None:
+            changes.append(change)
+    assert [c.describe().split(": ")[-1] for c in changes] == ["sensor fps 15 -> 30"]
+
+
+def test_the_load_meter_passes_the_encoder_lag_on() -> None:
+    meter = LoadMeter(temperature=lambda: None, throttle=lambda now: "")
+    args = dict(queue_depth=3, queue_size=180, dropped_total=0, encoded_total=10,
+                encode_seconds_total=0.0, frame_interval=1 / 30)
+    assert meter.sample(0.0, **args, lag_seconds=0.1) is None  # type: ignore[arg-type]
+    got = meter.sample(1.0, **{**args, "encoded_total": 40}, lag_seconds=0.7)  # type: ignore[arg-type]
+    assert got is not None and got.lag_seconds == 0.7 and got.encode_ratio == 0.0
 
 
 def sample(at: float, *, queue: int = 0, dropped: int = 0, encode: float = 0.005, interval: float = 1 / 30,
@@ -286,3 +367,69 @@ def test_a_size_step_scales_frames_in_the_encoder_and_the_frame_code_survives(tm
     assert {(f.width, f.height) for f in decoded} == {(320, 240)}
     numbers = [framecode.read_video_frame(f.reformat(width=640, height=480)) for f in decoded]
     assert numbers == list(range(20))
+
+
+class SimulatedPacketPath:
+    """The Pi camera's packet queue in front of a recorder, on a simulated clock.
+
+    The sensor delivers `step.fps` packets a second; the recorder needs `cost(step, t)`
+    seconds a packet (a lower bit rate makes packets cheaper to handle, a lower sensor rate
+    makes fewer of them); what does not fit in the queue is dropped.
+    """
+
+    def __init__(self, gov: QualityGovernor, cost: object, queue_size: int = 180) -> None:
+        self.gov = gov
+        self.cost = cost
+        self.queue = 0.0
+        self.queue_size = queue_size
+        self.dropped = 0
+
+    def run(self, seconds: float, start: float = 0.0) -> int:
+        steps = 0
+        t = start
+        while t < start + seconds:
+            t += 1.0
+            step = self.gov.step
+            self.queue += step.fps - 1.0 / self.cost(step, t)  # type: ignore[operator]
+            dropped = 0
+            if self.queue > self.queue_size:
+                dropped = round(self.queue - self.queue_size)
+                self.queue = float(self.queue_size)
+            self.queue = max(0.0, self.queue)
+            self.dropped += dropped
+            change = self.gov.observe(LoadSample(t, round(self.queue), self.queue_size, dropped, 0.0,
+                                                 1.0 / step.fps))
+            steps += change is not None
+        return steps
+
+
+# The Pi camera's ladder (README "Adaptive quality"): when its top rung never fits, three
+# steps down, then the step back up tried and taken back after 1, 2, 4, 8 and 16 calm
+# periods: at most 13 steps in an hour; by the fourth hour the wait is 32 periods or more,
+# one try (two steps) an hour at most.
+PI_MAX_STEPS_PER_HOUR = 13
+PI_MAX_STEPS_FOURTH_HOUR = 2
+
+
+@pytest.mark.parametrize("load", [0.98, 1.0, 1.01, 1.02, 1.05, 1.2, 1.6])
+def test_the_pi_cameras_ladder_under_a_constant_load_does_not_oscillate(load: float) -> None:
+    """A load that fills the packet queue only slowly (1.01: 0.3 packets a second) must not
+    pass a step up as held before the queue has shown it; a queue that still drains what an
+    earlier step left is no reason for another step down."""
+    rng = random.Random(5)
+    gov = sensor_governor()
+
+    def cost(step: QualityStep, t: float) -> float:
+        # `load` x the frame interval at the top rung; half the bit rate saves a tenth.
+        relief = 0.8 + 0.2 * step.bit_rate_scale
+        return load / 30.0 * relief * rng.uniform(0.95, 1.05)
+
+    sim = SimulatedPacketPath(gov, cost)
+    first_hour = sim.run(HOUR)
+    later_hours = [sim.run(HOUR, start=HOUR * h) for h in range(1, 4)]
+    assert first_hour <= PI_MAX_STEPS_PER_HOUR
+    assert all(steps <= PI_MAX_STEPS_PER_HOUR for steps in later_hours), later_hours
+    assert later_hours[-1] <= PI_MAX_STEPS_FOURTH_HOUR, later_hours
+    assert sim.dropped == 0
+    # Never below the rung that fits: 15 fps carries any of these loads.
+    assert gov.step.fps >= 15

@@ -76,6 +76,7 @@ THREAD_PREFIX = "libcamera-fake"
 STRIDE_ALIGN = 64
 CODE_ROWS, CODE_BITS = 16, 32
 THREAD_JOIN_TIMEOUT_S = 5.0
+MAX_LATENESS_S = 0.5  # a frame thread later than this restarts the sensor's time grid
 
 
 def _fail(what: str, err: int) -> RuntimeError:
@@ -747,7 +748,14 @@ class Camera:
         with self._lock:
             if CONTROLS["FrameDurationLimits"] in request._controls:
                 limits = request._controls[CONTROLS["FrameDurationLimits"]]
-                self._frame_limits = (int(limits[0]), int(limits[1]))
+                before, self._frame_limits = self._frame_limits, (int(limits[0]), int(limits[1]))
+                if self._frame_limits != before:
+                    # Controls travel with the request that carries them (a running camera's
+                    # set_controls reaches libcamera on the next request picamera2 queues).
+                    # libcamera applies a frame duration a few frames later (the Raspberry Pi
+                    # pipeline's DelayedControls); the fake applies it from the next frame.
+                    self._hardware.record("frame_limits", f"{self._frame_limits} at frame "
+                                          f"{self._hardware.frames_produced}")
             self._queue.append(request)
             self._queued.notify_all()
 
@@ -764,7 +772,11 @@ class Camera:
             if delay > 0 and stopping.wait(delay):
                 return
             period = self._frame_seconds()
-            due = max(due + period, time.monotonic() - period)
+            # A sensor keeps its own time: a frame thread the host scheduled late still
+            # stamps its frames on the sensor's grid (they are delivered late, as from a
+            # busy machine); only after a long absence does the grid start again from now.
+            now = time.monotonic()
+            due = due + period if now - due < MAX_LATENESS_S else now
             if self.is_disconnected:
                 return  # unplugged: nothing more completes
             if hardware.is_stalled:
@@ -898,6 +910,11 @@ class CameraManager:
             return []
         with self._completed_lock:
             ready, self._completed = self._completed, []
+        # system.py's slow_event_loop(): the thread that takes the completed requests
+        # (picamera2's event loop, which also runs its encoders) needs this long for each.
+        cost = sum(r._camera._hardware.request_cost_s for r in ready)
+        if cost > 0:
+            time.sleep(cost)
         return ready
 
     def _complete(self, request: Request) -> None:

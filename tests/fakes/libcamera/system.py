@@ -24,7 +24,13 @@ Faults (what the real stack does, and what the fake does instead):
 - vanish()/reappear(): the camera is unplugged (the CameraManager stops listing it, the
   Camera is disconnected: queue_request, stop, release fail with ENODEV, nothing completes)
   and plugged back as a new Camera;
-- sensor configurations that match no mode make CameraConfiguration.validate() Invalid.
+- sensor configurations that match no mode make CameraConfiguration.validate() Invalid;
+- slow_event_loop(seconds): whoever takes the completed requests (picamera2's event loop,
+  whose process_requests also runs every encoder on the frame: libx264 on a Pi 5's CPU)
+  spends that long on each, as a Pi 5 whose cores are busy. On the real stack the
+  requests then come back late, libcamera has no free buffer when a frame is due, and the
+  frame is lost (the sensor's timestamps jump); the fake does the same: a frame with no
+  queued request is counted (its number is used up) and recorded as frame_dropped.
 """
 
 from __future__ import annotations
@@ -105,6 +111,7 @@ class FakeCameraHardware:
     generation: int = 0  # +1 per reappear(): a new libcamera Camera each time
     frames_produced: int = 0  # never reset: the frame-number code of the next frame
     streaming: int = 0  # cameras of this sensor started and not stopped
+    request_cost_s: float = 0.0  # slow_event_loop(): time taken per completed request
     _vanish_pending: bool = False
     history: list[tuple[float, str, str]] = field(default_factory=list)
     _stalled: threading.Event = field(default_factory=threading.Event)
@@ -154,6 +161,15 @@ class FakeCameraHardware:
 
     def clear_stall(self) -> None:
         self._stalled.clear()
+
+    def slow_event_loop(self, seconds: float) -> None:
+        """Each completed request costs its taker `seconds` from now on (0: none)."""
+        self.record("slow_event_loop", f"{seconds:g}")
+        self.request_cost_s = seconds
+
+    def dropped_numbers(self) -> list[int]:
+        """Numbers of the frames the sensor made with no request to put them in."""
+        return [int(d.split(":")[0].removeprefix("n=")) for _, d in self.events("frame_dropped")]
 
     def hang_stop(self) -> None:
         """Camera.stop() blocks from now on until release_stop()."""
