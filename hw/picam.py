@@ -253,6 +253,7 @@ class PicameraCamera:
     ) -> None:
         self.name = "picamera2"
         self._mode = CameraMode(mode.width, mode.height, mode.fps, "packets")
+        self.fragment_seconds = fragment_seconds
         self.iperiod = keyframe_interval(mode.fps, fragment_seconds)
         self.frozen_seconds = frozen_seconds
         self.capture_timeout = capture_timeout
@@ -406,11 +407,13 @@ class PicameraCamera:
         constructor's start), so a new bit rate is a new encoder; None lets it choose.
         """
         assert self._encoders is not None and self._outputs is not None
-        m = self._mode
+        # A keyframe every fragment_seconds at the rate the sensor runs at now: a fragment (what
+        # a power cut can lose) stays as long as configured after a frame-rate step too.
+        self.iperiod = keyframe_interval(self.sensor_fps, self.fragment_seconds)
         # A Fraction, not the config's float: LibavH264Encoder (the Pi 5's H264Encoder) hands
         # framerate to PyAV's add_stream(rate=), which takes an int or a Fraction only.
         encoder = self._encoders.H264Encoder(bitrate=bitrate, repeat=True, iperiod=self.iperiod,
-                                             framerate=Fraction(m.fps).limit_denominator(1001))
+                                             framerate=Fraction(self.sensor_fps).limit_denominator(1001))
         feed = _EncoderFeed(encoder, live=live)
 
         def sink(frame: Any, keyframe: bool, timestamp_us: int | None) -> None:
@@ -442,7 +445,8 @@ class PicameraCamera:
         picam2 = self._picam2
         if picam2 is None:
             return None
-        if step.fps != self.sensor_fps:
+        rate_changed = step.fps != self.sensor_fps
+        if rate_changed:
             frame_us = round(1_000_000 / step.fps)
             picam2.set_controls({"FrameDurationLimits": (frame_us, frame_us)})
             logger.info("picamera2 sensor frame rate {:g} -> {:g} fps (FrameDurationLimits {} us)",
@@ -457,8 +461,9 @@ class PicameraCamera:
             self.lores_fps = step.lores_fps
         wanted = (None if step.bit_rate_scale == 1.0 or self.base_bitrate is None
                   else max(1, round(self.base_bitrate * step.bit_rate_scale)))
-        if wanted == (None if self.bitrate == self.base_bitrate else self.bitrate):
+        if wanted == (None if self.bitrate == self.base_bitrate else self.bitrate) and not rate_changed:
             return None
+        # A new bit rate, or a new rate whose keyframe interval in frames differs: a new encoder.
         return self._hand_over(picam2, wanted)
 
     def _hand_over(self, picam2: Any, bitrate: int | None) -> float | None:

@@ -73,6 +73,18 @@ def running() -> Iterator[list[RunningController]]:
             r.stop()
 
 
+def keyframe_times(root: Path) -> list[float]:
+    """Sensor-clock times of every keyframe recorded, in recording order."""
+    out = []
+    for path in segments(root):
+        with av.open(str(path)) as container:
+            start = float(container.metadata[START_TAG])
+            stream = container.streams.video[0]
+            out.extend(start + float(p.pts * stream.time_base) for p in container.demux(stream)
+                       if p.pts is not None and p.is_keyframe)
+    return out
+
+
 def decoded_times(root: Path) -> list[tuple[float, int]]:
     """(sensor-clock time, frame number) of every recorded frame, in recording order: each
     segment's start tag (its first packet's time) plus the frame's own timestamp."""
@@ -139,6 +151,8 @@ def test_under_load_the_pi_camera_steps_down_bitrate_then_sensor_rate_and_climbs
     assert down[0].endswith("bitrate x1 -> x0.5") and down[2].endswith("sensor fps 30 -> 15")
     # The knobs really moved: a second encoder at half picamera2's own bit rate, then the
     # sensor asked for 66667 us frames through the requests picamera2 queues.
+    # (Applied on the capture thread, after the governor moved: a rate step hands over too.)
+    assert c.wait_until(lambda: len(camera.applied) >= 3, WAIT_SECONDS), camera.applied
     assert camera.applied[:3] == [(1, round(base * 0.5), 30.0, 4.0), (2, round(base * 0.5), 30.0, 2.0),
                                   (3, round(base * 0.5), 15.0, 2.0)]
     assert any(d.startswith("(66667, 66667)") for _, d in handle.events("frame_limits"))
@@ -172,6 +186,11 @@ def test_under_load_the_pi_camera_steps_down_bitrate_then_sensor_rate_and_climbs
     assert abs(sorted(slow)[len(slow) // 2] - 1.0 / 15.0) < 0.002
     # The bit-rate steps cut the stream at the new encoder's keyframe: a segment starts there.
     assert len(segments(tmp_path / "rec")) >= 3
+    # A keyframe (a fragment, what a power cut can lose) at most every fragment_seconds at 15 fps
+    # too, not every 30 frames (1 s) as at the configured rate.
+    keys = keyframe_times(tmp_path / "rec")
+    spacing = [b - a for a, b in itertools.pairwise(keys)]
+    assert max(spacing) <= rec.fragment_seconds + 1.0 / 15.0 + 0.01, spacing
 
 
 def test_when_picamera2s_own_thread_falls_behind_frames_go_missing_until_the_sensor_slows(
