@@ -143,7 +143,8 @@ def test_flipped_byte_in_a_part_is_detected_and_uploaded_again(s3: tuple[str, Pr
     assert bucket_bytes(url, PREFIX + path.relative_to(root).as_posix()) == path.read_bytes()
 
 
-def test_the_bandwidth_cap_is_never_exceeded_by_more_than_ten_percent(s3: tuple[str, Proxy], tmp_path: Path) -> None:
+def test_the_bandwidth_cap_is_never_exceeded_by_more_than_ten_percent(s3: tuple[str, Proxy],
+                                                                     tmp_path: Path) -> None:
     _, proxy = s3
     root = tmp_path / "rec"
     write_segment(root, 1_700_000_000.0, 0, 40)
