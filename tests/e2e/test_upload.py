@@ -46,7 +46,8 @@ from tests.pasthours import past_hour_start, record
 from tests.tmpfs import mounted_tmpfs
 
 PREFIX = "cam-1/"
-WAIT = 60.0
+# Hang guards: the uploader runs at nice 19, which a busy machine starves for long stretches.
+WAIT = 300.0
 
 
 def write_segment(root: Path, start: float, first: int, frames: int, *, noise: bool = True) -> Path:
