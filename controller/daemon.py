@@ -15,7 +15,6 @@ from controller.config import ApiConfig, ConfigError, LoadedConfig, MqttConfig, 
 from controller.core.controller import Controller, Parts
 from controller.core.events import ConfigReloaded
 from controller.core.ledger import DEFAULT_BUDGETS, Budget, ErrorLedger
-from controller.keys import KeyError_, key_path, load_or_create_key, signer_for
 from controller.logs import setup_logging
 from controller.memory import pin_mmap_threshold
 from controller.statedir import state_directory
@@ -137,6 +136,9 @@ def signer_from_config(config: VigilConfig) -> Signer | None:
     """
     if not config.integrity.enabled:
         return None
+    # Here, not at the top: a unit with integrity off never loads cryptography (20 MB of RSS).
+    from controller.keys import KeyError_, key_path, load_or_create_key, signer_for
+
     try:
         key = load_or_create_key(key_path(config.integrity.key_file))
     except KeyError_ as err:
