@@ -16,7 +16,7 @@ from controller.core.controller import Controller, Parts
 from controller.core.events import ConfigReloaded
 from controller.core.ledger import DEFAULT_BUDGETS, Budget, ErrorLedger
 from controller.logs import setup_logging
-from controller.memory import pin_mmap_threshold
+from controller.memory import limit_arenas, pin_mmap_threshold
 from controller.statedir import state_directory
 from controller.storage.housekeeping import StorageSettings
 from controller.storage.retention import RetentionPolicy
@@ -421,6 +421,7 @@ def run(config_path: str | None) -> int:
     setup_logging(loaded.config.logging.level)
     logger.info("vigil starting config={}", loaded.source)
     pin_mmap_threshold()  # frame buffers go back to the system when freed (controller/memory.py)
+    limit_arenas()  # before any thread of ours starts: threads share two malloc arenas
     controller = build_controller(loaded, config_path)
     if controller.unit.hardware.unavailable:
         # The configured camera library cannot load (not installed, or broken such as a
