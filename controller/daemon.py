@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -15,9 +16,8 @@ from controller.config import ApiConfig, ConfigError, LoadedConfig, MqttConfig, 
 from controller.core.controller import Controller, Parts
 from controller.core.events import ConfigReloaded
 from controller.core.ledger import DEFAULT_BUDGETS, Budget, ErrorLedger
-from controller.keys import KeyError_, key_path, load_or_create_key, signer_for
 from controller.logs import setup_logging
-from controller.memory import pin_mmap_threshold
+from controller.memory import limit_arenas, pin_mmap_threshold
 from controller.statedir import state_directory
 from controller.storage.housekeeping import StorageSettings
 from controller.storage.retention import RetentionPolicy
@@ -38,6 +38,10 @@ if TYPE_CHECKING:
     from controller.surfaces.upload import Uploader, UploadSettings
 
 API_START_TIMEOUT_SECONDS = 10.0
+# The API is imported once the first fragment is on disk, or after this long at the latest
+# (a camera that does not record yet must not keep the operator's API away).
+API_DEFER_MAX_SECONDS = 3.0
+API_DEFER_POLL_SECONDS = 0.05
 EXIT_BACKEND_UNAVAILABLE = 78  # EX_CONFIG, as for a bad config: systemd does not restart it
 
 
@@ -137,6 +141,9 @@ def signer_from_config(config: VigilConfig) -> Signer | None:
     """
     if not config.integrity.enabled:
         return None
+    # Here, not at the top: a unit with integrity off never loads cryptography (20 MB of RSS).
+    from controller.keys import KeyError_, key_path, load_or_create_key, signer_for
+
     try:
         key = load_or_create_key(key_path(config.integrity.key_file))
     except KeyError_ as err:
@@ -178,26 +185,44 @@ def build_controller(loaded: LoadedConfig, config_path: str | None, *,
 
 
 class BackgroundApi:
-    """Imports and starts the HTTP API beside the controller, not before it.
+    """Imports and starts the HTTP API beside the controller, once recording has begun.
 
-    Importing FastAPI and uvicorn takes a few tenths of a second on a Pi: recording must not
-    wait for the API, so the first fragment reaches the disk that much sooner.
+    Importing FastAPI and uvicorn takes a few tenths of a second of CPU on a Pi: recording
+    must not wait for the API, nor share the CPU with its import while the camera opens and
+    the first fragment is encoded. So the import waits until the first fragment is on disk,
+    or until the controller is not simply starting to record (autostart off, a fault), or
+    API_DEFER_MAX_SECONDS, whichever comes first.
     """
 
     def __init__(self, config: ApiConfig, controller: Controller, *,
                  metric_hooks: list[MetricsHook] | None = None, signer: Signer | None = None,
                  history: HistoryRecorder | None = None,
-                 uploader: Callable[[], Uploader | None] | None = None) -> None:
+                 uploader: Callable[[], Uploader | None] | None = None,
+                 fragment_seconds: float = 0.0) -> None:
         self._config = config
+        self._fragment_seconds = fragment_seconds
         self._controller = controller
         self._history = history
         self._uploader = uploader
         self._signer = signer  # signs exported clips' manifests
         self._metric_hooks = metric_hooks if metric_hooks is not None else []
         self._server: Any = None
+        self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._start, name="vigil-api-start", daemon=True)
 
+    def _recording_is_starting(self) -> bool:
+        """True while the controller is on its way to its first fragment on disk: that one is
+        written when the frame after the fragment's last, a keyframe, is recorded."""
+        snapshot = self._controller.snapshot
+        fragment_frames = snapshot.configured_fps * self._fragment_seconds
+        return snapshot.autostart and snapshot.state in ("idle", "recording") and \
+            snapshot.run.frames_recorded <= fragment_frames
+
     def _start(self) -> None:
+        deadline = time.monotonic() + API_DEFER_MAX_SECONDS
+        while self._recording_is_starting() and time.monotonic() < deadline:
+            if self._stopping.wait(API_DEFER_POLL_SECONDS):
+                return  # stopped before it started: nothing to serve
         from controller.surfaces.api import start_api
 
         # None: disabled or port taken. The uploader provider is in before the first request.
@@ -225,6 +250,7 @@ class BackgroundApi:
             server.app.state.footage.reload(config.viewer_token_file, public=config.public_footage)
 
     def stop(self, timeout: float = API_START_TIMEOUT_SECONDS) -> None:
+        self._stopping.set()
         self._thread.join(timeout)
         if self._server is not None:
             self._server.stop()
@@ -307,7 +333,8 @@ class Surfaces:
         # The same key the recording signs with (loaded again: the unit is the controller's).
         self.api = BackgroundApi(api_with_credential_token(config.api), controller,
                                  metric_hooks=self.metric_hooks, signer=signer_from_config(config),
-                                 history=self.history, uploader=lambda: self.uploader)
+                                 history=self.history, uploader=lambda: self.uploader,
+                                 fragment_seconds=config.recording.fragment_seconds)
         self.mqtt_settings: tuple[MqttConfig, str] = (config.mqtt, config.unit.id)
         self.mqtt: MqttSurface | None = mqtt_from_config(config, controller)
         self.upload_settings = upload_settings_from_config(config)
@@ -419,6 +446,7 @@ def run(config_path: str | None) -> int:
     setup_logging(loaded.config.logging.level)
     logger.info("vigil starting config={}", loaded.source)
     pin_mmap_threshold()  # frame buffers go back to the system when freed (controller/memory.py)
+    limit_arenas()  # before any thread of ours starts: threads share two malloc arenas
     controller = build_controller(loaded, config_path)
     if controller.unit.hardware.unavailable:
         # The configured camera library cannot load (not installed, or broken such as a

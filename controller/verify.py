@@ -22,7 +22,6 @@ from typing import Any
 
 import av
 
-from controller.keys import verify_signature
 from hw.footage import is_merged_name, is_segment_name, segment_start
 from hw.integrity import boxes, canonical, fragment_hash, link, read_manifest, sha256_file
 
@@ -127,6 +126,10 @@ def verify(paths: Sequence[Path], *, key: str | None = None, since: float | None
 
 def _check_signature(report: Report, path: Path, manifest: dict[str, Any], trusted: str | None,
                      what: str = "manifest") -> str | None:
+    # Here, not at the top: the daemon's scrub imports this module on units that record
+    # unsigned, and only a manifest to check needs cryptography (20 MB of RSS).
+    from controller.keys import verify_signature
+
     public = str(manifest.get("public_key") or "")
     signature = str(manifest.get("signature") or "")
     report.keys.add(public)

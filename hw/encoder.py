@@ -13,6 +13,7 @@ block: libx264 there.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from fractions import Fraction
@@ -47,6 +48,9 @@ M2M_BITS_PER_PIXEL = 0.1
 
 def probe_m2m_encoder(device: str = PI_ENCODER_DEVICE, *, io: DeviceIO | None = None) -> str:
     """"" when `device` answers VIDIOC_QUERYCAP as a V4L2 M2M H.264 encoder, else why not."""
+    if io is None and not os.path.exists(device):
+        # Off a Pi, the usual case: said without loading the V4L2 code (start-up time).
+        return f"{device} does not exist (a Pi 5 or no Pi, or the bcm2835-codec driver is not loaded)"
     from hw.errors import CameraError
     from hw.v4l2.device import LINUX_IO, V4L2Device
 

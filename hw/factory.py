@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from loguru import logger
 
@@ -14,11 +16,9 @@ from hw.encoder import LIBX264, EncoderChoice, H264Encoder, choose_encoder, prob
 from hw.errors import BackendUnavailable, CameraUnavailable, EncoderError
 from hw.filecam import FileCamera
 from hw.integrity import Chain, Signer, newest_link
-from hw.picam import PicameraMaker
 from hw.pipeline import ErrorSink, QualityControl, RecordingOutput, RecordingPipeline, StepSink
 from hw.probe import BackendProbe
 from hw.synthetic import FaultPlan, SyntheticCamera
-from hw.v4l2.probe import V4L2Maker
 from hw.validate import FrameValidator
 from hw.writer import ClosedSegment, SegmentWriter
 
@@ -92,11 +92,53 @@ def _make_file(spec: CameraSpec, faults: FaultPlan) -> Camera:
     return FileCamera(spec.mode, spec.source, paced=spec.pace)
 
 
+class _DeferredMaker:
+    """A backend's maker whose module is imported on first use, not with the factory.
+
+    A unit records from one camera: the file or synthetic camera never loads the V4L2 or
+    picamera2 code (nor a Pi camera the V4L2 code). Calls and attributes (`probe`,
+    `load_failure`, ...) go to the real maker, made with `options` on first use.
+    """
+
+    _module = ""
+    _name = ""
+
+    def __init__(self, **options: Any) -> None:
+        self._options = options
+        self._real: Any = None
+
+    def _load(self) -> Any:
+        if self._real is None:
+            self._real = getattr(importlib.import_module(self._module), self._name)(**self._options)
+        return self._real
+
+    def __call__(self, spec: CameraSpec, faults: FaultPlan) -> Camera:
+        camera: Camera = self._load()(spec, faults)
+        return camera
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._load(), name)
+
+
+class DeferredV4L2Maker(_DeferredMaker):
+    """hw.v4l2.probe.V4L2Maker, imported on first use."""
+
+    _module, _name = "hw.v4l2.probe", "V4L2Maker"
+
+
+class DeferredPicameraMaker(_DeferredMaker):
+    """hw.picam.PicameraMaker, imported on first use."""
+
+    _module, _name = "hw.picam", "PicameraMaker"
+
+
 DEFAULT_MAKERS: Mapping[str, CameraMaker] = {
     "synthetic": _make_synthetic,
     "file": _make_file,
-    "v4l2": V4L2Maker(),
-    "picamera2": PicameraMaker(),
+    "v4l2": DeferredV4L2Maker(),
+    "picamera2": DeferredPicameraMaker(),
 }
 # auto-detection asks these backends, in this order, whether they see a camera.
 PROBE_ORDER = ("picamera2", "v4l2")
