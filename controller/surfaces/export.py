@@ -327,7 +327,9 @@ def _write_clip(timelines: list, start: float, end: float, out_path: Path,  # ty
                 # few segments when the clocks drift), so a clip cut at a span's end as the
                 # index lists it lost that span's last frame; and a frame is then in a clip or
                 # not whatever file the clip began in.
-                if own >= end:
+                # A frame is in when its middle is: the next frame after a listed end begins at
+                # that end to within the clocks' microsecond rounding, in or out by chance.
+                if own + timed.duration / 2 >= end:
                     done = True
                     break
                 ctx = stream.codec_context
