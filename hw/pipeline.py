@@ -229,6 +229,7 @@ class RecordingPipeline:
 
     def _capture_loop(self) -> None:
         camera, validator, stats, q = self.camera, self.validator, self.stats, self._queue
+        resync = False  # an encoded packet was dropped: skip to the next keyframe
         while not self._stop.is_set():
             try:
                 item = camera.read(self.read_timeout)
@@ -264,10 +265,18 @@ class RecordingPipeline:
                     self._camera_drops = load.dropped_total
                 if self.quality is not None and self.quality.for_packets:
                     self._adapt_packets(time.monotonic(), item, load)
+            if resync and isinstance(item, EncodedPacket):
+                if not item.is_keyframe:
+                    stats.frames_dropped += 1  # refers to a frame that was dropped: undecodable
+                    continue
+                resync = False
             try:
                 q.put_nowait(item)
             except queue.Full:
                 stats.frames_dropped += 1
+                # The packets after a dropped one refer to it until the next keyframe: they go
+                # too, or the footage would hold frames that do not decode.
+                resync = isinstance(item, EncodedPacket)
 
     def _adapt(self, now: float) -> bool:
         """Measure, maybe take a quality step, and say whether this frame is decimated.
