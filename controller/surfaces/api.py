@@ -1070,6 +1070,7 @@ SEND_STALL_SECONDS = 30.0  # a client that reads none of its response for this l
 DROP_IDLE_AFTER_SECONDS = 1.0
 KEEP_ALIVE_SECONDS = 5
 MAX_HEAD_BYTES = 16 * 1024  # a request head larger than this is answered 431 and closed
+LINGER_SECONDS = 1.0  # after a 431, the client's further bytes are read and dropped this long
 HANDLER_THREADS = 8  # request handlers run on at most this many worker threads
 # Descriptors the rest of the daemon may need beside the API's: its own files, the camera,
 # the segment writer, merges, /proc reads. The API keeps to what is left of the limit.
@@ -1186,6 +1187,18 @@ def _guarded_protocol(book: ConnectionBook) -> type[HttpToolsProtocol]:
         _head_bytes = 0  # received since the last whole head, while a head is incomplete
         _head_fields = 0  # the newest request's URL and header lines, as the parser hands them over
         _head_too_large = False
+        _lingering = False  # answered and closing: what the client still sends is read and dropped
+
+        def _answer_and_close(self, response: bytes) -> None:
+            """Send `response` and close gracefully: our side ends after it (FIN), and what the
+            client is still sending is read and dropped for a moment before the socket closes;
+            closed at once with its data unread, the kernel answers with a reset, which can
+            reach the client before the response does."""
+            self._lingering = True
+            self.transport.write(response)
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+            self.loop.call_later(LINGER_SECONDS, self.transport.close)
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             book.accepted += 1
@@ -1251,9 +1264,8 @@ def _guarded_protocol(book: ConnectionBook) -> type[HttpToolsProtocol]:
         def _refuse_head(self) -> None:
             book.head_too_large += 1
             book.waiting.pop(self, None)
-            self.transport.write(_raw_response(
+            self._answer_and_close(_raw_response(
                 _HEAD_TOO_LARGE, f"request head over {limits.max_head_bytes} bytes"))
-            self.transport.close()
 
         def on_headers_complete(self) -> None:
             self._head_done = True
@@ -1318,13 +1330,15 @@ def _guarded_protocol(book: ConnectionBook) -> type[HttpToolsProtocol]:
             self.transport.close()
 
         def data_received(self, data: bytes) -> None:
+            if self._lingering:
+                return
             if self._head_open():
                 self._head_bytes += len(data)
             super().data_received(data)
             # A head still not whole: the parser holds what it has, so its bytes are bounded
             # here (to within one read of the bound).
             if (self._head_open() and self._head_bytes > limits.max_head_bytes
-                    and not self.transport.is_closing()):
+                    and not self.transport.is_closing() and not self._lingering):
                 self._refuse_head()
                 return
             self._note_progress()

@@ -572,3 +572,18 @@ def test_a_request_head_over_the_bound_is_431_in_one_piece_or_many(file_server: 
     finally:
         conn.close()
     assert server.connections.head_too_large == 3
+
+
+def test_a_431_reaches_a_client_that_goes_on_sending_after_it(file_server: ServerFactory) -> None:
+    # Closed at once with the client's bytes still arriving, the socket answers them with a
+    # reset, and a reset makes the client's kernel drop the 431 it had not read yet. The API
+    # ends its side after the answer and reads what still comes for a moment before closing.
+    server, _ = file_server(max_head_bytes=4096, request_seconds=30.0)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=SOCKET_TIMEOUT_SECONDS) as sock:
+        sock.sendall(b"GET /recordings HTTP/1.1\r\nHost: vigil\r\nX-Big: ")
+        for _ in range(64):  # 256 KiB of a header that never ends, well past the bound
+            sock.sendall(b"z" * 4096)
+            time.sleep(0.002)
+        answer = _read_until_closed(sock)
+    assert answer.startswith(b"HTTP/1.1 431"), answer[:200]
+    assert server.connections.head_too_large == 1
