@@ -411,7 +411,10 @@ def test_broker_down_20_s_while_recording_loses_no_frame_and_everything_comes_ba
 
     # Reconnected, and never told to wait longer than the backoff bound between tries (the
     # waits paho was given, not the wall clock: a busy machine stretches those).
-    assert wait_until(lambda: unit.mqtt.connects == 2, WAIT_SECONDS), unit.mqtt
+    # (A hang guard: a try just before the broker was back fails, and the next may be
+    # RECONNECT_MAX_SECONDS later.)
+    assert wait_until(lambda: unit.mqtt.connects == 2,
+                      2 * RECONNECT_MAX_SECONDS + WAIT_SECONDS), unit.mqtt
     delays = list(unit.mqtt.reconnect_delays)
     assert delays and max(delays) <= RECONNECT_MAX_SECONDS, delays
     # The broker kept nothing (persistence false): what it has now, vigil published again.
@@ -463,7 +466,8 @@ def test_messages_queue_while_the_broker_is_away_and_the_excess_is_dropped_and_c
 
     broker.start()
     try:
-        assert wait_until(lambda: unit.mqtt.connects == 2, WAIT_SECONDS)
+        assert wait_until(lambda: unit.mqtt.connects == 2,
+                          2 * RECONNECT_MAX_SECONDS + WAIT_SECONDS)  # a hang guard, as above
         # What was kept is delivered after the reconnect.
         kept = watcher.wait_for(lambda m: m.topic == TOPICS.alerts
                                 and json.loads(m.payload)["message"].startswith("test alert"), WAIT_SECONDS)
