@@ -54,17 +54,23 @@ def pin_mmap_threshold(threshold: int = MMAP_THRESHOLD_BYTES) -> bool:
 
     Logged either way once at start-up; a C library without mallopt (musl) is left as it is.
     """
-    if _ENVIRONMENT in os.environ:
-        logger.info("malloc mmap threshold left to {}={}", _ENVIRONMENT, os.environ[_ENVIRONMENT])
+    return _set_malloc(_M_MMAP_THRESHOLD, threshold, _ENVIRONMENT, "malloc mmap threshold",
+                       f"pinned at {threshold} bytes", f"{threshold} bytes")
+
+
+def _set_malloc(param: int, value: int, environment: str, what: str, done: str, asked: str) -> bool:
+    """mallopt(param, value) unless `environment` is set (glibc read it at start); logged."""
+    if environment in os.environ:
+        logger.info("{} left to {}={}", what, environment, os.environ[environment])
         return False
     mallopt, name = _mallopt()
     if mallopt is None:
-        logger.info("malloc mmap threshold unchanged: no mallopt in the C library ({})", name)
+        logger.info("{} unchanged: no mallopt in the C library ({})", what, name)
         return False
-    if mallopt(_M_MMAP_THRESHOLD, threshold) != 1:
-        logger.info("malloc mmap threshold unchanged: mallopt refused {} bytes", threshold)
+    if mallopt(param, value) != 1:
+        logger.info("{} unchanged: mallopt refused {}", what, asked)
         return False
-    logger.debug("malloc mmap threshold pinned at {} bytes", threshold)
+    logger.debug("{} {}", what, done)
     return True
 
 
@@ -75,15 +81,5 @@ def limit_arenas(count: int = ARENA_MAX) -> bool:
     MALLOC_ARENA_MAX in the environment wins (glibc read it at start); a C library without
     mallopt (musl) is left as it is.
     """
-    if _ARENA_ENVIRONMENT in os.environ:
-        logger.info("malloc arenas left to {}={}", _ARENA_ENVIRONMENT, os.environ[_ARENA_ENVIRONMENT])
-        return False
-    mallopt, name = _mallopt()
-    if mallopt is None:
-        logger.info("malloc arenas unchanged: no mallopt in the C library ({})", name)
-        return False
-    if mallopt(_M_ARENA_MAX, count) != 1:
-        logger.info("malloc arenas unchanged: mallopt refused {}", count)
-        return False
-    logger.debug("malloc arenas limited to {}", count)
-    return True
+    return _set_malloc(_M_ARENA_MAX, count, _ARENA_ENVIRONMENT, "malloc arenas", f"limited to {count}",
+                       str(count))

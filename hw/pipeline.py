@@ -295,12 +295,7 @@ class RecordingPipeline:
             change = quality.governor.observe(sample) if sample is not None else None
             if change is not None:
                 self._pending_step = change.new
-                self.stats.quality_level = change.new.level
-                self.stats.quality_steps += 1
-                logger.warning("quality step {} level={} {}", "down" if change.is_down else "up",
-                               change.new.level, change.describe())
-                if quality.when_step is not None:
-                    quality.when_step(change)
+                self._took_step(quality, change)
         if self._pending_step is not None:
             try:
                 self._queue.put_nowait(_QualityCut(self._pending_step))
@@ -313,6 +308,15 @@ class RecordingPipeline:
         keep = self._decimation_count % self._decimation == 0
         self._decimation_count += 1
         return not keep
+
+    def _took_step(self, quality: QualityControl, change: StepChange) -> None:
+        """Count, log and report a step the governor took (either path)."""
+        self.stats.quality_level = change.new.level
+        self.stats.quality_steps += 1
+        logger.warning("quality step {} level={} {}", "down" if change.is_down else "up",
+                       change.new.level, change.describe())
+        if quality.when_step is not None:
+            quality.when_step(change)
 
     def _adapt_packets(self, now: float, packet: EncodedPacket, load: PacketLoad) -> None:
         """The packet path's measure-and-step, on the capture thread before `packet` is queued.
@@ -336,12 +340,7 @@ class RecordingPipeline:
         change = governor.observe(sample) if sample is not None else None
         if change is None:
             return
-        self.stats.quality_level = change.new.level
-        self.stats.quality_steps += 1
-        logger.warning("quality step {} level={} {}", "down" if change.is_down else "up",
-                       change.new.level, change.describe())
-        if quality.when_step is not None:
-            quality.when_step(change)
+        self._took_step(quality, change)
         try:
             cut = quality.apply(change.new)
         except Exception as err:  # the camera's library failing must not stop recording
