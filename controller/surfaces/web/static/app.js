@@ -364,8 +364,8 @@ async function loadHistory() {
   try {
     const { status, body } = await getJSON("/history?hours=24");
     if (status === 404) {
+      drawHistory(noHistory());  // the charts keep their place: the page below does not jump
       $("history-note").textContent = "no history yet (this daemon keeps none, or has not sampled a minute)";
-      $("charts").replaceChildren();
     } else if (status !== 200 || !body) {
       $("history-note").textContent = `history not available (${status}): ${reason(body, "")}`;
     } else {
@@ -376,6 +376,8 @@ async function loadHistory() {
   }
   setTimeout(loadHistory, HISTORY_MS);
 }
+
+function noHistory() { return { samples: [], alerts: [], now: Date.now() / 1000 }; }
 
 function drawHistory(history) {
   const samples = history.samples || [], alerts = history.alerts || [];
@@ -472,6 +474,8 @@ $("confirm-reset").addEventListener("close", () => {
 // --- start ----------------------------------------------------------------------------------
 
 $("day").value = new Date().toISOString().slice(0, 10);
+drawHistory(noHistory());  // empty charts until /history answers, so nothing below them moves
+$("history-note").textContent = "loading history…";
 loadSession();
 pollStatus();
 loadHistory();
