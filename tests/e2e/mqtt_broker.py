@@ -158,6 +158,10 @@ class Watcher:
             self.client.username_pw_set(*user)
         if broker.tls is not None:
             self.client.tls_set(ca_certs=str(broker.tls.ca_file))
+        # Back after a broker restart within a second or two: paho's default backoff doubles
+        # up to 120 s, and a watcher that was away while the broker was down longer than its
+        # waits (a loaded machine) came back after the test had stopped waiting for it.
+        self.client.reconnect_delay_set(min_delay=1, max_delay=2)
         self.client.on_connect = lambda client, *_: client.subscribe(subscribe, qos=1)
         self.client.on_subscribe = lambda *_: self._connected.set()  # subscribed: nothing missed
         self.client.on_message = self._on_message

@@ -470,7 +470,8 @@ def test_messages_queue_while_the_broker_is_away_and_the_excess_is_dropped_and_c
                           2 * RECONNECT_MAX_SECONDS + WAIT_SECONDS)  # a hang guard, as above
         # What was kept is delivered after the reconnect.
         kept = watcher.wait_for(lambda m: m.topic == TOPICS.alerts
-                                and json.loads(m.payload)["message"].startswith("test alert"), WAIT_SECONDS)
+                                and json.loads(m.payload)["message"].startswith("test alert"),
+                                2 * RECONNECT_MAX_SECONDS + WAIT_SECONDS)  # a hang guard too
         assert kept is not None, [m.payload for m in watcher.messages if m.topic == TOPICS.alerts]
     finally:
         watcher.close()
