@@ -35,10 +35,21 @@ def unavailable() -> str:
     return "" if os.access(root, os.W_OK) else f"{root} is not writable (not root)"
 
 
-class CpuLimit:
-    """A cgroup whose members share at most `cores` CPUs' worth of time (changeable live)."""
+# The largest weights the kernel takes: v1 cpu.shares (kernel/sched/sched.h MAX_SHARES,
+# 1 << 18) and v2 cpu.weight (Documentation/admin-guide/cgroup-v2.rst: [1, 10000]).
+V1_MAX_SHARES = 262_144
+V2_MAX_WEIGHT = 10_000
 
-    def __init__(self, name: str, cores: float) -> None:
+
+class CpuLimit:
+    """A cgroup whose members share at most `cores` CPUs' worth of time (changeable live).
+
+    `favoured`: the group also gets the largest scheduling weight, so what else runs on the
+    machine (two busy loops at nice 0, say) does not take the time the quota leaves it: with
+    the quota lifted, the group's members get the CPU they need, however busy the machine is.
+    """
+
+    def __init__(self, name: str, cores: float | None, *, favoured: bool = False) -> None:
         if (V1_CPU / "cpu.cfs_quota_us").exists():
             self.kind = "cgroup v1 cpu.cfs_quota_us"
             self.path = V1_CPU / name
@@ -51,6 +62,11 @@ class CpuLimit:
         self.path.mkdir(exist_ok=True)
         if self.kind.startswith("cgroup v1"):
             (self.path / "cpu.cfs_period_us").write_text(str(PERIOD_US))
+        if favoured:
+            if self.kind.startswith("cgroup v1"):
+                (self.path / "cpu.shares").write_text(str(V1_MAX_SHARES))
+            else:
+                (self.path / "cpu.weight").write_text(str(V2_MAX_WEIGHT))
         self.set(cores)
 
     def __repr__(self) -> str:
