@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 from pathlib import Path
 
 import av
 
+from controller.surfaces.fmp4 import read_moov
+from controller.surfaces.spans import anchor_of
 from hw import framecode
 from hw.camera import CameraMode, EncodedPacket
 from hw.encoder import H264Encoder
@@ -41,6 +44,46 @@ def recorded_numbers(root: Path) -> list[int]:
 def gaps(numbers: list[int]) -> list[tuple[int, int]]:
     """(last before, first after) for every place the numbers do not go up by one."""
     return [(a, b) for a, b in itertools.pairwise(numbers) if b != a + 1]
+
+
+def segment_first_frames(root: Path) -> set[int]:
+    """The number of the first frame of every closed segment: where a segment boundary is."""
+    return {frame_numbers(path)[0] for path in segments(root) if not path.is_symlink()}
+
+
+@dataclass(frozen=True)
+class Frame:
+    wallclock: float
+    number: int
+    is_keyframe: bool
+
+
+def recorded_frames(path: Path) -> list[Frame]:
+    """Every frame of a closed segment: its wall clock (vigil_start + its pts), number, keyframe."""
+    anchor = anchor_of(read_moov(path), path)
+    out: list[Frame] = []
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        assert stream.time_base is not None
+        first: int | None = None
+        for packet in container.demux(stream):
+            if packet.pts is None:
+                continue
+            first = packet.pts if first is None else first
+            (frame,) = packet.decode()
+            out.append(Frame(anchor + float((packet.pts - first) * stream.time_base),
+                             framecode.read_video_frame(frame), packet.is_keyframe))
+    return out
+
+
+def hls_span_numbers(frames: list[Frame], start: float, end: float) -> list[int]:
+    """What a recorded playlist of [start, end) over `frames` plays: whole fragments (each
+    from a keyframe), from the keyframe at or before `start` to the end of the fragment that
+    holds the last frame before `end`."""
+    first = max(i for i, f in enumerate(frames) if f.is_keyframe and f.wallclock <= start)
+    after = min((i for i, f in enumerate(frames) if f.is_keyframe and f.wallclock >= end),
+                default=len(frames))
+    return [f.number for f in frames[first:after]]
 
 
 def encode_synthetic(mode: CameraMode, count: int, *, fragment_seconds: float, wall_start: float,

@@ -7,7 +7,7 @@ set -euo pipefail
 declare -A package_of=(
   [mkfs.ext4]=e2fsprogs [mount]=mount [losetup]=mount [systemd-analyze]=systemd
   [ffmpeg]=ffmpeg [fusermount3]=fuse3 [mosquitto]=mosquitto [gcc]=gcc
-  [chromium]=chromium [chromedriver]=chromium-driver
+  [chromium]=chromium [chromedriver]=chromium-driver [cvlc]=vlc-bin
 )
 # Packages wanted as such (no command to look for): Debian's own Python with venv, numpy and
 # h5py, for the check that vigil installs beside a system numpy the way it does on Raspberry
@@ -16,12 +16,17 @@ declare -A package_of=(
 # mosquitto (with mosquitto_passwd in the same package) is the broker tests/e2e/test_mqtt.py starts.
 # chromium and chromium-driver: the headless browser tests/e2e/test_web_page.py drives over the
 # DevTools protocol (chromedriver comes along so the browser and its driver stay one version).
+# vlc-bin (cvlc) and vlc-plugin-base (its HLS, MP4 and libavformat modules): VLC 3.0, which
+# tests/e2e/test_vlc.py plays the playlists with. Without their recommends (the Qt interface,
+# video outputs, a sound server): a headless copy into a file needs none of them.
+without_recommends=(vlc-bin vlc-plugin-base)
 packages=()
 case "${1:-test}" in
-  test) tools=(mkfs.ext4 mount losetup systemd-analyze fusermount3 ffmpeg mosquitto gcc chromium chromedriver)
+  test) tools=(mkfs.ext4 mount losetup systemd-analyze fusermount3 ffmpeg mosquitto gcc chromium chromedriver
+              cvlc)
         # libcap-dev: python-prctl, which the genuine picamera2 imports, builds against it
         # (tests/requirements-picamera2.txt).
-        packages=(python3 python3-venv python3-numpy python3-h5py libcap-dev) ;;
+        packages=(python3 python3-venv python3-numpy python3-h5py libcap-dev vlc-plugin-base) ;;
   bench) tools=(ffmpeg) ;;
   *) echo "usage: $0 test|bench" >&2; exit 2 ;;
 esac
@@ -42,5 +47,11 @@ if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
   exit 0
 fi
 echo "installing system packages: ${missing[*]}"
+lean=() full=()
+for package in "${missing[@]}"; do
+  if [[ " ${without_recommends[*]} " == *" $package "* ]]; then lean+=("$package"); else full+=("$package"); fi
+done
 apt-get update -qq
-DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+[ ${#full[@]} -eq 0 ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${full[@]}" >/dev/null
+[ ${#lean[@]} -eq 0 ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+  "${lean[@]}" >/dev/null

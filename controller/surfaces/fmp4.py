@@ -142,6 +142,35 @@ def _timescale(moov: bytes) -> int:
     return int(timescale)
 
 
+# Boxes in a sample entry that no decoder reads: the bit-rate hint (ISO/IEC 14496-12 8.5.2.2),
+# which a merge's muxer adds and the segment writer's does not.
+INFORMATIVE_ENTRY_BOXES = frozenset({b"btrt"})
+VISUAL_ENTRY_FIELDS_BYTES = 78  # VisualSampleEntry's fields before its boxes (14496-12 12.1.3)
+
+DecoderSetup = tuple[int, bytes, int, int, tuple[tuple[bytes, bytes], ...], bytes]
+
+
+def decoder_setup(moov: bytes) -> DecoderSetup:
+    """What a decoder takes from an init section, without what differs from file to file
+    (creation times, vigil's tags, the muxer's name and bit-rate hint): the track's
+    timescale; its sample entry's codec, width, height and configuration boxes (`avcC`:
+    profile, SPS and PPS); its fragment defaults (`mvex`: track ID, default durations).
+    Fragments of two files with the same setup decode as one stream."""
+    stsd = _path(moov, b"trak", b"mdia", b"minf", b"stbl", b"stsd")
+    # A full box (version, flags), the entry count, then the first sample entry's box.
+    if len(stsd) < 16 + VISUAL_ENTRY_FIELDS_BYTES:
+        raise Mp4Error("stsd holds no visual sample entry")
+    size, codec = struct.unpack_from(">I4s", stsd, 8)
+    entry = stsd[16 : 8 + size]
+    if len(entry) < VISUAL_ENTRY_FIELDS_BYTES:
+        raise Mp4Error("the sample entry is cut short")
+    width, height = struct.unpack_from(">HH", entry, 24)
+    inside = _children(entry[VISUAL_ENTRY_FIELDS_BYTES:])
+    boxes = tuple(sorted((kind, payload) for kind, payloads in inside.items()
+                         if kind not in INFORMATIVE_ENTRY_BOXES for payload in payloads))
+    return (_timescale(moov), codec, width, height, boxes, _path(moov, b"mvex"))
+
+
 def _default_duration(moov: bytes) -> int:
     try:
         trex = _path(moov, b"mvex", b"trex")

@@ -3,8 +3,17 @@
 Every fragment vigil writes is a keyframe-aligned `moof`+`mdat` pair, so it is an HLS media
 segment as it stands (fMP4): the playlist names it by byte range (`EXT-X-BYTERANGE`) in its
 segment file, and the file's `ftyp`+`moov` by byte range as the init section (`EXT-X-MAP`).
-Each segment file has its own init section and a fresh encoder behind it, so a new file is
-an `EXT-X-DISCONTINUITY` (RFC 8216 4.3.2.3: a change of encoding sequence). The bytes come
+Each segment file has its own init section, so every new file has its `EXT-X-MAP`. Most
+files carry on the stream of the file before: vigil splits segments at keyframes of one
+running encoder, so the decoder setup (sample description with SPS and PPS, timescale,
+track) is the same and, on the wall-clock timeline below, the timestamps run on. That is no
+discontinuity (RFC 8216 4.3.2.3: a change of file format, tracks, timestamp sequence,
+encoding parameters or encoding sequence). `EXT-X-DISCONTINUITY` marks where the encoder did
+start again: the setup differs (a quality step, another camera mode) or the frames pause for
+longer than a recorded span allows (a recovery, a restart). VLC 3.0 keeps only a playlist's
+first `EXT-X-MAP` and starts its MP4 reader again at a discontinuity without one
+(modules/demux/hls/playlist/Parser.cpp: "FIXME: handle discontinuities"), so a tag at every
+new file stopped it at the first segment boundary. The bytes come
 from `/hls/{path}`, which names every segment by its closed name: a closed segment whole, the
 segment being written (`NAME.mp4.partial` on disk) only up to the end of its last whole
 fragment.
@@ -41,6 +50,7 @@ from loguru import logger
 from controller.surfaces import fmp4
 from controller.surfaces.hls_merged import INDEXES, INIT_NAME
 from controller.surfaces.spans import (
+    GAP_SECONDS,
     HOUR_OVERRUN_SECONDS,
     Candidate,
     FileKind,
@@ -82,7 +92,38 @@ class Entry:
     size: int
     seconds: float
     starts_file: bool
+    discontinuous: bool = False  # starts a file whose stream does not carry on the one before
     made: bool = False  # a group of a merged hour (hls_merged): `offset` is its number, no byte range
+
+
+@dataclass(frozen=True, slots=True)
+class Edges:
+    """How a segment file meets its neighbours: its decoder setup and, in UTC seconds, where
+    its frames begin and end."""
+
+    setup: fmp4.DecoderSetup
+    start: float  # its first frame
+    last_frame: float  # its last frame's start
+    end: float  # its last frame's end
+
+
+def continues(before: Edges, after: Edges) -> bool:
+    """Whether `after`'s frames carry on `before`'s stream: the same decoder setup, and its
+    first frame after `before`'s last one with no pause longer than a recorded span allows."""
+    return after.setup == before.setup and before.last_frame < after.start <= before.end + GAP_SECONDS
+
+
+def _edges(path: Path, scanned: fmp4.FragmentedFile, moov: bytes) -> Edges | None:
+    if not scanned.fragments:
+        return None
+    anchor = anchor_of(moov, path)
+    first, last = scanned.fragments[0], scanned.fragments[-1]
+    end = (last.start + last.duration - first.start) / scanned.timescale
+    return Edges(fmp4.decoder_setup(moov), anchor,
+                 anchor + end - last.last_duration / scanned.timescale, anchor + end)
+
+
+Scan = tuple[fmp4.FragmentedFile, Patches, Edges | None]
 
 
 class _ScanCache:
@@ -91,13 +132,13 @@ class _ScanCache:
     being written changes size with each fragment, and so is scanned once per fragment."""
 
     def __init__(self, capacity: int = SCANS_REMEMBERED) -> None:
-        self._items: OrderedDict[tuple[str, int, int, int], tuple[fmp4.FragmentedFile, Patches]] = (
-            OrderedDict())
+        self._items: OrderedDict[tuple[str, int, int, int], Scan] = OrderedDict()
         self._capacity = capacity
         self._lock = threading.Lock()
 
-    def scan(self, path: Path) -> tuple[fmp4.FragmentedFile, Patches]:
-        """The file's scan and wall-clock tfdt patches; OSError, fmp4.Mp4Error as scanning raises."""
+    def scan(self, path: Path) -> Scan:
+        """The file's scan, wall-clock tfdt patches and edges (None: no whole fragment yet);
+        OSError, fmp4.Mp4Error as scanning raises."""
         info = os.stat(path, follow_symlinks=False)
         key = (str(path), info.st_ino, info.st_size, info.st_mtime_ns)
         with self._lock:
@@ -106,7 +147,8 @@ class _ScanCache:
                 self._items.move_to_end(key)
                 return found
         scanned = fmp4.scan_fragmented(path, limit=info.st_size)
-        made = (scanned, wallclock_patches(path, scanned))
+        moov = fmp4.read_moov(path, limit=scanned.init_size)
+        made = (scanned, wallclock_patches(path, scanned, moov), _edges(path, scanned, moov))
         with self._lock:
             self._items[key] = made
             while len(self._items) > self._capacity:
@@ -117,23 +159,39 @@ class _ScanCache:
 _SCANS = _ScanCache()
 
 
-def _fragments_of(candidate: Candidate, root: Path) -> list[Entry]:
+def _scan_of(candidate: Candidate) -> Scan | None:
+    """The scan of a segment file (the open one by its closed name once it has closed); None
+    when it cannot be read as one (gone, torn, or an hour merged into an ordinary MP4)."""
     try:
-        scanned = _SCANS.scan(candidate.path)[0]
+        return _SCANS.scan(candidate.path)
     except FileNotFoundError:
         if candidate.kind != "open":
-            return []
-        closed = final_path(candidate.path)
+            return None
         try:
-            scanned = _SCANS.scan(closed)[0]
+            return _SCANS.scan(final_path(candidate.path))
         except (OSError, fmp4.Mp4Error):
-            return []
+            return None
     except (OSError, fmp4.Mp4Error) as err:
         logger.warning("segment unreadable for HLS path={} error={}", candidate.path, err)
+        return None
+
+
+def _fragments_of(candidate: Candidate, root: Path, before: Candidate | None) -> list[Entry]:
+    """The fragments of `candidate`; the first is discontinuous unless the file carries on
+    the stream of `before`, the file recorded before it."""
+    found = _scan_of(candidate)
+    if found is None:
         return []
+    scanned, _, edges = found
+    previous = None
+    if before is not None and (before.kind != "merged" or _is_fragmented(before.path)):
+        previous = _scan_of(before)
+    joined = (edges is not None and previous is not None and previous[2] is not None
+              and continues(previous[2], edges))
     # The open segment by its closed name: the URI outlives the rename (see media_file).
     relative = candidate.path.relative_to(root).as_posix().removesuffix(PARTIAL_SUFFIX)
-    return [Entry(relative, scanned.init_size, f.offset, f.size, f.duration / scanned.timescale, i == 0)
+    return [Entry(relative, scanned.init_size, f.offset, f.size, f.duration / scanned.timescale, i == 0,
+                  discontinuous=i == 0 and not joined)
             for i, f in enumerate(scanned.fragments)]
 
 
@@ -143,7 +201,7 @@ class LiveSequence:
     def __init__(self) -> None:
         self._numbers: OrderedDict[tuple[str, int], int] = OrderedDict()
         self._next = 0
-        self._discontinuities: list[int] = []  # sequence numbers that start a new file
+        self._discontinuities: list[int] = []  # sequence numbers after an EXT-X-DISCONTINUITY
         self._lock = threading.Lock()
 
     def number(self, entry: Entry) -> int:
@@ -155,7 +213,7 @@ class LiveSequence:
             number = self._next
             self._next += 1
             self._numbers[key] = number
-            if entry.starts_file and number > 0:
+            if entry.discontinuous and number > 0:
                 self._discontinuities.append(number)
             while len(self._numbers) > REMEMBERED_FRAGMENTS:
                 self._numbers.popitem(last=False)
@@ -188,7 +246,7 @@ def _body(entries: list[Entry], first_is_discontinuity: bool) -> list[str]:
     current_init: str | None = None
     for index, entry in enumerate(entries):
         if entry.relative != current_init:
-            if index > 0 or first_is_discontinuity:
+            if entry.discontinuous and (index > 0 or first_is_discontinuity):
                 lines.append("#EXT-X-DISCONTINUITY")
             if entry.made:
                 lines.append(f'#EXT-X-MAP:URI="{HLS_PREFIX}{entry.relative}/{INIT_NAME}"')
@@ -230,8 +288,9 @@ def _live_playlist(root: Path, sequence: LiveSequence, fragments: int) -> tuple[
     files = _newest_segment_files(root)
     entries: list[Entry] = []
     used: list[Path] = []
-    for candidate in reversed(files[-3:]):
-        entries[:0] = _fragments_of(candidate, root)
+    for at in reversed(range(max(0, len(files) - 3), len(files))):
+        candidate = files[at]
+        entries[:0] = _fragments_of(candidate, root, files[at - 1] if at > 0 else None)
         used.append(candidate.path)
         if len(entries) >= fragments:
             break
@@ -347,7 +406,8 @@ def _groups_of(candidate: Candidate, root: Path, start: float, end: float) -> li
     for number, (tick, seconds) in enumerate(zip(index.starts, index.seconds, strict=True)):
         t0 = index.anchor + tick / index.timescale
         if t0 + seconds > start and t0 < end:
-            found.append(Entry(relative, 0, number, 0, seconds, not found, made=True))
+            found.append(Entry(relative, 0, number, 0, seconds, not found, discontinuous=not found,
+                               made=True))
     return found
 
 
@@ -358,7 +418,9 @@ def vod_playlist(root: Path, start: float, end: float) -> str | None:
     and ends with the fragment that holds the last frame before `end`.
     """
     entries: list[Entry] = []
+    before: Candidate | None = None
     for candidate in overlapping(candidates(root), start, end):
+        previous, before = before, candidate
         if candidate.kind == "merged" and not _is_fragmented(candidate.path):
             entries += _groups_of(candidate, root, start, end)  # an hour merged before write-once
             continue
@@ -370,7 +432,7 @@ def vod_playlist(root: Path, start: float, end: float) -> str | None:
             continue
         file_start = timeline.runs[0].start
         elapsed = 0.0
-        for entry in _fragments_of(candidate, root):
+        for entry in _fragments_of(candidate, root, previous):
             t0 = file_start + elapsed
             elapsed += entry.seconds
             if t0 + entry.seconds > start and t0 < end:
@@ -396,7 +458,7 @@ class MediaFile:
     patches: Patches
 
 
-def wallclock_patches(path: Path, scanned: fmp4.FragmentedFile) -> Patches:
+def wallclock_patches(path: Path, scanned: fmp4.FragmentedFile, moov: bytes) -> Patches:
     """The tfdt values of `scanned`'s fragments moved onto the wall clock (see the module).
 
     A 4-byte tfdt (version 0; vigil's writer writes version 1) cannot hold wall-clock ticks:
@@ -404,7 +466,7 @@ def wallclock_patches(path: Path, scanned: fmp4.FragmentedFile) -> Patches:
     """
     if not scanned.fragments:
         return ()
-    anchor = anchor_of(fmp4.read_moov(path, limit=scanned.init_size), path)
+    anchor = anchor_of(moov, path)
     base = round(anchor * scanned.timescale) - scanned.fragments[0].start
     patches = []
     for fragment in scanned.fragments:
@@ -415,7 +477,7 @@ def wallclock_patches(path: Path, scanned: fmp4.FragmentedFile) -> Patches:
 
 def _served(path: Path, whole: bool) -> MediaFile | None:
     try:
-        scanned, patches = _SCANS.scan(path)
+        scanned, patches, _ = _SCANS.scan(path)
     except (OSError, fmp4.Mp4Error) as err:
         if not isinstance(err, FileNotFoundError):
             logger.warning("segment unreadable for HLS path={} error={}", path, err)
