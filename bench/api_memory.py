@@ -31,7 +31,15 @@ from pathlib import Path
 import psutil
 
 from bench.common import Figure, table
-from bench.rig import free_port, load_note, stop_process, vigil_command, workdir
+from bench.rig import (
+    compile_sources,
+    free_port,
+    load_note,
+    stop_process,
+    unit_environment,
+    vigil_command,
+    workdir,
+)
 
 BURST_REQUESTS = 600
 SAMPLE_SECONDS = 0.1
@@ -74,8 +82,9 @@ class Daemon:
         self.root = work / name
         config = write_config(work / f"{name}.yaml", self.root, self.port, width, height, faults)
         self.log = open(work / f"{name}.log", "wb")  # noqa: SIM115 - the child writes to it
+        compile_sources()  # as bench/rig.py's launch_vigil: compiled, the unit's environment
         self.process = subprocess.Popen(vigil_command(config), stdout=self.log, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL)
+                                        stdin=subprocess.DEVNULL, env=unit_environment())
         self.usage = psutil.Process(self.process.pid)
 
     def rss(self) -> int:

@@ -35,7 +35,15 @@ import av
 import psutil
 
 from bench.common import Figure, table
-from bench.rig import free_port, load_note, stop_process, vigil_command, workdir
+from bench.rig import (
+    compile_sources,
+    free_port,
+    load_note,
+    stop_process,
+    unit_environment,
+    vigil_command,
+    workdir,
+)
 from controller.core.controller import TICK_SECONDS
 from hw import framecode
 
@@ -162,8 +170,9 @@ def daemon(work: Path) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
         f"  fragment_seconds: {FRAGMENT_SECONDS:g}",
         "api:", f"  listen: 127.0.0.1:{port}", f"  viewer_token_file: {token}", ""]))
     log = open(work / "vigil.log", "wb")  # noqa: SIM115 - the child keeps writing to it
+    compile_sources()  # as bench/rig.py's launch_vigil: compiled, the unit's environment
     process = subprocess.Popen(vigil_command(config), stdout=log, stderr=subprocess.STDOUT,
-                               stdin=subprocess.DEVNULL)
+                               stdin=subprocess.DEVNULL, env=unit_environment())
     log.close()
     try:
         wait_for_live(process, port, work)
