@@ -111,7 +111,16 @@ class Clip:
                 f"({self.end - self.start:.3f}s) from {len(self.files)} file(s){gaps}")
 
 
+# The times a span may name: what `datetime` can show, year 1 to year 9999 UTC. Every time
+# taken from outside (a query, the command line) is checked against these, and so is a start
+# plus a duration, so no answer's text (which names the times) can fail to be written.
+EARLIEST_SECONDS = -62135596800.0  # 0001-01-01T00:00:00Z
+LATEST_SECONDS = 253402300800.0  # 10000-01-01T00:00:00Z, not included
+
+
 def utc_text(t: float) -> str:
+    if not EARLIEST_SECONDS <= t < LATEST_SECONDS:  # never for a checked time; no error text fails
+        return f"{t:.3f} UNIX seconds"
     return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
@@ -128,7 +137,7 @@ def parse_time(text: str) -> float:
     except ValueError:
         pass
     else:
-        if not math.isfinite(number) or not 0 <= number < 253402300800:  # up to year 9999
+        if not math.isfinite(number) or not 0 <= number < LATEST_SECONDS:
             raise ValueError(f"{value!r} is not a UNIX time from 1970 to 9999")
         return number
     try:
@@ -138,9 +147,13 @@ def parse_time(text: str) -> float:
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
     try:
-        return parsed.timestamp()
+        seconds = parsed.timestamp()
     except (OverflowError, ValueError, OSError):
-        raise ValueError(f"{value!r} is out of range") from None
+        seconds = math.nan
+    # An offset can carry a time past either end of the calendar (9999-12-31T23:00-05:00).
+    if not EARLIEST_SECONDS <= seconds < LATEST_SECONDS:
+        raise ValueError(f"{value!r} is out of range: give a time from year 1 to 9999 UTC")
+    return seconds
 
 
 def resolve_span(start: str | None, end: str | None, duration: float | None, *,
@@ -155,6 +168,8 @@ def resolve_span(start: str | None, end: str | None, duration: float | None, *,
         if not math.isfinite(duration) or duration <= 0:
             raise ValueError(f"duration {duration!r} must be a number of seconds greater than 0")
         t1 = t0 + duration
+        if t1 >= LATEST_SECONDS:
+            raise ValueError(f"start {utc_text(t0)} plus duration {duration:g}s ends after the year 9999")
     else:
         assert end is not None
         t1 = parse_time(end)

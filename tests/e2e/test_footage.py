@@ -294,6 +294,11 @@ def test_bad_times_reversed_spans_no_footage_and_huge_spans_are_4xx_with_a_reaso
         ("start=2026-01-01T00:00:00Z&duration=-1", 422, "greater than 0"),
         ("start=2026-01-01T00:00:00Z&duration=nan", 422, "greater than 0"),
         ("start=2026-01-01T00:00:00Z&duration=601", 413, "export_max_seconds"),
+        # The calendar's end, reached by a duration, a UNIX time or an offset: 4xx, not 500.
+        ("start=9999-12-31T23:59:59Z&duration=5", 422, "ends after the year 9999"),
+        ("start=253402300799&duration=5", 422, "ends after the year 9999"),
+        ("start=9999-12-31T23:59:00-05:00&duration=5", 422, "out of range"),
+        ("start=0001-01-01T00:00:00%2B01:00&duration=5", 422, "out of range"),
         ("start=2000-01-01T00:00:00Z&duration=10", 404, "nothing was recorded"),
     ]:
         reply = get(live.server, f"/export?{query}", auth)
