@@ -110,6 +110,12 @@ class V4L2Camera:
         self.bitrate: int | None = None
         self.stream_fps = mode.fps
         self.stream_restarts = 0  # frame-rate steps the driver took only with streaming stopped
+        # Frames the driver's sequence numbers say it captured but vigil never dequeued (no
+        # free buffer: the reader was late), and the H.264 packets after such a hole up to the
+        # next keyframe (they refer to what is missing); counted as dropped, and a load signal.
+        self.frames_missed = 0
+        self._last_sequence: int | None = None
+        self._resync = False  # H.264 lost before a frame: wait for the next keyframe
 
     def __repr__(self) -> str:
         state = f"open {self.format_name}" if self._dev is not None else "closed"
@@ -154,7 +160,8 @@ class V4L2Camera:
             dev.close()
             raise
         self._dev, self._granted, self.format_name, self.card = dev, granted, name, caps.card
-        self.stream_restarts = 0
+        self.frames_missed, self._last_sequence, self.stream_restarts = 0, None, 0
+        self._resync = False
         if name == "h264":
             self._read_knobs(dev, chosen)
         self._headers = ParameterSets()
@@ -225,7 +232,7 @@ class V4L2Camera:
 
     def packet_load(self) -> PacketLoad:
         # No queue of its own: the pipeline's queue in front of the writer is where load shows.
-        return PacketLoad(0, 0, 0, 0.0)
+        return PacketLoad(0, 0, self.frames_missed, 0.0)
 
     def apply_quality(self, step: QualityStep) -> float | None:
         """Set the driver's knobs as `step` says; the time from which its stream is the new
@@ -250,6 +257,7 @@ class V4L2Camera:
             granted_fps, restarted = dev.set_frame_rate(step.fps)
             if restarted:
                 self.stream_restarts += 1
+                self._last_sequence = None  # a new stream numbers its buffers from 0
             if granted_fps is None or not _fps_matches(granted_fps, step.fps):
                 logger.warning("v4l2 driver granted {} fps for {:g} device={}", granted_fps,
                                step.fps, self.device)
@@ -292,12 +300,27 @@ class V4L2Camera:
         if dev is None:
             raise CameraLost(f"v4l2 camera {self.device} read while closed")
         deadline = time.monotonic() + timeout
+        h264 = self.format_name == "h264"
         while True:
             captured = dev.dequeue(max(0.0, deadline - time.monotonic()))
+            last, self._last_sequence = self._last_sequence, captured.sequence
+            if last is not None and captured.sequence > last + 1:
+                self.frames_missed += captured.sequence - last - 1
+                self._resync = h264
             if captured.flags & V4L2_BUF_FLAG_ERROR or not captured.data:
                 self.buffers_skipped += 1  # the driver says the payload is damaged or empty
+                self._resync = h264
                 continue
-            return self._convert(captured)
+            item = self._convert(captured)
+            if self._resync and isinstance(item, EncodedPacket):
+                if not item.is_keyframe:
+                    # It refers to a frame that never came: it would not decode. Gone too.
+                    # The camera is alive, so the wait for the keyframe starts again.
+                    self.frames_missed += 1
+                    deadline = time.monotonic() + timeout
+                    continue
+                self._resync = False
+            return item
 
     def _stamp(self, captured: CapturedBuffer) -> tuple[float, float]:
         now_mono = time.monotonic()

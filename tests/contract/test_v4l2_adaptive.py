@@ -239,6 +239,38 @@ def test_a_uvc_driver_takes_a_new_frame_interval_only_with_streaming_stopped(tmp
         assert max(b - a for a, b in itertools.pairwise(times)) < interval * 1.25, path
 
 
+def test_frames_the_driver_lost_count_as_dropped_and_the_h264_after_them_waits_for_a_keyframe(
+        tmp_path: Path) -> None:
+    """The driver's buffer sequence numbers skip (it had no free buffer: frames captured and
+    encoded, never delivered); the packets after the hole refer to what is missing, so the
+    camera skips to the next keyframe, counts all of it as dropped, and the ladder steps down
+    at once."""
+    kernel = FakeV4L2()
+    device = kernel.add_device(formats={"h264": [(WIDTH, HEIGHT)]}, rates=(30.0, 15.0), gop=GOP,
+                               live_rate=True, controls=BITRATE)
+    rig = Rig(tmp_path / "rec", device, kernel)
+    rig.pipeline.start()
+    rig.wait_until("the first frames", lambda: device.frames_served >= GOP + 5)
+    device.lose_frames(3)
+    rig.wait_until("a step down", lambda: rig.level == 1)
+    served = device.frames_served
+    rig.wait_until("frames after the hole", lambda: device.frames_served >= served + 2 * GOP)
+    assert rig.pipeline.stop(timeout=10.0).abandoned == ()
+
+    assert rig.errors == []
+    assert "frames dropped" in rig.steps[0].cause, rig.steps
+    frames = [f for path in segments(tmp_path / "rec") for f in decoded(path)]
+    numbers = [n for _, n, _ in frames]
+    holes = gaps(numbers)
+    assert len(holes) == 1, holes
+    before, after = holes[0]
+    missing = after - before - 1
+    # The three lost and the P-frames up to the next keyframe, where the footage goes on.
+    assert missing > 3 and rig.camera.frames_missed == missing == rig.pipeline.stats.frames_dropped
+    assert next(key for _, n, key in frames if n == after)
+    assert len(numbers) + missing == numbers[-1] + 1
+
+
 def test_closing_leaves_the_drivers_bit_rate_as_it_was_found(tmp_path: Path) -> None:
     """Controls outlive the open file: a camera closed at a lowered rung (a stop, a recovery)
     must not leave the next open reading half the bit rate as its configured one."""

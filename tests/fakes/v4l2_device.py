@@ -289,6 +289,7 @@ class FakeVideoDevice:
         self._present = True
         self._generation = 0
         self._stalled_until = 0.0
+        self._losing = 0  # frames still to be lost (lose_frames)
         name = next(iter(self.formats))
         width, height = self.formats[name][0]
         self._stream = _Stream(FORMATS[name][0], width, height, self.rates[0])
@@ -320,6 +321,14 @@ class FakeVideoDevice:
         with self.kernel.cond:
             self._stalled_until = float("inf") if seconds is None else time.monotonic() + seconds
             self._note(f"stall seconds={seconds}")
+
+    def lose_frames(self, count: int) -> None:
+        """The next `count` frames are captured and encoded but never delivered, as when the
+        reader left the driver no free buffer: their sequence numbers and frame numbers are
+        used up, and the H.264 after them refers to frames that never arrive."""
+        with self.kernel.cond:
+            self._losing += count
+            self._note(f"lose_frames {count}")
 
     def resume(self) -> None:
         """Frames again, from now (nothing was captured while stalled)."""
@@ -557,8 +566,17 @@ class FakeVideoDevice:
             s.next_due = now
         # Unpaced (a replay as fast as it is read): the stamps still say `fps`, as captured.
         stamp = s.next_due if self.paced else s.started + s.sequence / s.fps
-        index = s.queued.popleft()
         assert s.maker is not None
+        while self._losing and self.paced:
+            # Made on time and thrown away: the reader sees the next one when it is due.
+            self._losing -= 1
+            s.maker.make(self.kernel.take_frame_number(), stamp - s.started)
+            s.sequence += 1
+            s.next_due += 1.0 / s.fps
+            stamp = s.next_due
+            if not self._frame_ready(now):
+                raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+        index = s.queued.popleft()
         number = self.kernel.take_frame_number()
         data, is_key = s.maker.make(number, stamp - s.started)
         mapped = s.buffers[index]
