@@ -271,6 +271,34 @@ def test_frames_the_driver_lost_count_as_dropped_and_the_h264_after_them_waits_f
     assert len(numbers) + missing == numbers[-1] + 1
 
 
+def test_a_step_taken_while_the_reader_is_behind_cuts_at_the_first_frame_made_after_it(
+        tmp_path: Path) -> None:
+    """The frames waiting in the driver were captured before the change; the time the camera
+    hands the pipeline for its cut must fall after them and at or before the first frame made
+    with the new settings, which the keyframe button made an IDR."""
+    kernel = FakeV4L2()
+    device = kernel.add_device(formats={"h264": [(WIDTH, HEIGHT)]}, gop=GOP, live_rate=True,
+                               controls={**BITRATE, **FORCE_KEY})
+    rig = Rig(tmp_path / "rec", device, kernel)
+    camera = rig.camera
+    try:
+        assert rig.quality is not None
+        packets = [camera.read(1.0) for _ in range(3)]
+        behind = device.frames_served + 8
+        rig.wait_until("8 frames waiting", lambda: time.monotonic() >= packets[-1].timestamp + 9 / FPS)
+        cut = camera.apply_quality(rig.quality.governor.ladder[1])
+        assert cut is not None
+        while device.frames_served < behind + 3:
+            packets.append(camera.read(1.0))
+    finally:
+        camera.close()
+    assert all(isinstance(p, EncodedPacket) for p in packets)
+    before = [p for p in packets if p.timestamp < cut]
+    after = [p for p in packets if p.timestamp >= cut]
+    assert len(before) >= 3 + 8 and after, (cut, [p.timestamp for p in packets])
+    assert after[0].is_keyframe and not any(p.is_keyframe for p in before[1:])
+
+
 def test_closing_leaves_the_drivers_bit_rate_as_it_was_found(tmp_path: Path) -> None:
     """Controls outlive the open file: a camera closed at a lowered rung (a stop, a recovery)
     must not leave the next open reading half the bit rate as its configured one."""

@@ -34,7 +34,10 @@ ENOENT), every ioctl on a handle opened before gives ENODEV and poll() reports t
 ready so the reader finds out; replug() brings a fresh node back, old handles stay dead.
 stall() stops frames without an error (a camera that hangs). Unlike a real driver the fake
 never drops a frame when the reader is late: it hands over the backlog, so a gap in a
-recording is vigil's doing.
+recording is vigil's doing (lose_frames() drops some as a driver without a free buffer
+would). A frame is made when it is dequeued, stamped with the time it was due, except that
+before a control or the frame interval changes the frames already due are made at once with
+the settings in effect until then, as a camera captured them.
 
 Frames carry vigil's frame-number code (hw/framecode.py), numbered 0, 1, 2, ... per fake
 kernel across devices and streams. Payloads are real: H.264 from libx264 through PyAV in
@@ -249,6 +252,9 @@ class _Stream:
     started: float = 0.0
     sequence: int = 0
     streaming: bool = False
+    # Frames made before dequeued (data, keyframe, stamp, sequence): see _capture_due.
+    captured: collections.deque[tuple[bytes, bool, float, int]] = field(
+        default_factory=collections.deque)
 
 
 class FakeVideoDevice:
@@ -442,6 +448,7 @@ class FakeVideoDevice:
         if write and self.timeperframe and s.streaming and not self.live_rate:
             raise _oserror(errno.EBUSY)  # uvcvideo: the interval is negotiated before streaming
         if write and self.timeperframe:
+            self._capture_due()
             numerator, denominator = CAPTUREPARM.unpack_from(buf, 4)[2:4]
             if numerator and denominator:
                 s.fps = self._nearest_rate(denominator / numerator)
@@ -484,6 +491,7 @@ class FakeVideoDevice:
         _, minimum, maximum, step, _, flags = self.controls[cid]
         if flags & CTRL_FLAG_READ_ONLY:
             raise _oserror(errno.EACCES)
+        self._capture_due()
         if cid in BUTTONS:
             if cid == CID_MPEG_VIDEO_FORCE_KEY_FRAME and self._stream.maker is not None:
                 self._stream.maker.force_keyframe = True
@@ -543,11 +551,30 @@ class FakeVideoDevice:
 
     def _frame_ready(self, now: float) -> bool:
         s = self._stream
+        if s.captured and s.streaming and s.queued:
+            return True
         if not s.streaming or not s.queued or now < self._stalled_until:
             return False
         if self.packets is not None and s.sequence >= len(self.packets):
             return False  # the pre-encoded stream is over: the camera goes quiet
         return not self.paced or now >= s.next_due
+
+    def _capture_due(self) -> None:
+        """Make now, with the settings still in effect, every frame already due that the reader
+        has not taken: a camera captured and encoded those at their time, before the control
+        about to change (the fake otherwise makes a frame only when it is dequeued, which for
+        a late reader would give frames stamped before a change the change's settings)."""
+        s = self._stream
+        now = time.monotonic()
+        if not (self.paced and s.streaming and s.maker is not None and self.packets is None) \
+                or now < self._stalled_until or self._losing \
+                or s.next_due < now - LATE_RESTART_SECONDS:  # DQBUF starts the schedule anew
+            return
+        while s.next_due <= now:
+            data, is_key = s.maker.make(self.kernel.take_frame_number(), s.next_due - s.started)
+            s.captured.append((data, is_key, s.next_due, s.sequence))
+            s.sequence += 1
+            s.next_due += 1.0 / s.fps
 
     def _dqbuf(self, buf: bytearray) -> None:
         fields = list(BUFFER.unpack_from(buf))
@@ -562,6 +589,11 @@ class FakeVideoDevice:
             s.next_due = now  # the sensor starts again: nothing was captured meanwhile
         if not self._frame_ready(now):
             raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+        if s.captured:
+            index = s.queued.popleft()
+            data, is_key, stamp, sequence = s.captured.popleft()
+            self._deliver(buf, index, data, is_key, stamp, sequence)
+            return
         if self.paced and s.next_due < now - LATE_RESTART_SECONDS:
             s.next_due = now
         # Unpaced (a replay as fast as it is read): the stamps still say `fps`, as captured.
@@ -579,16 +611,20 @@ class FakeVideoDevice:
         index = s.queued.popleft()
         number = self.kernel.take_frame_number()
         data, is_key = s.maker.make(number, stamp - s.started)
-        mapped = s.buffers[index]
+        self._deliver(buf, index, data, is_key, stamp, s.sequence)
+        s.sequence += 1
+        s.next_due += 1.0 / s.fps
+
+    def _deliver(self, buf: bytearray, index: int, data: bytes, is_key: bool, stamp: float,
+                 sequence: int) -> None:
+        mapped = self._stream.buffers[index]
         if len(data) > len(mapped):
             raise _oserror(errno.ENOSPC)  # the fake's sizeimage was too small: a bug in the fake
         mapped[: len(data)] = data
         flags = BUF_FLAG_DONE | BUF_FLAG_TIMESTAMP_MONOTONIC | (BUF_FLAG_KEYFRAME if is_key else 0)
-        self._pack_buffer(buf, index, used=len(data), flags=flags, stamp=stamp, sequence=s.sequence)
+        self._pack_buffer(buf, index, used=len(data), flags=flags, stamp=stamp, sequence=sequence)
         if self.keep_payloads:
             self.payloads.append(data)
-        s.sequence += 1
-        s.next_due += 1.0 / s.fps
         self.frames_served += 1
 
     def _streamon(self, buf: bytearray) -> None:
@@ -613,6 +649,7 @@ class FakeVideoDevice:
             s.streaming = False
             self._note("streamoff")
         s.queued.clear()  # STREAMOFF hands every buffer back to userspace
+        s.captured.clear()  # and what was captured but not dequeued is gone
 
     _HANDLERS: ClassVar[dict[int, Callable[[FakeVideoDevice, bytearray], None]]] = {
         QUERYCAP: _querycap, ENUM_FMT: _enum_fmt, ENUM_FRAMESIZES: _enum_framesizes,
