@@ -703,7 +703,8 @@ class ApiConfig(BaseModel):
         default=DEFAULT_VIEWER_TOKEN_FILE,
         description=(
             "File holding the viewer token that footage (recordings, clip export, live and "
-            "recorded HLS, snapshots) requires, as a bearer token or through `POST /login`'s "
+            "recorded HLS, snapshots) requires, as a bearer token, as the password of HTTP "
+            "Basic credentials (any user name) or through `POST /login`'s "
             "cookie; the action token opens footage too. When neither file holds a token, "
             "footage answers 403 unless `public_footage` is true. Keep it readable by the "
             "vigil user only."

@@ -9,6 +9,8 @@ waits, bounded, for its own outcome event (the new state, or the guard that refu
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import errno
 import hmac
 import os
@@ -34,7 +36,7 @@ from fastapi import Body, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBasic, HTTPBasicCredentials, HTTPBearer
 from loguru import logger
 from pydantic import BaseModel, Field
 from starlette.requests import cookie_parser
@@ -58,7 +60,8 @@ from controller.surfaces.history import HistoryRecorder
 from controller.surfaces.hls import CONTENT_TYPE as CONTENT_TYPE_M3U8
 from controller.surfaces.hls import LivePlaylist, media_file, vod_playlist
 from controller.surfaces.hls_merged import generated_media
-from controller.surfaces.hls_route import HlsFastPath
+from controller.surfaces.hls_route import HlsFastPath, SignedMedia
+from controller.surfaces.media_signature import MediaSigner
 from controller.surfaces.metrics import CONTENT_TYPE, render_metrics
 from controller.surfaces.recordings import (
     DEFAULT_PER_PAGE,
@@ -221,6 +224,9 @@ class FootageGate:
     when the config says footage is public. A reset swaps in the reloaded config's choice."""
 
     def __init__(self, viewer_token_file: Path | None, *, public: bool = False) -> None:
+        self._lock = threading.Lock()
+        self._signer = MediaSigner()
+        self._signed_for: tuple[str, ...] | None = None
         self.reload(viewer_token_file, public=public)
 
     def reload(self, viewer_token_file: Path | None, *, public: bool = False) -> None:
@@ -239,6 +245,17 @@ class FootageGate:
 
     def tokens(self, operator: ActionGate) -> list[str]:
         return [t for t in (self.gate.token, operator.token) if t is not None]
+
+    def signer(self, operator: ActionGate) -> MediaSigner:
+        """The signer of media URIs (media_signature) for the tokens now in force: one with a
+        new key, which voids every signature made before, once a reset changed a token."""
+        tokens = tuple(self.tokens(operator))
+        with self._lock:
+            if self._signed_for is None:
+                self._signed_for = tokens
+            elif self._signed_for != tokens:
+                self._signer, self._signed_for = MediaSigner(), tokens
+            return self._signer
 
 
 VIEWER_COOKIE = "vigil_viewer"
@@ -290,6 +307,42 @@ def _matches(given: str, tokens: list[str], transform: Callable[[str], str] | No
     return found
 
 
+@dataclass(frozen=True)
+class Presented:
+    """The token an Authorization header carries: a bearer token, or a Basic password."""
+
+    scheme: str  # "bearer" or "basic", as the header spells it in lower case
+    token: str | None  # None: Basic credentials that are not base64 of UTF-8 "user:password"
+
+
+def presented_token(authorization: str | None) -> Presented | None:
+    """The bearer token or the Basic password (RFC 7617; the user name is ignored) that
+    `authorization` carries; None for no header or another scheme."""
+    if authorization is None:
+        return None
+    scheme, _, rest = authorization.strip().partition(" ")
+    scheme, rest = scheme.lower(), rest.strip()
+    if scheme == "bearer":
+        return Presented(scheme, rest or None)
+    if scheme != "basic":
+        return None
+    try:
+        user_pass = base64.b64decode(rest, validate=True).decode("utf-8")
+    except (binascii.Error, ValueError):
+        return Presented(scheme, None)
+    _, colon, password = user_pass.partition(":")
+    return Presented(scheme, password if colon and password else None)
+
+
+def _is_browser(request: Request) -> bool:
+    """Whether a request comes from a browser (the web page's own requests): it carries one
+    of the login cookies, or X-Requested-With (the page's hls.js sets it). A browser meets
+    a Basic challenge with a login dialog over the page, so it gets none."""
+    cookies = request.cookies
+    return ("x-requested-with" in request.headers or VIEWER_COOKIE in cookies
+            or OPERATOR_COOKIE in cookies)
+
+
 class Session(BaseModel):
     """What the browser asking is logged in as, for the web page to offer what it may do."""
 
@@ -321,6 +374,22 @@ UPLOAD_OFF = "upload is off: set upload.enabled: true and upload.bucket in the c
 
 
 _bearer = HTTPBearer(auto_error=False, description="The token in the file named by api.token_file.")
+# A Basic challenge makes clients that send a URL's user:password only when challenged (VLC,
+# ffmpeg) send it; RFC 7617 2.1's charset says the password is UTF-8.
+BASIC_CHALLENGE = 'Basic realm="vigil", charset="UTF-8"'
+
+
+class _BasicPassword(HTTPBasic):
+    """Documents Basic credentials in the OpenAPI schema; the footage gate reads the header
+    itself (presented_token), so this never refuses anything."""
+
+    async def __call__(self, request: Request) -> HTTPBasicCredentials | None:  # type: ignore[override]
+        return None
+
+
+_basic = _BasicPassword(auto_error=False, realm="vigil", scheme_name="HTTPBasic",
+                        description="Footage only: any user name (e.g. viewer), the viewer token "
+                                    "(or the action token) as the password.")
 
 
 # --- the app -----------------------------------------------------------------------------------
@@ -385,8 +454,11 @@ def create_app(controller: Controller, *, token_file: Path | None,
             if viewer_cookie is not None and _matches(viewer_cookie, footage.tokens(gate), cookie_value):
                 raise HTTPException(403, detail="this login opens footage only; actions need the "
                                                 "action token (log in with api.token_file's token)")
-            raise HTTPException(401, detail="missing bearer token (Authorization: Bearer TOKEN)",
-                                headers={"WWW-Authenticate": "Bearer"})
+            presented = presented_token(request.headers.get("authorization"))
+            detail = ("Basic credentials open footage only; actions need the action token as "
+                      "Authorization: Bearer TOKEN" if presented is not None and presented.scheme == "basic"
+                      else "missing bearer token (Authorization: Bearer TOKEN)")
+            raise HTTPException(401, detail=detail, headers={"WWW-Authenticate": "Bearer"})
         if not hmac.compare_digest(credentials.credentials.encode(), gate.token.encode()):
             viewer_token = footage.gate.token
             if viewer_token is not None and _matches(credentials.credentials, [viewer_token]):
@@ -395,48 +467,94 @@ def create_app(controller: Controller, *, token_file: Path | None,
             raise HTTPException(401, detail="wrong bearer token",
                                 headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
 
-    async def viewer(
-        request: Request,
-        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-    ) -> None:
+    def footage_refusal(authorization: str | None, cookie: str | None,
+                        media: SignedMedia | None = None) -> HTTPException | None:
+        """Why these credentials do not open footage (None: they do): the bearer token or
+        the Basic password, the login cookie, or for `/hls/` a signature of its path."""
         if footage.is_public:
-            return
+            return None
         allowed = footage.tokens(tokens.gate)
         if not allowed:
             where = footage.viewer_token_file or "the file named by api.viewer_token_file"
-            raise HTTPException(403, detail=(
+            return HTTPException(403, detail=(
                 f"footage is closed: {footage.gate.disabled_reason} and no action token; put a "
                 f"token in {where} (chmod 600) and reset the recorder, or set "
                 f"api.public_footage: true to open footage to everyone"))
-        if credentials is not None and _matches(credentials.credentials, allowed):
-            return
-        cookie = request.cookies.get(VIEWER_COOKIE)
+        presented = presented_token(authorization)
+        if presented is not None and presented.token is not None and _matches(presented.token, allowed):
+            return None
         if cookie is not None and _matches(cookie, allowed, cookie_value):
-            return
-        detail = ("wrong bearer token" if credentials is not None else
-                  "footage needs the viewer token: Authorization: Bearer TOKEN, or the cookie "
-                  "POST /login sets")
-        raise HTTPException(401, detail=detail, headers={"WWW-Authenticate": "Bearer"})
+            return None
+        if media is not None and media.is_signed:
+            why = footage.signer(tokens.gate).refusal(media.path, media.exp, media.sig)
+            if why is None:
+                return None
+            return HTTPException(401, detail=why, headers={"WWW-Authenticate": "Bearer"})
+        if presented is None:
+            detail = ("footage needs the viewer token: Authorization: Bearer TOKEN, Basic "
+                      "credentials with the token as the password, or the cookie POST /login sets")
+        elif presented.scheme == "basic":
+            detail = ("wrong Basic credentials: the password must be the viewer token (any user name)"
+                      if presented.token is not None else
+                      "Basic credentials must be base64 of UTF-8 user:password (RFC 7617)")
+        else:
+            detail = "wrong bearer token"
+        return HTTPException(401, detail=detail, headers={"WWW-Authenticate": "Bearer"})
 
-    def admits_viewer(authorization: str | None, cookie_header: str | None) -> bool:
-        """Whether these headers open footage, as `viewer` decides it (for HlsFastPath)."""
+    def refuse_unless_viewer(request: Request, media: SignedMedia | None = None, *,
+                             challenge: bool = False) -> None:
+        refusal = footage_refusal(request.headers.get("authorization"), request.cookies.get(VIEWER_COOKIE),
+                                  media)
+        if refusal is None:
+            return
+        if challenge and refusal.status_code == 401 and not _is_browser(request):
+            refusal.headers = {"WWW-Authenticate": f"{BASIC_CHALLENGE}, Bearer"}
+        raise refusal
+
+    async def viewer(
+        request: Request,
+        _bearer_token: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+        _basic_password: Annotated[HTTPBasicCredentials | None, Depends(_basic)],
+    ) -> None:
+        refuse_unless_viewer(request)
+
+    async def viewer_challenged(
+        request: Request,
+        _bearer_token: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+        _basic_password: Annotated[HTTPBasicCredentials | None, Depends(_basic)],
+    ) -> None:
+        """`viewer`, whose 401 challenges Basic too, for what players open by URL (playlists,
+        recordings): VLC and ffmpeg send a URL's user:password only when challenged."""
+        refuse_unless_viewer(request, challenge=True)
+
+    async def media_viewer(
+        request: Request,
+        path: str,
+        _bearer_token: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+        _basic_password: Annotated[HTTPBasicCredentials | None, Depends(_basic)],
+        exp: Annotated[str | None, Query(max_length=32, description=(
+            "With sig: the UNIX time until which a playlist's signed URI opens this path."))] = None,
+        sig: Annotated[str | None, Query(max_length=128, description=(
+            "The signature a playlist gave this URI (a viewer credential for this path alone)."))] = None,
+    ) -> None:
+        refuse_unless_viewer(request, SignedMedia(path, exp, sig))
+
+    def admits_viewer(authorization: str | None, cookie_header: str | None,
+                      media: SignedMedia | None) -> bool:
+        """Whether these headers (and a media URI's signature) open footage, as the API's
+        routes decide it (for HlsFastPath)."""
+        cookie = cookie_parser(cookie_header).get(VIEWER_COOKIE) if cookie_header is not None else None
+        return footage_refusal(authorization, cookie, media) is None
+
+    def signed_live(text: str) -> str:
+        """The live playlist as a viewer gets it: its media URIs signed (unless footage is public)."""
         if footage.is_public:
-            return True
-        allowed = footage.tokens(tokens.gate)
-        if not allowed:
-            return False
-        if authorization is not None:
-            scheme, _, given = authorization.partition(" ")
-            if scheme.lower() == "bearer" and given and _matches(given, allowed):
-                return True
-        if cookie_header is not None:
-            cookie = cookie_parser(cookie_header).get(VIEWER_COOKIE)
-            if cookie is not None and _matches(cookie, allowed, cookie_value):
-                return True
-        return False
+            return text
+        return footage.signer(tokens.gate).signed(text, MediaSigner.live_expiry())
 
     # The live view's hot requests, answered below FastAPI's routing (ApiServer serves this).
-    app.state.hls_fast_path = HlsFastPath(app, root=footage_root, playlist=live_view, admits=admits_viewer)
+    app.state.hls_fast_path = HlsFastPath(app, root=footage_root, playlist=live_view, admits=admits_viewer,
+                                          present=signed_live)
 
     def snapshot_status() -> tuple[StatusSnapshot, dict[str, Any]]:
         snap = controller.snapshot
@@ -487,6 +605,7 @@ def create_app(controller: Controller, *, token_file: Path | None,
         403: {"model": Problem, "description": "Footage is closed: no viewer token configured."},
     }
     viewer_only = [Depends(viewer)]
+    challenged = [Depends(viewer_challenged)]
 
     @app.post("/login", status_code=204, response_class=Response,
               responses={**footage_responses, 204: {"description": "Cookie set."}},
@@ -614,7 +733,7 @@ def create_app(controller: Controller, *, token_file: Path | None,
                                             f"{KEPT_CLIP_MANIFESTS} exports' are kept; export again")
         return JSONResponse(manifest)
 
-    @app.get("/live.m3u8", response_class=Response, dependencies=viewer_only,
+    @app.get("/live.m3u8", response_class=Response, dependencies=challenged,
              responses={**footage_responses, 200: {"content": {CONTENT_TYPE_M3U8: {}}},
                         404: {"model": Problem, "description": "Nothing recorded yet."}},
              summary="Live HLS playlist over the fragments on disk")
@@ -622,9 +741,10 @@ def create_app(controller: Controller, *, token_file: Path | None,
         text = live_view.text(footage_root())
         if text is None:
             raise HTTPException(404, detail="no footage on disk yet to play live")
-        return Response(text, media_type=CONTENT_TYPE_M3U8, headers={"Cache-Control": "no-cache"})
+        return Response(signed_live(text), media_type=CONTENT_TYPE_M3U8,
+                        headers={"Cache-Control": "no-cache"})
 
-    @app.get("/vod.m3u8", response_class=Response, dependencies=viewer_only,
+    @app.get("/vod.m3u8", response_class=Response, dependencies=challenged,
              responses={**footage_responses, 200: {"content": {CONTENT_TYPE_M3U8: {}}},
                         404: {"model": NoFootageProblem, "description": "No footage in the span."},
                         413: {"model": Problem, "description": "Longer than a day."}},
@@ -647,9 +767,11 @@ def create_app(controller: Controller, *, token_file: Path | None,
             return JSONResponse(NoFootageProblem(
                 detail=f"nothing recorded from {utc_text(t0)} to {utc_text(t1)}",
                 nearest=[span_out(s, root) for s in near]).model_dump(), status_code=404)
+        if not footage.is_public:
+            text = footage.signer(tokens.gate).signed(text, MediaSigner.vod_expiry(t1 - t0))
         return Response(text, media_type=CONTENT_TYPE_M3U8)
 
-    @app.get("/hls/{path:path}", response_class=Response, dependencies=viewer_only,
+    @app.get("/hls/{path:path}", response_class=Response, dependencies=[Depends(media_viewer)],
              responses={**footage_responses,
                         200: {"content": {"video/mp4": {}}}, 206: {"content": {"video/mp4": {}}},
                         404: {"model": Problem, "description": "No such segment below the root."},
@@ -686,7 +808,7 @@ def create_app(controller: Controller, *, token_file: Path | None,
             **footage_responses,
         },
         summary="A closed recording, with HTTP range requests",
-        dependencies=viewer_only,
+        dependencies=challenged,
     )
     def recording_file(path: str, request: Request) -> Response:
         target = resolve_recording(footage_root(), path)

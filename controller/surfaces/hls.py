@@ -42,6 +42,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -509,3 +510,30 @@ def media_file(root: Path, relative: str) -> MediaFile | None:
         return served
     closed = footage_at(root, relative)  # closed between the two looks
     return _served(closed.path, whole=True) if closed is not None and closed.kind == "segment" else None
+
+
+_MAP_PREFIX = f'#EXT-X-MAP:URI="{HLS_PREFIX}'
+
+
+def sign_media_uris(text: str, query_for: Callable[[str], str]) -> str:
+    """`text`, a playlist made here, with `?` and `query_for(path)` after each media URI
+    (`hls/PATH`): the URI lines and the EXT-X-MAP URIs (RFC 8216 4.1: a line that is not
+    blank and does not start with `#` is a URI; vigil writes no other tag with a URI)."""
+    queries: dict[str, str] = {}
+
+    def signed(uri: str) -> str:
+        path = uri[len(HLS_PREFIX):]
+        query = queries.get(path)
+        if query is None:
+            query = queries[path] = query_for(path)
+        return f"{uri}?{query}"
+
+    lines = []
+    for line in text.split("\n"):
+        if line.startswith(HLS_PREFIX):
+            line = signed(line)
+        elif line.startswith(_MAP_PREFIX):
+            uri, quote, rest = line[len(_MAP_PREFIX) - len(HLS_PREFIX):].partition('"')
+            line = f'#EXT-X-MAP:URI="{signed(uri)}{quote}{rest}'
+        lines.append(line)
+    return "\n".join(lines)

@@ -31,9 +31,11 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
 from email.utils import formatdate
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
 import anyio.to_thread
 
@@ -45,7 +47,24 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 AsgiApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-Admits = Callable[[str | None, str | None], bool]  # (Authorization header, Cookie header) -> viewer?
+
+
+
+@dataclass(frozen=True, slots=True)
+class SignedMedia:
+    """A `/hls/` request's path (below /hls/) and the signature its query carries, if any."""
+
+    path: str
+    exp: str | None
+    sig: str | None
+
+    @property
+    def is_signed(self) -> bool:
+        return self.exp is not None or self.sig is not None
+
+
+# (Authorization header, Cookie header, the media request's signature) -> a viewer?
+Admits = Callable[[str | None, str | None, SignedMedia | None], bool]
 
 LIVE_PATH = "/live.m3u8"
 MEDIA_PREFIX = "/" + HLS_PREFIX
@@ -103,11 +122,12 @@ class HlsFastPath:
     everything else handed to `app` (see the module)."""
 
     def __init__(self, app: AsgiApp, *, root: Callable[[], Path], playlist: LivePlaylist,
-                 admits: Admits) -> None:
+                 admits: Admits, present: Callable[[str], str] = lambda text: text) -> None:
         self.app = app
         self.playlist = playlist
         self._root = root
         self._admits = admits
+        self._present = present  # the live playlist as a viewer gets it (its URIs signed)
         self._bodies = _Bodies()
         self.answered = 0  # requests answered here, not by `app`: for tests and the bench
 
@@ -128,11 +148,11 @@ class HlsFastPath:
                 pass
         await self.app(scope, receive, send)
 
-    def _check_viewer(self, headers: dict[bytes, bytes]) -> None:
+    def _check_viewer(self, headers: dict[bytes, bytes], media: SignedMedia | None = None) -> None:
         authorization = headers.get(b"authorization")
         cookie = headers.get(b"cookie")
         if not self._admits(authorization.decode("latin-1") if authorization is not None else None,
-                            cookie.decode("latin-1") if cookie is not None else None):
+                            cookie.decode("latin-1") if cookie is not None else None, media):
             raise _NotMine
 
     async def _live(self, scope: Scope, send: Send) -> None:
@@ -143,13 +163,14 @@ class HlsFastPath:
             text = await anyio.to_thread.run_sync(self.playlist.text, root)
         if text is None:
             raise _NotMine  # nothing recorded yet: the API's 404 says so
+        text = self._present(text)
         self.answered += 1  # before the answer: whoever reads the count after it sees it
         await _respond(send, 200, text.encode(), [
             (b"content-type", CONTENT_TYPE.encode()), (b"cache-control", b"no-cache")])
 
     async def _media(self, scope: Scope, relative: str, send: Send) -> None:
         headers = _headers(scope)
-        self._check_viewer(headers)
+        self._check_viewer(headers, _signed_media(relative, scope.get("query_string", b"")))
         if b"if-range" in headers:
             raise _NotMine
         wanted = headers.get(b"range")
@@ -168,6 +189,15 @@ class HlsFastPath:
 
 def _headers(scope: Scope) -> dict[bytes, bytes]:
     return dict(scope["headers"])
+
+
+def _signed_media(relative: str, query: bytes) -> SignedMedia:
+    """`relative` and the exp and sig of `query`, read as the API's route reads them (the
+    last of a repeated name)."""
+    if not query:
+        return SignedMedia(relative, None, None)
+    params = dict(parse_qsl(query.decode("latin-1"), keep_blank_values=True))
+    return SignedMedia(relative, params.get("exp"), params.get("sig"))
 
 
 def _read_media(root: Path, relative: str, wanted: str | None) -> Answer:

@@ -3,7 +3,8 @@
 The server fronts its own controller (recording the synthetic camera), and requests carry
 the valid token, so the actions really run: a stop, reset or merge here disturbs no other
 test. The action token opens footage too, so the footage endpoints (export, spans, HLS,
-login) are fuzzed with it: bad times, reversed and huge spans must all be 4xx. A 503 is
+login) are fuzzed with it: bad times, reversed and huge spans must all be 4xx. The media route
+is also fuzzed with no credential but its `exp` and `sig`: a forged signature must be a 401. A 503 is
 allowed only where the schema documents it (health while not recording, no frame for a
 snapshot yet, merging unavailable, footage unreadable); anything else from 500 up is a failure.
 """
@@ -62,21 +63,31 @@ def test_fuzzing_the_openapi_schema_gives_no_server_errors(fuzz_server: ApiServe
     cases = st.one_of(schema.as_strategy(),
                       schema.as_strategy(schemathesis.GenerationMode.NEGATIVE))
     seen: set[str] = set()
+    signed: set[int] = set()  # the media route's answers to its signature alone
 
     @given(case=cases)
     @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
               suppress_health_check=list(HealthCheck))
     def no_server_error(case: schemathesis.Case) -> None:
-        response = case.call(base_url=fuzz_server.url, headers={"Authorization": f"Bearer {TOKEN}"},
-                             timeout=30)
-        seen.add(case.operation.label)
-        code = response.status_code
-        if code >= 500:
-            assert code == 503 and "503" in documented_statuses(case.operation), (
-                f"{case.operation.label} answered {code} to {case.as_curl_command()}: "
-                f"{response.content[:500]!r}")
+        # The media route's exp and sig are a credential of their own: there they are also
+        # sent alone, so the signature check meets what the fuzzer makes of them.
+        credentials: list[dict[str, str]] = [{"Authorization": f"Bearer {TOKEN}"}]
+        if case.operation.path == "/hls/{path}":
+            credentials.append({})
+        for headers in credentials:
+            response = case.call(base_url=fuzz_server.url, headers=headers, timeout=30)
+            seen.add(case.operation.label)
+            code = response.status_code
+            if code >= 500:
+                assert code == 503 and "503" in documented_statuses(case.operation), (
+                    f"{case.operation.label} answered {code} to {case.as_curl_command()}: "
+                    f"{response.content[:500]!r}")
+            if not headers:
+                signed.add(code)
 
     no_server_error()
     assert len(seen) >= 14, seen  # every operation was reached, not just the first few
-    for label in ("GET /export", "GET /recordings/spans", "GET /live.m3u8", "GET /vod.m3u8"):
+    for label in ("GET /export", "GET /recordings/spans", "GET /live.m3u8", "GET /vod.m3u8",
+                  "GET /hls/{path}"):
         assert label in seen, seen
+    assert 401 in signed, signed  # what the fuzzer signs is refused, with a reason, never 5xx

@@ -387,9 +387,14 @@ def test_live_hls_is_answered_below_fastapi_with_the_bytes_the_api_route_sends(l
     assert piece.body[4:8] == b"moof"
     # No credential, a wrong one, or a viewer cookie: the answers of the API's gate.
     assert get(live.server, "/live.m3u8").status == 401
-    assert get(live.server, f"/{uri}", {"Range": wanted["Range"]}).status == 401
+    unsigned = uri.partition("?")[0]
+    assert get(live.server, f"/{unsigned}", {"Range": wanted["Range"]}).status == 401
     assert get(live.server, "/live.m3u8", bearer("wrong")).status == 401
     assert fast.answered == before + 3
+    # The playlist's signed URI alone is a credential for its file, on the fast path too.
+    signed = get(live.server, f"/{uri}", {"Range": wanted["Range"]})
+    assert signed.status == 206 and signed.body == piece.body and fast.answered == before + 4
+    before += 1
     login = get(live.server, "/login", {"Content-Type": "application/json"}, "POST",
                 json.dumps({"token": VIEWER}).encode())
     cookie = login.headers["set-cookie"].split(";")[0]
@@ -444,14 +449,19 @@ class _BytesFile:
         return io.BytesIO(data)
 
 
-def ffmpeg_frame_numbers(server: ApiServer, playlist: str, frames: int | None = None) -> list[int]:
+def ffmpeg_frame_numbers(server: ApiServer, playlist: str, frames: int | None = None, *,
+                         url_password: str | None = None) -> list[int]:
     """The frame numbers ffmpeg decodes from `playlist` (every decoded frame once: passthrough
-    duplicates none to fill a constant rate); `frames` stops it after that many."""
+    duplicates none to fill a constant rate); `frames` stops it after that many. The viewer
+    token goes as a bearer header, or with `url_password` as the URL's `viewer:PASSWORD@`."""
     limit = ["-frames:v", str(frames)] if frames is not None else []
+    if url_password is None:
+        source = ["-headers", f"Authorization: Bearer {VIEWER}\r\n", "-i", f"{server.url}{playlist}"]
+    else:
+        source = ["-i", f"http://viewer:{url_password}@127.0.0.1:{server.port}{playlist}"]
     result = subprocess.run(
-        ["ffmpeg", "-nostdin", "-loglevel", "error", "-headers", f"Authorization: Bearer {VIEWER}\r\n",
-         "-i", f"{server.url}{playlist}", *limit, "-fps_mode", "passthrough", "-f", "rawvideo",
-         "-pix_fmt", "gray", "-"],
+        ["ffmpeg", "-nostdin", "-loglevel", "error", *source, *limit, "-fps_mode", "passthrough",
+         "-f", "rawvideo", "-pix_fmt", "gray", "-"],
         capture_output=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr.decode()[-2000:]
     plane = WIDTH * HEIGHT

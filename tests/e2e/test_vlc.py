@@ -7,11 +7,12 @@ camera's frame-number code says which frames VLC got. Matroska (VLC hands `mkv` 
 libavformat's muxer) because VLC's own muxers lose the end of a recorded span: its MPEG-TS
 muxer left the last 6 frames (0.2 s) out of the file, its MP4 muxer the last frame.
 
-Footage is public here (`api.public_footage: true`): VLC 3.0 cannot carry the viewer token to
-the media segments. It sends no header of the user's choosing (its HTTP options are
-`:http-user-agent` and `:http-referrer`), and the credentials of a `http://user:pass@host/`
-URL go with the playlist request only: the HLS demuxer fetches the segments without them
-(README, "Known limits").
+The unit is secured as a user should run it: a viewer token, no public footage. VLC 3.0
+sends no header of the user's choosing, so it gets the token as the password of the URL's
+credentials (`http://viewer:TOKEN@host/live.m3u8`), which its HTTP access sends only when a
+401 challenges Basic; its HLS demuxer then fetches the media with its own HTTP client, which
+sends no credentials at all, and is let in by the signatures the playlist gave each media URI
+(controller/surfaces/media_signature.py).
 """
 
 from __future__ import annotations
@@ -40,13 +41,15 @@ pytestmark = pytest.mark.skipif(shutil.which("cvlc") is None,
 FPS = 30
 NOBODY = 65534  # Debian's nobody/nogroup
 VLC_SECONDS = 120.0  # a hang guard on each VLC run, never a pass criterion
+VIEWER = "vlc-viewer-token"
 
 
 @dataclass
 class Unit:
     proc: subprocess.Popen[str]
-    url: str
+    url: str  # with the viewer's credentials
     root: Path
+    port: int
 
 
 @pytest.fixture(scope="module")
@@ -55,18 +58,22 @@ def unit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Unit]:
     port = free_port()
     root = base / "rec"
     config = base / "vigil.yaml"
+    viewer = base / "viewer-token"
+    viewer.write_text(VIEWER + "\n")
+    viewer.chmod(0o600)
     config.write_text(
         f"camera:\n  backend: synthetic\n  width: 160\n  height: 120\n  fps: {FPS}\n"
         f"recording:\n  root: {root}\n  segment_seconds: 1\n  fragment_seconds: 0.5\n  merge: 'off'\n"
         "storage:\n  retention_days: 0\n  reserve_mb: 0\n  reserve_percent: 0\n"
         "gpio:\n  enabled: false\n"
-        f"api:\n  listen: 127.0.0.1:{port}\n  public_footage: true\n")
+        f"api:\n  listen: 127.0.0.1:{port}\n  viewer_token_file: {viewer}\n"
+        f"  token_file: {base / 'no-api-token'}\n")
     proc = subprocess.Popen([sys.executable, "-m", "controller.cli", "run", "--config", str(config)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "STATE_DIRECTORY": str(base / "state")})
     try:
         wait_for_segments(proc, root, 5, timeout=60)
-        yield Unit(proc, f"http://127.0.0.1:{port}", root)
+        yield Unit(proc, f"http://viewer:{VIEWER}@127.0.0.1:{port}", root, port)
     finally:
         output = stop_vigil(proc)
         if proc.returncode != 0:

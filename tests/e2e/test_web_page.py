@@ -217,8 +217,21 @@ def test_the_page_loads_from_loopback_only_without_console_errors_and_shows_the_
 
 def test_the_live_view_plays_and_its_decoded_frame_number_increases(unit: Unit) -> None:
     browser = unit.browser
-    unit.open_page("operator")  # the screenshots show the actions too
-    browser.wait_for("document.getElementById('live').currentTime > 0", "live view playing")
+    playlist_headers: list[dict[str, str]] = []
+
+    def note(params: dict[str, Any]) -> None:
+        if params["request"]["url"].endswith("/live.m3u8"):
+            playlist_headers.append(params["request"]["headers"])
+
+    browser.handlers["Network.requestWillBeSent"] = note
+    try:
+        unit.open_page("operator")  # the screenshots show the actions too
+        browser.wait_for("document.getElementById('live').currentTime > 0", "live view playing")
+    finally:
+        del browser.handlers["Network.requestWillBeSent"]
+    # The page marks its player's requests, so a 401 there (a token changed by a reset) pops
+    # no Basic login dialog over the page.
+    assert playlist_headers and all(h.get("X-Requested-With") == "XMLHttpRequest" for h in playlist_headers)
     first = wait_until(lambda: unit.frame_number("live"), "a frame number read from the live view")
     t_first = browser.evaluate("document.getElementById('live').currentTime")
     later = wait_until(lambda: (n := unit.frame_number("live")) is not None and n > first + 15 and n,

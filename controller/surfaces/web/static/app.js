@@ -166,7 +166,13 @@ function showAlerts(alerts) {
 function hlsPlayer(video, url, note, { live }) {
   if (window.Hls && Hls.isSupported()) {
     const hls = new Hls({ enableWorker: false, lowLatencyMode: false, liveSyncDurationCount: 2,
-                          manifestLoadingMaxRetry: 0, backBufferLength: 30 });
+                          manifestLoadingMaxRetry: 0, backBufferLength: 30,
+                          // Marks the page's own requests: their 401 then carries no Basic
+                          // challenge, which would pop a login dialog over the page.
+                          xhrSetup(xhr, url) {
+                            if (!xhr.readyState) xhr.open("GET", url, true);
+                            xhr.setRequestHeader("X-Requested-With", "XMLHttpRequest");
+                          } });
     hls.on(Hls.Events.ERROR, (_, data) => {
       if (!data.fatal) return;
       const code = data.response && data.response.code;
