@@ -492,7 +492,10 @@ def test_the_history_charts_draw_the_contracts_shape_with_the_alerts_and_the_gap
     browser.call("Fetch.enable", patterns=[{"urlPattern": "*/history*", "requestStage": "Request"}])
     try:
         browser.open(f"{unit.url}/")
-        browser.wait_for("document.querySelectorAll('#charts svg').length === 5", "five charts")
+        # The five frames are there from the start (empty): wait for the answer to be drawn.
+        browser.wait_for("document.querySelectorAll('#charts svg').length === 5 && document"
+                         ".getElementById('history-note').textContent.includes('minute(s) sampled')",
+                         "five charts of the answer")
     finally:
         browser.call("Fetch.disable")
         del browser.handlers["Fetch.requestPaused"]
