@@ -387,6 +387,10 @@ class _BasicPassword(HTTPBasic):
         return None
 
 
+# FastAPI 0.110 (the oldest admitted, constraints-oldest.txt) resolves a class dependency's postponed
+# annotations without its module's globals ("name 'Request' is not defined"): give it the class.
+_BasicPassword.__call__.__annotations__["request"] = Request
+
 _basic = _BasicPassword(auto_error=False, realm="vigil", scheme_name="HTTPBasic",
                         description="Footage only: any user name (e.g. viewer), the viewer token "
                                     "(or the action token) as the password.")
