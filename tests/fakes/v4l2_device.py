@@ -153,6 +153,7 @@ def _oserror(code: int) -> OSError:
 
 STRIPE_PERIOD_PX = 64
 VBV_BUFFER_FRACTION = 8  # libx264's VBV buffer, as a fraction of a second at its maximum rate
+QP_MAX = 40  # libx264's quantiser cap: past it the frame-number code no longer survives
 
 
 def draw_yuv420(width: int, height: int, n: int) -> np.ndarray:
@@ -186,13 +187,18 @@ class _PayloadMaker:
             if not repeat_headers:
                 ctx.flags |= av.codec.context.Flags.global_header
             options = {"preset": "ultrafast", "tune": "zerolatency", "forced-idr": "1",
-                       "x264-params": f"keyint={gop}:scenecut=0:repeat-headers={int(repeat_headers)}"}
+                       "x264-params": f"keyint={gop}:scenecut=0:repeat-headers={int(repeat_headers)}"
+                                       f":qpmax={QP_MAX}"}
             if bitrate:
                 # x264 changes a running encoder's bit rate only under a VBV (encoder_try_reconfig).
                 ctx.bit_rate = bitrate
                 cap = max(bitrate, vbv or 0)
                 # A buffer of an eighth of a second: a new target shows within a few frames, as
                 # a camera's hardware rate control follows it (a second's buffer took seconds).
+                # It holds about one IDR at 320x240, so a forced IDR just after the camera's own
+                # would starve to QP 51 (a flat grey frame, or P-frames repeating the picture
+                # before them) but for the quantiser cap, as a camera's encoder has one
+                # (tests/unit/test_fake_v4l2_h264.py).
                 options.update(maxrate=str(cap), bufsize=str(cap // VBV_BUFFER_FRACTION))
             ctx.options = options
             ctx.open()
