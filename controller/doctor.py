@@ -179,24 +179,29 @@ def _camera_problem(backend: str, err: BaseException) -> str:
 def _adaptive_line(camera: Camera, config: VigilConfig, hardware: Hardware) -> str:
     """What the quality ladder can do with this camera (README "Adaptive quality")."""
     packets = camera.mode.output == "packets"
-    if packets and getattr(camera, "apply_quality", None) is None:
+    if not config.recording.adaptive.enabled:
+        return "off (recording.adaptive.enabled is false)"
+    ladder = hardware.quality_ladder(camera.mode, camera)
+    if packets and (len(ladder) < 2 or getattr(camera, "apply_quality", None) is None):
         text = (f"cannot adapt: pass-through ({hardware.backend} hands over its own H.264; vigil "
                 "only muxes it, so under load it drops rather than lowers quality)")
         knobs = getattr(camera, "adaptive_knobs", None)
         offered = knobs() if knobs is not None else []
         if offered:
-            text += f"; the camera offers {' and '.join(offered)}, which vigil does not drive yet"
+            floors = config.recording.adaptive
+            text += (f"; the camera offers {' and '.join(offered)}, but nothing to step down to "
+                     f"within recording.adaptive's floors (bitrate_floor_fraction "
+                     f"{floors.bitrate_floor_fraction:g}, fps_floor {floors.fps_floor:g}: no "
+                     f"frame rate it lists between {camera.mode.fps:g} fps and that)")
         return text
-    if not config.recording.adaptive.enabled:
-        return "off (recording.adaptive.enabled is false)"
-    ladder = hardware.quality_ladder(camera.mode, camera)
     if len(ladder) < 2:
         return "nothing to give up: every floor is at the configured quality"
     if packets:
         steps = "; ".join(step.difference(above) for above, step in itertools.pairwise(ladder))
-        return (f"on, {len(ladder) - 1} steps of {hardware.backend}'s own knobs ({steps}): a bit-rate "
-                "step starts a new encoder and segment at a keyframe, a frame-rate step asks the "
-                "sensor for fewer frames (FrameDurationLimits)")
+        method = str(getattr(camera, "quality_method", ""))
+        count = f"{len(ladder) - 1} step{'s' if len(ladder) > 2 else ''}"
+        return (f"on, {count} of {hardware.backend}'s own knobs ({steps})"
+                + (f": {method}" if method else ""))
     return f"on, {len(ladder) - 1} steps down to {ladder[-1].describe()}"
 
 

@@ -119,8 +119,9 @@ class QualityStep:
 
     def describe(self) -> str:
         if self.packets:
-            return (f"bitrate x{self.bit_rate_scale:g}, sensor {self.fps:g} fps, "
-                    f"lores sampled at {self.lores_fps:g} fps, {self.width}x{self.height}")
+            lores = f"lores sampled at {self.lores_fps:g} fps, " if self.lores_fps else ""
+            return (f"bitrate x{self.bit_rate_scale:g}, sensor {self.fps:g} fps, {lores}"
+                    f"{self.width}x{self.height}")
         return (f"preset {self.preset} crf {self.crf}"
                 + (f" bitrate x{self.bit_rate_scale:g}" if self.bit_rate_scale != 1.0 else "")
                 + f", {self.fps:g} fps, {self.width}x{self.height}")
@@ -180,14 +181,17 @@ def build_ladder(mode: CameraMode, *, preset: str, crf: int, hardware: bool,
     return tuple(steps)
 
 
-def build_sensor_ladder(mode: CameraMode, *, lores_fps: float,
-                        spec: AdaptiveSpec) -> tuple[QualityStep, ...]:
-    """The ladder of a camera that encodes itself (picamera2), from level 0 down to the floors.
+def build_sensor_ladder(mode: CameraMode, *, lores_fps: float, spec: AdaptiveSpec,
+                        bitrate: bool = True,
+                        rate_allowed: Callable[[float], bool] | None = None) -> tuple[QualityStep, ...]:
+    """The ladder of a camera that encodes itself, from level 0 down to the floors.
 
-    Its encoder's bit rate down to `bitrate_floor_fraction` (one step), the lores side
-    stream's sampling rate halved (one step), then the sensor's frame rate in the raw
-    ladder's even divisions (30 -> 15 -> 10) down to `fps_floor`. Its size is the sensor
-    stream's and stays. With adaptation off the ladder is its top step.
+    Its encoder's bit rate down to `bitrate_floor_fraction` (one step; none without a
+    `bitrate` knob), the lores side stream's sampling rate halved (one step; none when the
+    camera has no side stream, `lores_fps` 0), then the sensor's frame rate in the raw
+    ladder's even divisions (30 -> 15 -> 10) down to `fps_floor`, those `rate_allowed` says
+    the camera can run at. Its size is the sensor stream's and stays. With adaptation off
+    the ladder is its top step.
     """
     top = QualityStep(0, "", 0, 1.0, 1, mode.width, mode.height, mode.fps, packets=True,
                       lores_fps=lores_fps)
@@ -198,13 +202,14 @@ def build_sensor_ladder(mode: CameraMode, *, lores_fps: float,
     def add(**changes: object) -> None:
         steps.append(replace(steps[-1], level=len(steps), **changes))  # type: ignore[arg-type]
 
-    if spec.bitrate_floor_fraction < 1.0:
+    if bitrate and spec.bitrate_floor_fraction < 1.0:
         add(bit_rate_scale=spec.bitrate_floor_fraction)
     if lores_fps * LORES_SCALE >= 1.0:
         add(lores_fps=lores_fps * LORES_SCALE)
     for divisor in DECIMATIONS:
-        if mode.fps / divisor >= spec.fps_floor - 1e-9:
-            add(fps=mode.fps / divisor)
+        fps = mode.fps / divisor
+        if fps >= spec.fps_floor - 1e-9 and (rate_allowed is None or rate_allowed(fps)):
+            add(fps=fps)
     return tuple(steps)
 
 

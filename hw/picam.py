@@ -425,6 +425,9 @@ class PicameraCamera:
 
     # -- adaptive quality (on the pipeline's capture thread) --------------------------------
 
+    quality_method = ("a bit-rate step starts a new encoder and segment at a keyframe, a "
+                      "frame-rate step asks the sensor for fewer frames (FrameDurationLimits)")
+
     def quality_ladder(self, spec: AdaptiveSpec) -> tuple[QualityStep, ...]:
         """This camera's adaptive-quality ladder: bit rate, lores sampling, sensor frame rate."""
         return build_sensor_ladder(self._mode, lores_fps=self.lores_configured, spec=spec)

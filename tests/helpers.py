@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +15,22 @@ from hw import framecode
 from hw.camera import CameraMode, EncodedPacket
 from hw.encoder import H264Encoder
 from hw.synthetic import FrameCounter, SyntheticCamera
+
+
+class Pacer:
+    """Holds each caller of `wait()` so that at most `rate` pass a second (a token bucket on
+    the monotonic clock, as a starved thread or a slow card would); `rate` None: no limit."""
+
+    def __init__(self) -> None:
+        self.rate: float | None = None
+        self._next = 0.0
+
+    def wait(self) -> None:
+        rate = self.rate
+        if rate is not None:
+            now = time.monotonic()
+            self._next = max(self._next + 1.0 / rate, now)
+            time.sleep(max(0.0, self._next - now))
 
 
 def _segment_key(path: Path) -> tuple[Path, str, int]:

@@ -337,8 +337,9 @@ class AdaptiveConfig(BaseModel):
         gt=0,
         le=1,
         description=(
-            "The hardware encoder's lowest bit rate, as a fraction of the one it starts "
-            "with: more than 0, at most 1 (1 leaves the bit rate alone)."
+            "The hardware encoder's lowest bit rate (the Pi camera's encoder, a V4L2 H.264 "
+            "camera's bit-rate control), as a fraction of the one it starts with: more than 0, "
+            "at most 1 (1 leaves the bit rate alone)."
         ),
     )
     fps_floor: Number = Field(
@@ -348,7 +349,9 @@ class AdaptiveConfig(BaseModel):
         description=(
             "The lowest frame rate the ladder may record at, in frames per second: it keeps "
             "one frame in 2, then in 3, ... (30 -> 15 -> 10) while the rate stays at or above "
-            "this. At or above `camera.fps` leaves the frame rate alone."
+            "this (the Pi camera and a V4L2 H.264 camera are asked for fewer frames instead; a "
+            "V4L2 one only at rates its driver lists). At or above `camera.fps` leaves the frame "
+            "rate alone."
         ),
     )
     height_floor: WholeNumber = Field(

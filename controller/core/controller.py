@@ -659,8 +659,8 @@ def _quality_status(pipeline: RecordingPipeline | None) -> QualityStatus | None:
 
 
 def _asked_fps(configured: float, pipeline: RecordingPipeline | None) -> float:
-    """The rate the camera is asked for now: a camera that encodes itself (picamera2) lowers
-    its sensor's rate on a quality step, and frames it never makes are not missing."""
+    """The rate the camera is asked for now: a camera that encodes itself (picamera2, V4L2
+    H.264) lowers its sensor's rate on a quality step, and frames it never makes are not missing."""
     quality = pipeline.quality if pipeline is not None else None
     if quality is not None and quality.governor.step.packets:
         return quality.governor.step.fps

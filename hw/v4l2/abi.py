@@ -6,7 +6,8 @@ v4l2_capability, v4l2_pix_format inside v4l2_format (whose union also holds v4l2
 its pointers, so it is pointer-aligned: 208 bytes on 64-bit, 204 on 32-bit), v4l2_fmtdesc,
 v4l2_frmsizeenum, v4l2_frmivalenum, v4l2_requestbuffers, v4l2_buffer (struct timeval
 timestamp and a pointer-sized union, so 88 bytes on 64-bit), v4l2_captureparm inside
-v4l2_streamparm, v4l2_queryctrl (and V4L2_CID_MPEG_VIDEO_BITRATE from v4l2-controls.h, as
+v4l2_streamparm, v4l2_queryctrl, v4l2_control (VIDIOC_G_CTRL/VIDIOC_S_CTRL), and
+V4L2_CID_MPEG_VIDEO_BITRATE and V4L2_CID_MPEG_VIDEO_FORCE_KEY_FRAME from v4l2-controls.h (as
 linux-libc-dev installs both in /usr/include/linux), and the VIDIOC_* codes built with the
 generic _IOC encoding (ARM and x86).
 ctypes lays the structs out with this interpreter's ABI, so the sizes baked into the
@@ -26,8 +27,11 @@ V4L2_CAP_VIDEO_CAPTURE = 0x00000001
 V4L2_CAP_STREAMING = 0x04000000
 V4L2_CAP_DEVICE_CAPS = 0x80000000
 V4L2_CAP_TIMEPERFRAME = 0x1000
-# Controls (v4l2-controls.h): V4L2_CID_CODEC_BASE (V4L2_CTRL_CLASS_CODEC | 0x900) + 207.
-V4L2_CID_MPEG_VIDEO_BITRATE = 0x00990000 | 0x900 | 207
+# Controls (v4l2-controls.h): V4L2_CID_CODEC_BASE is V4L2_CTRL_CLASS_CODEC | 0x900.
+V4L2_CID_CODEC_BASE = 0x00990000 | 0x900
+V4L2_CID_MPEG_VIDEO_BITRATE = V4L2_CID_CODEC_BASE + 207
+V4L2_CID_MPEG_VIDEO_FORCE_KEY_FRAME = V4L2_CID_CODEC_BASE + 229  # a button: writing asks for an IDR
+V4L2_CTRL_TYPE_BUTTON = 4
 V4L2_CTRL_FLAG_DISABLED = 0x0001
 V4L2_CTRL_FLAG_READ_ONLY = 0x0004
 V4L2_CTRL_FLAG_INACTIVE = 0x0010
@@ -151,6 +155,10 @@ class v4l2_queryctrl(ctypes.Structure):
                 ("step", s32), ("default_value", s32), ("flags", u32), ("reserved", u32 * 2)]
 
 
+class v4l2_control(ctypes.Structure):
+    _fields_ = [("id", u32), ("value", s32)]
+
+
 class v4l2_captureparm(ctypes.Structure):
     _fields_ = [("capability", u32), ("capturemode", u32), ("timeperframe", v4l2_fract),
                 ("extendedmode", u32), ("readbuffers", u32), ("reserved", u32 * 4)]
@@ -185,6 +193,8 @@ VIDIOC_STREAMON = _ioc(_IOC_WRITE, 18, ctypes.c_int)
 VIDIOC_STREAMOFF = _ioc(_IOC_WRITE, 19, ctypes.c_int)
 VIDIOC_G_PARM = _ioc(_IOC_READ | _IOC_WRITE, 21, v4l2_streamparm)
 VIDIOC_S_PARM = _ioc(_IOC_READ | _IOC_WRITE, 22, v4l2_streamparm)
+VIDIOC_G_CTRL = _ioc(_IOC_READ | _IOC_WRITE, 27, v4l2_control)
+VIDIOC_S_CTRL = _ioc(_IOC_READ | _IOC_WRITE, 28, v4l2_control)
 VIDIOC_QUERYCTRL = _ioc(_IOC_READ | _IOC_WRITE, 36, v4l2_queryctrl)
 VIDIOC_ENUM_FRAMESIZES = _ioc(_IOC_READ | _IOC_WRITE, 74, v4l2_frmsizeenum)
 VIDIOC_ENUM_FRAMEINTERVALS = _ioc(_IOC_READ | _IOC_WRITE, 75, v4l2_frmivalenum)

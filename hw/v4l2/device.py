@@ -31,6 +31,7 @@ from hw.v4l2.abi import (
     V4L2_CAP_TIMEPERFRAME,
     V4L2_CAP_VIDEO_CAPTURE,
     V4L2_CID_MPEG_VIDEO_BITRATE,
+    V4L2_CID_MPEG_VIDEO_FORCE_KEY_FRAME,
     V4L2_CTRL_FLAG_DISABLED,
     V4L2_CTRL_FLAG_INACTIVE,
     V4L2_CTRL_FLAG_READ_ONLY,
@@ -46,18 +47,21 @@ from hw.v4l2.abi import (
     VIDIOC_ENUM_FMT,
     VIDIOC_ENUM_FRAMEINTERVALS,
     VIDIOC_ENUM_FRAMESIZES,
+    VIDIOC_G_CTRL,
     VIDIOC_G_PARM,
     VIDIOC_QBUF,
     VIDIOC_QUERYBUF,
     VIDIOC_QUERYCAP,
     VIDIOC_QUERYCTRL,
     VIDIOC_REQBUFS,
+    VIDIOC_S_CTRL,
     VIDIOC_S_FMT,
     VIDIOC_S_PARM,
     VIDIOC_STREAMOFF,
     VIDIOC_STREAMON,
     v4l2_buffer,
     v4l2_capability,
+    v4l2_control,
     v4l2_fmtdesc,
     v4l2_format,
     v4l2_fract,
@@ -239,6 +243,22 @@ class ControlRange:
         return not self.flags & (V4L2_CTRL_FLAG_DISABLED | V4L2_CTRL_FLAG_READ_ONLY
                                  | V4L2_CTRL_FLAG_INACTIVE)
 
+    def nearest(self, value: int) -> int:
+        """`value` as the control can hold it: within minimum..maximum, on its step."""
+        step = max(self.step, 1)
+        on_step = self.minimum + round((value - self.minimum) / step) * step
+        return min(self.maximum, max(self.minimum, on_step))
+
+
+@dataclass(frozen=True, slots=True)
+class RateKnobs:
+    """What the driver lets vigil set to make an H.264 stream cheaper while it streams."""
+
+    bitrate: ControlRange | None  # V4L2_CID_MPEG_VIDEO_BITRATE, when settable
+    bitrate_now: int | None  # its value now (VIDIOC_G_CTRL)
+    timeperframe: bool  # V4L2_CAP_TIMEPERFRAME: VIDIOC_S_PARM sets the frame interval
+    force_keyframe: bool  # V4L2_CID_MPEG_VIDEO_FORCE_KEY_FRAME, when settable
+
 
 @dataclass(frozen=True, slots=True)
 class CapturedBuffer:
@@ -364,21 +384,77 @@ class V4L2Device:
         return ControlRange(ctrl.id, _text(ctrl.name), ctrl.minimum, ctrl.maximum, ctrl.step,
                             ctrl.default_value, ctrl.flags)
 
+    def rate_knobs(self) -> RateKnobs:
+        """The bit-rate control, keyframe button and frame-interval capability the driver offers."""
+        bitrate = self.query_control(V4L2_CID_MPEG_VIDEO_BITRATE)
+        if bitrate is not None and not bitrate.is_settable:
+            bitrate = None
+        now = self.get_control(V4L2_CID_MPEG_VIDEO_BITRATE) if bitrate is not None else None
+        key = self.query_control(V4L2_CID_MPEG_VIDEO_FORCE_KEY_FRAME)
+        buf, parm = _new(v4l2_streamparm)
+        parm.type = V4L2_BUF_TYPE_VIDEO_CAPTURE
+        timeperframe = bool(self._enumerate(VIDIOC_G_PARM, buf, "VIDIOC_G_PARM")
+                            and parm.parm.capture.capability & V4L2_CAP_TIMEPERFRAME)
+        return RateKnobs(bitrate, now, timeperframe, key is not None and key.is_settable)
+
     def adaptive_knobs(self) -> list[str]:
         """The knobs this camera offers that could lower an encoded stream's cost, in words:
         an H.264 bit-rate control (V4L2_CID_MPEG_VIDEO_BITRATE) and a settable frame interval
-        (V4L2_CAP_TIMEPERFRAME in VIDIOC_G_PARM). vigil queries them; it does not drive them."""
-        knobs = []
-        bitrate = self.query_control(V4L2_CID_MPEG_VIDEO_BITRATE)
-        if bitrate is not None and bitrate.is_settable:
-            knobs.append(f"bit rate ({bitrate.minimum}..{bitrate.maximum} bit/s, now default "
-                         f"{bitrate.default})")
+        (V4L2_CAP_TIMEPERFRAME in VIDIOC_G_PARM)."""
+        knobs = self.rate_knobs()
+        words = []
+        if knobs.bitrate is not None:
+            b = knobs.bitrate
+            words.append(f"bit rate ({b.minimum}..{b.maximum} bit/s, now {knobs.bitrate_now})")
+        if knobs.timeperframe:
+            words.append("frame interval (VIDIOC_S_PARM timeperframe)")
+        return words
+
+    def get_control(self, cid: int) -> int | None:
+        """VIDIOC_G_CTRL: the control's value now; None when it cannot be read (write-only)."""
+        buf, ctrl = _new(v4l2_control)
+        ctrl.id = cid
+        if not self._enumerate(VIDIOC_G_CTRL, buf, "VIDIOC_G_CTRL"):
+            return None
+        return int(ctrl.value)
+
+    def set_control(self, cid: int, value: int) -> None:
+        """VIDIOC_S_CTRL (the control framework routes it to codec-class controls too)."""
+        buf, ctrl = _new(v4l2_control)
+        ctrl.id, ctrl.value = cid, value
+        self._ioctl(VIDIOC_S_CTRL, buf, "VIDIOC_S_CTRL")
+
+    def set_frame_rate(self, fps: float) -> tuple[float | None, bool]:
+        """A new frame interval while streaming: (the rate granted, whether streaming restarted).
+
+        Drivers that apply VIDIOC_S_PARM live (bcm2835-v4l2) answer at once; uvcvideo refuses
+        it while streaming (EBUSY, uvc_ioctl_s_parm), so the stream is stopped, the interval
+        set and the same buffers queued and streamed again: the camera's encoder starts over
+        with an IDR, and the frames of that pause are not made.
+        """
         buf, parm = _new(v4l2_streamparm)
         parm.type = V4L2_BUF_TYPE_VIDEO_CAPTURE
-        if self._enumerate(VIDIOC_G_PARM, buf, "VIDIOC_G_PARM") and \
-                parm.parm.capture.capability & V4L2_CAP_TIMEPERFRAME:
-            knobs.append("frame interval (VIDIOC_S_PARM timeperframe)")
-        return knobs
+        period = 1 / Fraction(fps).limit_denominator(1001)
+        parm.parm.capture.timeperframe.numerator = period.numerator
+        parm.parm.capture.timeperframe.denominator = period.denominator
+        fd = self._fd_or_raise()
+        try:
+            self._io.ioctl(fd, VIDIOC_S_PARM, buf)
+            return _fps(parm.parm.capture.timeperframe), False
+        except OSError as err:
+            if err.errno != errno.EBUSY or not self._streaming:
+                raise self._translate(err, "VIDIOC_S_PARM") from err
+        kind = bytearray(ctypes.c_int(V4L2_BUF_TYPE_VIDEO_CAPTURE))
+        self._ioctl(VIDIOC_STREAMOFF, kind, "VIDIOC_STREAMOFF")
+        try:
+            self._ioctl(VIDIOC_S_PARM, buf, "VIDIOC_S_PARM")
+        finally:  # refused or not, the camera streams again
+            for index in range(len(self._maps)):  # STREAMOFF handed every buffer back
+                qbuf, vbuf = _new(v4l2_buffer)
+                vbuf.index, vbuf.type, vbuf.memory = index, V4L2_BUF_TYPE_VIDEO_CAPTURE, V4L2_MEMORY_MMAP
+                self._ioctl(VIDIOC_QBUF, qbuf, "VIDIOC_QBUF")
+            self._ioctl(VIDIOC_STREAMON, kind, "VIDIOC_STREAMON")
+        return _fps(parm.parm.capture.timeperframe), True
 
     def frame_rates(self, code: int, width: int, height: int) -> list[float]:
         """Discrete frame rates for one size, fastest first ([] when the driver lists none)."""

@@ -101,24 +101,39 @@ def test_a_v4l2_camera_shows_its_modes_and_the_pass_through(tmp_path: Path) -> N
     assert "h264 160x120@30; mjpeg 640x480@30, 160x120@30" in text
     assert "encoder: pass-through: the camera's own H.264, muxed without re-encoding" in text
     assert "adaptive quality: cannot adapt: pass-through (v4l2 hands over its own H.264" in text
-    # A UVC camera's frame interval can be set (V4L2_CAP_TIMEPERFRAME), no bit rate is offered.
+    # A UVC camera's frame interval can be set (V4L2_CAP_TIMEPERFRAME), no bit rate is offered,
+    # and it lists no rate under 30 fps: nothing the ladder could step to.
     assert ("under load it drops rather than lowers quality); the camera offers frame interval "
-            "(VIDIOC_S_PARM timeperframe), which vigil does not drive yet") in text
+            "(VIDIOC_S_PARM timeperframe), but nothing to step down to within "
+            "recording.adaptive's floors (bitrate_floor_fraction 0.5, fps_floor 10: no frame rate "
+            "it lists between 30 fps and that)") in text
 
 
-def test_a_v4l2_h264_camera_names_the_knobs_its_driver_offers_or_none(tmp_path: Path) -> None:
-    """VIDIOC_QUERYCTRL and VIDIOC_G_PARM answered by the fake kernel from videodev2.h layouts
-    of its own; no real /dev/video exists here, so no real driver is asked."""
-    from tests.fakes.v4l2_device import CID_MPEG_VIDEO_BITRATE, CTRL_FLAG_INACTIVE
+def test_a_v4l2_h264_camera_shows_the_ladder_of_its_drivers_knobs_or_that_it_has_none(
+        tmp_path: Path) -> None:
+    """VIDIOC_QUERYCTRL, VIDIOC_G_CTRL and VIDIOC_G_PARM answered by the fake kernel from
+    videodev2.h layouts of its own; no real /dev/video exists here, so no real driver is asked."""
+    from tests.fakes.v4l2_device import (
+        CID_MPEG_VIDEO_BITRATE,
+        CID_MPEG_VIDEO_FORCE_KEY_FRAME,
+        CTRL_FLAG_INACTIVE,
+    )
 
     kernel = FakeV4L2()
-    kernel.add_device(formats={"h264": [(160, 120)]},
+    kernel.add_device(formats={"h264": [(160, 120)]}, rates=(30.0, 15.0, 10.0, 5.0),
                       controls={CID_MPEG_VIDEO_BITRATE: ("Video Bitrate", 25000, 25000000, 25000,
-                                                         10000000, 0)})
+                                                         10000000, 0),
+                                CID_MPEG_VIDEO_FORCE_KEY_FRAME: ("Force Key Frame", 0, 0, 0, 0, 0)})
     text = examine(config(tmp_path, backend="v4l2"),
                    makers=makers(kernel, picamera2=ABSENT_PICAMERA2)).text()
-    assert ("the camera offers bit rate (25000..25000000 bit/s, now default 10000000) and frame "
-            "interval (VIDIOC_S_PARM timeperframe), which vigil does not drive yet") in text
+    # The ladder it will drive: half the bit rate, then the rates the driver lists down to
+    # fps_floor (10; 5 is below it).
+    assert ("adaptive quality: on, 3 steps of v4l2's own knobs (bitrate x1 -> x0.5; sensor fps "
+            "30 -> 15; sensor fps 15 -> 10): a bit-rate step sets V4L2_CID_MPEG_VIDEO_BITRATE "
+            "(now 10000000 bit/s) with VIDIOC_S_CTRL, a frame-rate step sets the frame interval "
+            "with VIDIOC_S_PARM (a driver that refuses it while streaming, as uvcvideo does, is "
+            "stopped and started again); each asks for a keyframe "
+            "(V4L2_CID_MPEG_VIDEO_FORCE_KEY_FRAME) and starts a new segment there") in text
 
     kernel = FakeV4L2()
     kernel.add_device(formats={"h264": [(160, 120)]}, timeperframe=False,

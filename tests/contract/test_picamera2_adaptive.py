@@ -2,7 +2,7 @@
 
 The load: the recorder side of picamera2's packet queue is made slower than the sensor. The
 pipeline's capture thread reads packets through `ThrottledPicamera.read`, which hands over at
-most `rate` packets a second (a token bucket on the monotonic clock), as a starved recorder
+most `pacer.rate` packets a second (a token bucket on the monotonic clock), as a starved recorder
 thread would; at 30 fps the packet queue (PACKET_QUEUE) backs up for real, at 15 fps it
 drains. Everything under it is the genuine library: picamera2's event loop, its
 LibavH264Encoder (libx264 through PyAV), its set_controls; the fake libcamera makes frames
@@ -13,7 +13,6 @@ asserted: waits are deadlines on conditions, and the checks are about what was r
 from __future__ import annotations
 
 import itertools
-import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -31,7 +30,7 @@ from hw.synthetic import FaultPlan
 from hw.writer import START_TAG
 from tests.e2e.conftest import FAST_POLICY, RunningController
 from tests.fakes.realpicam import RealPicamera2
-from tests.helpers import frame_numbers, gaps, segments
+from tests.helpers import Pacer, frame_numbers, gaps, segments
 from tests.specs import camera_spec, recording_spec
 
 WAIT_SECONDS = 60.0
@@ -41,21 +40,16 @@ RATE_CHANGE_FRAMES = 10  # frames a new FrameDurationLimits may take to show
 
 
 class ThrottledPicamera(PicameraCamera):
-    """vigil's own picamera2 backend, read by a recorder that can take `rate` packets a second
+    """vigil's own picamera2 backend, read by a recorder that can take `pacer.rate` packets a second
     (None: as fast as they come); it keeps a record of every quality step it applied."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.rate: float | None = None
-        self._next = 0.0
+        self.pacer = Pacer()
         self.applied: list[tuple[int, int | None, float, float]] = []  # level, bitrate, fps, lores
 
     def read(self, timeout: float) -> EncodedPacket:
-        rate = self.rate
-        if rate is not None:
-            now = time.monotonic()
-            self._next = max(self._next + 1.0 / rate, now)
-            time.sleep(max(0.0, self._next - now))
+        self.pacer.wait()
         return super().read(timeout)
 
     def apply_quality(self, step: QualityStep) -> float | None:
@@ -138,7 +132,7 @@ def test_under_load_the_pi_camera_steps_down_bitrate_then_sensor_rate_and_climbs
     base = camera.base_bitrate
     assert base is not None
 
-    camera.rate = CAPACITY
+    camera.pacer.rate = CAPACITY
     assert c.wait_until(lambda: governor.level == 3, WAIT_SECONDS), governor.changes
     # The status the API, metrics and web page read, and the alert of each step.
     assert c.wait_until(lambda: (q := c.snapshot.quality) is not None and q.level == 3, WAIT_SECONDS)
@@ -157,7 +151,7 @@ def test_under_load_the_pi_camera_steps_down_bitrate_then_sensor_rate_and_climbs
                                   (3, round(base * 0.5), 15.0, 2.0)]
     assert any(d.startswith("(66667, 66667)") for _, d in handle.events("frame_limits"))
 
-    camera.rate = None  # the load goes away
+    camera.pacer.rate = None  # the load goes away
     assert c.wait_until(lambda: governor.level == 0, WAIT_SECONDS), governor.changes
     produced = handle.frames_produced
     assert handle.wait_for_frames(produced + 30, WAIT_SECONDS)

@@ -11,8 +11,20 @@ The fake decodes and encodes the ioctl arguments from raw bytes with `struct` la
 written from linux include/uapi/linux/videodev2.h (torvalds/linux @ 00419a6a) for LP64
 (x86-64, aarch64), independently of hw/v4l2/abi.py's ctypes definitions, and computes the
 request numbers from those sizes; a request it does not know gets ENOTTY, as from a driver.
-VIDIOC_QUERYCTRL's struct v4l2_queryctrl and V4L2_CID_MPEG_VIDEO_BITRATE are from the same
-header and include/uapi/linux/v4l2-controls.h (as linux-libc-dev installs them).
+VIDIOC_QUERYCTRL's struct v4l2_queryctrl, VIDIOC_G_CTRL/VIDIOC_S_CTRL's struct v4l2_control,
+V4L2_CID_MPEG_VIDEO_BITRATE and V4L2_CID_MPEG_VIDEO_FORCE_KEY_FRAME are from the same header
+and include/uapi/linux/v4l2-controls.h (as linux-libc-dev installs them).
+
+Controls behave as the kernel's control framework and Documentation/userspace-api/media/v4l/
+vidioc-g-ctrl.rst say: an unknown or disabled id is EINVAL, setting a read-only control or
+reading a write-only one (a button) EACCES, an integer is clamped into its range and onto
+its step. They are honoured for real: the bit rate is libx264's (ABR under a VBV capped at
+the control's default or the rate the stream started at, if higher; reconfigured from the
+next frame, as FFmpeg's libx264 wrapper does when bit_rate changes), FORCE_KEY_FRAME makes the
+next frame an IDR. S_PARM while streaming
+is refused with EBUSY as uvcvideo does (uvc_ioctl_s_parm), or, with `live_rate`, applied
+from the next frame as bcm2835-v4l2 does (vidioc_s_parm clips to its range and sets the
+camera's frame rate while it runs); either way the rate granted is the nearest one offered.
 
 Behaviour follows uvcvideo and the V4L2 spec: ENUM_* end with EINVAL; S_FMT and S_PARM never
 refuse but grant the nearest size and rate offered; REQBUFS/QUERYBUF/QBUF/DQBUF with MMAP
@@ -22,7 +34,10 @@ ENOENT), every ioctl on a handle opened before gives ENODEV and poll() reports t
 ready so the reader finds out; replug() brings a fresh node back, old handles stay dead.
 stall() stops frames without an error (a camera that hangs). Unlike a real driver the fake
 never drops a frame when the reader is late: it hands over the backlog, so a gap in a
-recording is vigil's doing.
+recording is vigil's doing (lose_frames() drops some as a driver without a free buffer
+would). A frame is made when it is dequeued, stamped with the time it was due, except that
+before a control or the frame interval changes the frames already due are made at once with
+the settings in effect until then, as a camera captured them.
 
 Frames carry vigil's frame-number code (hw/framecode.py), numbered 0, 1, 2, ... per fake
 kernel across devices and streams. Payloads are real: H.264 from libx264 through PyAV in
@@ -65,6 +80,7 @@ CAPTUREPARM = struct.Struct("<6I4I")  # struct v4l2_captureparm at offset 4
 REQUESTBUFFERS = struct.Struct("<III2I")  # struct v4l2_requestbuffers, 20
 BUFFER = struct.Struct("<5I4x2q2I4B4s2IQ3I4x")  # struct v4l2_buffer, 88 (timeval, pointer union)
 QUERYCTRL_STRUCT = struct.Struct("<II32siiiiI2I")  # struct v4l2_queryctrl, 68
+CONTROL = struct.Struct("<Ii")  # struct v4l2_control, 8
 INT = struct.Struct("<i")
 
 
@@ -85,6 +101,8 @@ STREAMON = _ioc(_W, 18, INT.size)
 STREAMOFF = _ioc(_W, 19, INT.size)
 G_PARM = _ioc(_RW, 21, STREAMPARM_SIZE)
 S_PARM = _ioc(_RW, 22, STREAMPARM_SIZE)
+G_CTRL = _ioc(_RW, 27, CONTROL.size)
+S_CTRL = _ioc(_RW, 28, CONTROL.size)
 QUERYCTRL = _ioc(_RW, 36, QUERYCTRL_STRUCT.size)
 ENUM_FRAMESIZES = _ioc(_RW, 74, FRMSIZEENUM.size)
 ENUM_FRAMEINTERVALS = _ioc(_RW, 75, FRMIVALENUM.size)
@@ -99,7 +117,9 @@ CAP_VIDEO_M2M = 0x8000
 CAP_TIMEPERFRAME = 0x1000
 # v4l2-controls.h: V4L2_CID_CODEC_BASE = V4L2_CTRL_CLASS_CODEC (0x00990000) | 0x900; +207.
 CID_MPEG_VIDEO_BITRATE = 0x009909CF
-CTRL_TYPE_INTEGER = 1
+CID_MPEG_VIDEO_FORCE_KEY_FRAME = 0x009909E5  # V4L2_CID_CODEC_BASE + 229
+CTRL_TYPE_INTEGER, CTRL_TYPE_BUTTON = 1, 4
+BUTTONS = frozenset({CID_MPEG_VIDEO_FORCE_KEY_FRAME})
 CTRL_FLAG_DISABLED, CTRL_FLAG_READ_ONLY, CTRL_FLAG_INACTIVE = 0x1, 0x4, 0x10
 BUF_FLAG_MAPPED, BUF_FLAG_QUEUED, BUF_FLAG_DONE = 0x1, 0x2, 0x4
 BUF_FLAG_KEYFRAME = 0x8
@@ -132,6 +152,8 @@ def _oserror(code: int) -> OSError:
 # -- frames -------------------------------------------------------------------------------------
 
 STRIPE_PERIOD_PX = 64
+VBV_BUFFER_FRACTION = 8  # libx264's VBV buffer, as a fraction of a second at its maximum rate
+QP_MAX = 40  # libx264's quantiser cap: past it the frame-number code no longer survives
 
 
 def draw_yuv420(width: int, height: int, n: int) -> np.ndarray:
@@ -149,11 +171,13 @@ class _PayloadMaker:
     """Turns frame numbers into the bytes a camera in one format and size would deliver."""
 
     def __init__(self, name: str, width: int, height: int, fps: float, *, gop: int,
-                 repeat_headers: bool, packets: Sequence[bytes] | None) -> None:
+                 repeat_headers: bool, packets: Sequence[bytes] | None,
+                 bitrate: int | None = None, vbv: int | None = None) -> None:
         self.name, self.width, self.height = name, width, height
         self._packets = iter(packets) if packets else None
         self._ctx: av.CodecContext | None = None
         self._headers_pending = b""
+        self.force_keyframe = False  # the next frame is an IDR (V4L2_CID_MPEG_VIDEO_FORCE_KEY_FRAME)
         if name == "h264" and self._packets is None:
             ctx = av.CodecContext.create("libx264", "w")
             ctx.width, ctx.height, ctx.pix_fmt = width, height, "yuv420p"
@@ -162,8 +186,21 @@ class _PayloadMaker:
             ctx.gop_size = gop
             if not repeat_headers:
                 ctx.flags |= av.codec.context.Flags.global_header
-            ctx.options = {"preset": "ultrafast", "tune": "zerolatency",
-                           "x264-params": f"keyint={gop}:scenecut=0:repeat-headers={int(repeat_headers)}"}
+            options = {"preset": "ultrafast", "tune": "zerolatency", "forced-idr": "1",
+                       "x264-params": f"keyint={gop}:scenecut=0:repeat-headers={int(repeat_headers)}"
+                                       f":qpmax={QP_MAX}"}
+            if bitrate:
+                # x264 changes a running encoder's bit rate only under a VBV (encoder_try_reconfig).
+                ctx.bit_rate = bitrate
+                cap = max(bitrate, vbv or 0)
+                # A buffer of an eighth of a second: a new target shows within a few frames, as
+                # a camera's hardware rate control follows it (a second's buffer took seconds).
+                # It holds about one IDR at 320x240, so a forced IDR just after the camera's own
+                # would starve to QP 51 (a flat grey frame, or P-frames repeating the picture
+                # before them) but for the quantiser cap, as a camera's encoder has one
+                # (tests/unit/test_fake_v4l2_h264.py).
+                options.update(maxrate=str(cap), bufsize=str(cap // VBV_BUFFER_FRACTION))
+            ctx.options = options
             ctx.open()
             self._headers_pending = b"" if repeat_headers else bytes(ctx.extradata or b"")
             self._ctx = ctx
@@ -174,8 +211,13 @@ class _PayloadMaker:
             ctx.open()
             self._ctx = ctx
 
-    def make(self, n: int) -> tuple[bytes, bool]:
-        """(payload, is a keyframe) for frame n."""
+    def set_bitrate(self, bitrate: int) -> None:
+        """libx264's target from the next frame on (FFmpeg's wrapper reconfigures x264)."""
+        if self._ctx is not None and self.name == "h264":
+            self._ctx.bit_rate = bitrate
+
+    def make(self, n: int, stamp: float | None = None) -> tuple[bytes, bool]:
+        """(payload, is a keyframe) for frame n, captured `stamp` seconds into the stream."""
         if self._packets is not None:
             data = next(self._packets)
             return data, b"\x00\x00\x01\x65" in data or b"\x00\x00\x01\x25" in data
@@ -188,7 +230,10 @@ class _PayloadMaker:
             frame = frame.reformat(format="yuvj422p")
             frame.pts = n
             return b"".join(bytes(p) for p in self._ctx.encode(frame)), True
-        frame.pts = n * 33_333
+        frame.pts = round(stamp * 1e6) if stamp is not None else n * 33_333
+        if self.force_keyframe:
+            frame.pict_type = av.video.frame.PictureType.I  # an IDR: forced-idr is set
+            self.force_keyframe = False
         packets = self._ctx.encode(frame)
         data = b"".join(bytes(p) for p in packets)
         is_key = any(p.is_keyframe for p in packets)
@@ -213,6 +258,9 @@ class _Stream:
     started: float = 0.0
     sequence: int = 0
     streaming: bool = False
+    # Frames made before dequeued (data, keyframe, stamp, sequence): see _capture_due.
+    captured: collections.deque[tuple[bytes, bool, float, int]] = field(
+        default_factory=collections.deque)
 
 
 class FakeVideoDevice:
@@ -227,7 +275,7 @@ class FakeVideoDevice:
                  rates: Sequence[float], card: str, gop: int, repeat_headers: bool, paced: bool,
                  packets: Sequence[bytes] | None, keep_payloads: bool, capture: bool,
                  controls: dict[int, tuple[str, int, int, int, int, int]] | None = None,
-                 timeperframe: bool = True) -> None:
+                 timeperframe: bool = True, live_rate: bool = False) -> None:
         unknown = set(formats) - set(FORMATS)
         if unknown:
             raise ValueError(f"unknown formats {sorted(unknown)}; the fake offers {sorted(FORMATS)}")
@@ -244,13 +292,16 @@ class FakeVideoDevice:
         self.capture = capture
         # VIDIOC_QUERYCTRL answers: id -> (name, minimum, maximum, step, default, flags)
         self.controls = dict(controls or {})
+        self.values = {cid: spec[4] for cid, spec in self.controls.items()}  # VIDIOC_G_CTRL
         self.timeperframe = timeperframe  # G_PARM reports V4L2_CAP_TIMEPERFRAME, S_PARM sets it
+        self.live_rate = live_rate  # S_PARM while streaming: applied (bcm2835-v4l2), else EBUSY
         self.history: list[tuple[float, str]] = []
         self.payloads: list[bytes] = []
         self.frames_served = 0
         self._present = True
         self._generation = 0
         self._stalled_until = 0.0
+        self._losing = 0  # frames still to be lost (lose_frames)
         name = next(iter(self.formats))
         width, height = self.formats[name][0]
         self._stream = _Stream(FORMATS[name][0], width, height, self.rates[0])
@@ -282,6 +333,14 @@ class FakeVideoDevice:
         with self.kernel.cond:
             self._stalled_until = float("inf") if seconds is None else time.monotonic() + seconds
             self._note(f"stall seconds={seconds}")
+
+    def lose_frames(self, count: int) -> None:
+        """The next `count` frames are captured and encoded but never delivered, as when the
+        reader left the driver no free buffer: their sequence numbers and frame numbers are
+        used up, and the H.264 after them refers to frames that never arrive."""
+        with self.kernel.cond:
+            self._losing += count
+            self._note(f"lose_frames {count}")
 
     def resume(self) -> None:
         """Frames again, from now (nothing was captured while stalled)."""
@@ -392,7 +451,10 @@ class FakeVideoDevice:
         if struct.unpack_from("<I", buf)[0] != BUF_TYPE_VIDEO_CAPTURE:
             raise _oserror(errno.EINVAL)
         s = self._stream
+        if write and self.timeperframe and s.streaming and not self.live_rate:
+            raise _oserror(errno.EBUSY)  # uvcvideo: the interval is negotiated before streaming
         if write and self.timeperframe:
+            self._capture_due()
             numerator, denominator = CAPTUREPARM.unpack_from(buf, 4)[2:4]
             if numerator and denominator:
                 s.fps = self._nearest_rate(denominator / numerator)
@@ -407,8 +469,49 @@ class FakeVideoDevice:
         if cid not in self.controls:
             raise _oserror(errno.EINVAL)
         name, minimum, maximum, step, default, flags = self.controls[cid]
-        QUERYCTRL_STRUCT.pack_into(buf, 0, cid, CTRL_TYPE_INTEGER, name.encode()[:31], minimum,
+        kind = CTRL_TYPE_BUTTON if cid in BUTTONS else CTRL_TYPE_INTEGER
+        QUERYCTRL_STRUCT.pack_into(buf, 0, cid, kind, name.encode()[:31], minimum,
                                    maximum, step, default, flags, 0, 0)
+
+    def _control(self, buf: bytearray) -> tuple[int, int]:
+        cid, value = CONTROL.unpack_from(buf)
+        if cid not in self.controls or self.controls[cid][5] & CTRL_FLAG_DISABLED:
+            raise _oserror(errno.EINVAL)
+        return cid, value
+
+    def _active_value(self, cid: int) -> int | None:
+        """A control's value where it has an effect (an inactive one has none, as the flag says)."""
+        spec = self.controls.get(cid)
+        if spec is None or spec[5] & (CTRL_FLAG_DISABLED | CTRL_FLAG_INACTIVE):
+            return None
+        return self.values[cid]
+
+    def _g_ctrl(self, buf: bytearray) -> None:
+        cid, _ = self._control(buf)
+        if cid in BUTTONS:
+            raise _oserror(errno.EACCES)  # a button is write-only
+        CONTROL.pack_into(buf, 0, cid, self.values[cid])
+
+    def _s_ctrl(self, buf: bytearray) -> None:
+        cid, value = self._control(buf)
+        _, minimum, maximum, step, _, flags = self.controls[cid]
+        if flags & CTRL_FLAG_READ_ONLY:
+            raise _oserror(errno.EACCES)
+        self._capture_due()
+        if cid in BUTTONS:
+            if cid == CID_MPEG_VIDEO_FORCE_KEY_FRAME and self._stream.maker is not None:
+                self._stream.maker.force_keyframe = True
+            self._note(f"s_ctrl {cid:#x}")
+            return
+        # The control framework rounds an integer onto its step and clamps it into range.
+        value = minimum + round((value - minimum) / max(step, 1)) * max(step, 1)
+        value = min(maximum, max(minimum, value))
+        self.values[cid] = value
+        if cid == CID_MPEG_VIDEO_BITRATE and self._stream.maker is not None and \
+                self._active_value(cid) is not None:
+            self._stream.maker.set_bitrate(value)
+        CONTROL.pack_into(buf, 0, cid, value)
+        self._note(f"s_ctrl {cid:#x} {value}")
 
     def _reqbufs(self, buf: bytearray) -> None:
         count, kind, memory, *_ = REQUESTBUFFERS.unpack_from(buf)
@@ -454,11 +557,30 @@ class FakeVideoDevice:
 
     def _frame_ready(self, now: float) -> bool:
         s = self._stream
+        if s.captured and s.streaming and s.queued:
+            return True
         if not s.streaming or not s.queued or now < self._stalled_until:
             return False
         if self.packets is not None and s.sequence >= len(self.packets):
             return False  # the pre-encoded stream is over: the camera goes quiet
         return not self.paced or now >= s.next_due
+
+    def _capture_due(self) -> None:
+        """Make now, with the settings still in effect, every frame already due that the reader
+        has not taken: a camera captured and encoded those at their time, before the control
+        about to change (the fake otherwise makes a frame only when it is dequeued, which for
+        a late reader would give frames stamped before a change the change's settings)."""
+        s = self._stream
+        now = time.monotonic()
+        if not (self.paced and s.streaming and s.maker is not None and self.packets is None) \
+                or now < self._stalled_until or self._losing \
+                or s.next_due < now - LATE_RESTART_SECONDS:  # DQBUF starts the schedule anew
+            return
+        while s.next_due <= now:
+            data, is_key = s.maker.make(self.kernel.take_frame_number(), s.next_due - s.started)
+            s.captured.append((data, is_key, s.next_due, s.sequence))
+            s.sequence += 1
+            s.next_due += 1.0 / s.fps
 
     def _dqbuf(self, buf: bytearray) -> None:
         fields = list(BUFFER.unpack_from(buf))
@@ -473,24 +595,42 @@ class FakeVideoDevice:
             s.next_due = now  # the sensor starts again: nothing was captured meanwhile
         if not self._frame_ready(now):
             raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+        if s.captured:
+            index = s.queued.popleft()
+            data, is_key, stamp, sequence = s.captured.popleft()
+            self._deliver(buf, index, data, is_key, stamp, sequence)
+            return
         if self.paced and s.next_due < now - LATE_RESTART_SECONDS:
             s.next_due = now
         # Unpaced (a replay as fast as it is read): the stamps still say `fps`, as captured.
         stamp = s.next_due if self.paced else s.started + s.sequence / s.fps
-        index = s.queued.popleft()
         assert s.maker is not None
+        while self._losing and self.paced:
+            # Made on time and thrown away: the reader sees the next one when it is due.
+            self._losing -= 1
+            s.maker.make(self.kernel.take_frame_number(), stamp - s.started)
+            s.sequence += 1
+            s.next_due += 1.0 / s.fps
+            stamp = s.next_due
+            if not self._frame_ready(now):
+                raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+        index = s.queued.popleft()
         number = self.kernel.take_frame_number()
-        data, is_key = s.maker.make(number)
-        mapped = s.buffers[index]
+        data, is_key = s.maker.make(number, stamp - s.started)
+        self._deliver(buf, index, data, is_key, stamp, s.sequence)
+        s.sequence += 1
+        s.next_due += 1.0 / s.fps
+
+    def _deliver(self, buf: bytearray, index: int, data: bytes, is_key: bool, stamp: float,
+                 sequence: int) -> None:
+        mapped = self._stream.buffers[index]
         if len(data) > len(mapped):
             raise _oserror(errno.ENOSPC)  # the fake's sizeimage was too small: a bug in the fake
         mapped[: len(data)] = data
         flags = BUF_FLAG_DONE | BUF_FLAG_TIMESTAMP_MONOTONIC | (BUF_FLAG_KEYFRAME if is_key else 0)
-        self._pack_buffer(buf, index, used=len(data), flags=flags, stamp=stamp, sequence=s.sequence)
+        self._pack_buffer(buf, index, used=len(data), flags=flags, stamp=stamp, sequence=sequence)
         if self.keep_payloads:
             self.payloads.append(data)
-        s.sequence += 1
-        s.next_due += 1.0 / s.fps
         self.frames_served += 1
 
     def _streamon(self, buf: bytearray) -> None:
@@ -503,7 +643,9 @@ class FakeVideoDevice:
             return
         name = _FOURCC_NAME[s.fourcc]
         s.maker = _PayloadMaker(name, s.width, s.height, s.fps, gop=self.gop,
-                                repeat_headers=self.repeat_headers, packets=self.packets)
+                                repeat_headers=self.repeat_headers, packets=self.packets,
+                                bitrate=self._active_value(CID_MPEG_VIDEO_BITRATE),
+                                vbv=self.controls.get(CID_MPEG_VIDEO_BITRATE, ("", 0, 0, 0, 0, 0))[4])
         s.streaming, s.next_due, s.started, s.sequence = True, time.monotonic(), time.monotonic(), 0
         self._note(f"streamon {name} {s.width}x{s.height}@{s.fps:g}")
 
@@ -513,6 +655,7 @@ class FakeVideoDevice:
             s.streaming = False
             self._note("streamoff")
         s.queued.clear()  # STREAMOFF hands every buffer back to userspace
+        s.captured.clear()  # and what was captured but not dequeued is gone
 
     _HANDLERS: ClassVar[dict[int, Callable[[FakeVideoDevice, bytearray], None]]] = {
         QUERYCAP: _querycap, ENUM_FMT: _enum_fmt, ENUM_FRAMESIZES: _enum_framesizes,
@@ -521,6 +664,7 @@ class FakeVideoDevice:
         S_PARM: lambda self, buf: self._parm(buf, write=True),
         REQBUFS: _reqbufs, QUERYBUF: _querybuf, QBUF: _qbuf, DQBUF: _dqbuf,
         STREAMON: _streamon, STREAMOFF: _streamoff, QUERYCTRL: _queryctrl,
+        G_CTRL: _g_ctrl, S_CTRL: _s_ctrl,
     }
 
 
@@ -557,6 +701,7 @@ class FakeV4L2:
         capture: bool = True,
         controls: dict[int, tuple[str, int, int, int, int, int]] | None = None,
         timeperframe: bool = True,
+        live_rate: bool = False,
     ) -> FakeVideoDevice:
         """Plug in a camera node (default: H.264, MJPEG and YUYV at 160x120, 30 fps).
 
@@ -565,7 +710,8 @@ class FakeV4L2:
         are dequeued, stamped as if captured at the device's rate (a replay); `controls`
         are what VIDIOC_QUERYCTRL finds, by id: (name, minimum, maximum, step, default, flags);
         `timeperframe=False` is a driver whose frame interval cannot be set (G_PARM without
-        V4L2_CAP_TIMEPERFRAME, S_PARM ignored).
+        V4L2_CAP_TIMEPERFRAME, S_PARM ignored); `live_rate` one that sets it while streaming
+        (bcm2835-v4l2) where uvcvideo answers EBUSY.
         """
         offered = formats if formats is not None else {
             "h264": [(160, 120)], "mjpeg": [(160, 120)], "yuyv422": [(160, 120)]}
@@ -573,7 +719,8 @@ class FakeV4L2:
             device = FakeVideoDevice(self, path, formats=offered, rates=rates, card=card, gop=gop,
                                      repeat_headers=repeat_headers, paced=paced, packets=packets,
                                      keep_payloads=keep_payloads, capture=capture,
-                                     controls=controls, timeperframe=timeperframe)
+                                     controls=controls, timeperframe=timeperframe,
+                                     live_rate=live_rate)
             self.devices[path] = device
             if by_id is not None:
                 self._aliases[f"/dev/v4l/by-id/{by_id}"] = path
