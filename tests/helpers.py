@@ -63,6 +63,13 @@ def gaps(numbers: list[int]) -> list[tuple[int, int]]:
     return [(a, b) for a, b in itertools.pairwise(numbers) if b != a + 1]
 
 
+def recorded_span(root: Path, first: int, last: int) -> list[int]:
+    """The frame numbers the closed segments under `root` hold from frame `first` to frame
+    `last`, in recording order: what a player of that span must show, each once. On a CPU-starved
+    machine the recorder itself may drop frames (counted as dropped); no player can show those."""
+    return [n for n in recorded_numbers(root) if first <= n <= last]
+
+
 def segment_first_frames(root: Path) -> set[int]:
     """The number of the first frame of every closed segment: where a segment boundary is."""
     return {frame_numbers(path)[0] for path in segments(root) if not path.is_symlink()}
