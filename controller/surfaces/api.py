@@ -779,6 +779,7 @@ def create_app(controller: Controller, *, token_file: Path | None,
              responses={**footage_responses,
                         200: {"content": {"video/mp4": {}}}, 206: {"content": {"video/mp4": {}}},
                         404: {"model": Problem, "description": "No such segment below the root."},
+                        304: {"description": "Not modified: If-None-Match named its ETag."},
                         416: {"description": "The range starts past the end."}},
              summary="Segment bytes for the HLS playlists (whole fragments only)")
     def hls_media(path: str, request: Request) -> Response:
@@ -790,7 +791,8 @@ def create_app(controller: Controller, *, token_file: Path | None,
                 return Response(made, media_type="video/mp4")
             raise HTTPException(404, detail="no such segment")
         return serve_file(found.path, request.headers.get("range"), request.headers.get("if-range"),
-                          limit=found.limit, patches=found.patches)
+                          if_none_match=request.headers.get("if-none-match"), limit=found.limit,
+                          patches=found.patches)
 
     @app.get("/recordings", response_model=RecordingPage, summary="Recorded hours, newest first",
              dependencies=viewer_only, responses=footage_responses)
@@ -808,6 +810,7 @@ def create_app(controller: Controller, *, token_file: Path | None,
             200: {"content": {"video/mp4": {}}, "description": "The whole file."},
             206: {"content": {"video/mp4": {}}, "description": "The requested byte range."},
             404: {"model": Problem, "description": "No such closed recording below the root."},
+            304: {"description": "Not modified: If-None-Match named the file's current ETag."},
             416: {"description": "The range starts past the end of the file."},
             **footage_responses,
         },
@@ -818,7 +821,8 @@ def create_app(controller: Controller, *, token_file: Path | None,
         target = resolve_recording(footage_root(), path)
         if target is None:
             raise HTTPException(404, detail="no such recording")
-        return serve_file(target, request.headers.get("range"), request.headers.get("if-range"))
+        return serve_file(target, request.headers.get("range"), request.headers.get("if-range"),
+                          if_none_match=request.headers.get("if-none-match"))
 
     @app.get(
         "/snapshot.jpg",

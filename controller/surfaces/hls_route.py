@@ -171,8 +171,8 @@ class HlsFastPath:
     async def _media(self, scope: Scope, relative: str, send: Send) -> None:
         headers = _headers(scope)
         self._check_viewer(headers, _signed_media(relative, scope.get("query_string", b"")))
-        if b"if-range" in headers:
-            raise _NotMine
+        if b"if-range" in headers or b"if-none-match" in headers:
+            raise _NotMine  # conditional requests: the API's route answers them
         wanted = headers.get(b"range")
         root = self._root()
         key = (str(root), relative, wanted.decode("latin-1")) if wanted is not None else None

@@ -205,9 +205,21 @@ def open_regular(path: Path) -> tuple[int, os.stat_result]:
     return fd, info
 
 
+def none_match(header: str | None, etag: str) -> bool:
+    """Whether an If-None-Match header's condition fails for a file whose ETag is `etag`
+    (RFC 9110 13.1.2: `*`, or a listed tag equal to it by the weak comparison): then a GET is
+    answered 304 Not Modified, with no body."""
+    if header is None:
+        return False
+    tags = [tag.strip() for tag in header.split(",")]
+    return "*" in tags or etag in (tag.removeprefix("W/") for tag in tags)
+
+
 def serve_file(path: Path, range_header: str | None, if_range: str | None, *,
-               limit: int | None = None, patches: Sequence[tuple[int, bytes]] = ()) -> Response:
-    """The file at `path` (already checked), whole or one byte range.
+               if_none_match: str | None = None, limit: int | None = None,
+               patches: Sequence[tuple[int, bytes]] = ()) -> Response:
+    """The file at `path` (already checked), whole or one byte range; 304 when the client's
+    copy (If-None-Match) is current, before any range is looked at (RFC 9110 13.2.2).
 
     `patches` (file offset, bytes) replace the file's bytes there in what is sent (the HLS
     route's tfdt times); they never change a length.
@@ -223,6 +235,9 @@ def serve_file(path: Path, range_header: str | None, if_range: str | None, *,
         etag = f'"{info.st_ino:x}-{info.st_mtime_ns:x}-{size:x}"'
         headers = {"Accept-Ranges": "bytes", "ETag": etag,
                    "Last-Modified": formatdate(info.st_mtime, usegmt=True)}
+        if none_match(if_none_match, etag):
+            file.close()
+            return Response(status_code=304, headers=headers)
         try:
             wanted = _parse_range(range_header, size) if if_range in (None, etag) else None
         except _RangeNotSatisfiable:

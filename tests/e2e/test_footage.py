@@ -41,6 +41,7 @@ from tests.helpers import (
     recorded_numbers,
     recorded_span,
     segment_first_frames,
+    segments,
 )
 from tests.pasthours import past_hour_start, record
 from tests.specs import camera_spec, recording_spec
@@ -358,6 +359,37 @@ def live_entries(text: str) -> list[tuple[str, int, str, int, int]]:
         elif line and not line.startswith("#") and init is not None and size_offset is not None:
             found.append((init[0], init[1], line, *size_offset))
     return found
+
+
+def test_a_copy_that_is_current_gets_304_not_modified_and_a_stale_one_the_bytes(live: Live) -> None:
+    """If-None-Match (RFC 9110 13.1.2, 13.2.2): `*`, the file's ETag, a weak form of it or a
+    list holding it is 304 with no body, before any range; another tag gets the file."""
+    wait_until(lambda: len(segments(live.root)) >= 2, "two closed segments")
+    name = segments(live.root)[0].relative_to(live.root).as_posix()
+    whole = get(live.server, f"/recordings/{name}", bearer(VIEWER))
+    assert whole.status == 200 and whole.body
+    etag = whole.headers["etag"]
+    for header in ("*", etag, f"W/{etag}", f'"other", {etag}', f' "x" ,W/{etag} '):
+        for extra in ({}, {"Range": "bytes=0-99"}):
+            asked = {**bearer(VIEWER), **extra, "If-None-Match": header}
+            reply = get(live.server, f"/recordings/{name}", asked)
+            assert reply.status == 304 and reply.body == b"" and reply.headers["etag"] == etag, header
+    stale = get(live.server, f"/recordings/{name}", {**bearer(VIEWER), "If-None-Match": '"other"'})
+    assert stale.status == 200 and stale.body == whole.body
+    # Still the viewer's: no credential is 401 whatever the condition says.
+    assert get(live.server, f"/recordings/{name}", {"If-None-Match": "*"}).status == 401
+    # HLS media: the fast path leaves conditional requests to the API's route, which answers alike.
+    fast = live.server.app.state.hls_fast_path
+    _, _, uri, size, offset = next(
+        e for e in reversed(live_entries(get(live.server, "/live.m3u8", bearer(VIEWER)).text))
+        if not e[2].endswith(".partial"))
+    wanted = {**bearer(VIEWER), "Range": f"bytes={offset}-{offset + size - 1}"}
+    piece = get(live.server, f"/{uri}", wanted)
+    before = fast.answered
+    same = get(live.server, f"/{uri}", {**wanted, "If-None-Match": piece.headers["etag"]})
+    assert same.status == 304 and same.body == b"" and fast.answered == before
+    other = get(live.server, f"/{uri}", {**wanted, "If-None-Match": '"other"'})
+    assert other.status == 206 and other.body == piece.body
 
 
 def test_live_hls_is_answered_below_fastapi_with_the_bytes_the_api_route_sends(live: Live) -> None:
