@@ -448,12 +448,8 @@ class V4L2Device:
         self._ioctl(VIDIOC_STREAMOFF, kind, "VIDIOC_STREAMOFF")
         try:
             self._ioctl(VIDIOC_S_PARM, buf, "VIDIOC_S_PARM")
-        finally:  # refused or not, the camera streams again
-            for index in range(len(self._maps)):  # STREAMOFF handed every buffer back
-                qbuf, vbuf = _new(v4l2_buffer)
-                vbuf.index, vbuf.type, vbuf.memory = index, V4L2_BUF_TYPE_VIDEO_CAPTURE, V4L2_MEMORY_MMAP
-                self._ioctl(VIDIOC_QBUF, qbuf, "VIDIOC_QBUF")
-            self._ioctl(VIDIOC_STREAMON, kind, "VIDIOC_STREAMON")
+        finally:  # refused or not, the camera streams again (STREAMOFF handed every buffer back)
+            self._queue_all_and_stream()
         return _fps(parm.parm.capture.timeperframe), True
 
     def frame_rates(self, code: int, width: int, height: int) -> list[float]:
@@ -515,11 +511,18 @@ class V4L2Device:
                 self._maps.append(self._io.mmap(fd, vbuf.length, vbuf.m.offset))
             except OSError as err:
                 raise self._translate(err, "mmap") from err
+        self._queue_all_and_stream()
+        self._streaming = True
+        return int(req.count)
+
+    def _queue_all_and_stream(self) -> None:
+        """QBUF every mapped buffer, then STREAMON."""
+        for index in range(len(self._maps)):
+            qbuf, vbuf = _new(v4l2_buffer)
+            vbuf.index, vbuf.type, vbuf.memory = index, V4L2_BUF_TYPE_VIDEO_CAPTURE, V4L2_MEMORY_MMAP
             self._ioctl(VIDIOC_QBUF, qbuf, "VIDIOC_QBUF")
         kind = bytearray(ctypes.c_int(V4L2_BUF_TYPE_VIDEO_CAPTURE))
         self._ioctl(VIDIOC_STREAMON, kind, "VIDIOC_STREAMON")
-        self._streaming = True
-        return int(req.count)
 
     def dequeue(self, timeout: float) -> CapturedBuffer:
         """The next filled buffer's payload (copied), the buffer handed straight back.
