@@ -27,12 +27,19 @@ def _run(config: Path) -> subprocess.Popen[str]:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
 
 
-def _wait_for_segments(root: Path, proc: subprocess.Popen[str], count: int, exclude: set[Path]) -> None:
-    """Until `count` closed segments not in `exclude` have manifests (or the deadline)."""
+def _started_since(root: Path, since: float) -> list[Path]:
+    """Closed segments whose manifest says their first frame is at or after `since` (UTC seconds),
+    oldest first. Not by name: a segment named for the second of a restart may be the one the
+    killed run had just opened (removed by recovery if it held no fragment) or the new run's."""
+    return [p for p in segments(root)
+            if (m := read_manifest(p)) is not None and float(m["start"]) >= since]
+
+
+def _wait_for_segments(root: Path, proc: subprocess.Popen[str], count: int, since: float) -> None:
+    """Until `count` closed segments started since `since` have manifests (or the deadline)."""
     deadline = time.monotonic() + WAIT_SECONDS
     while time.monotonic() < deadline:
-        new = [p for p in segments(root) if p not in exclude and read_manifest(p) is not None]
-        if len(new) >= count:
+        if len(_started_since(root, since)) >= count:
             return
         assert proc.poll() is None, "vigil exited while recording"
         time.sleep(0.05)
@@ -52,24 +59,22 @@ def test_a_restart_continues_the_chain_from_the_last_link(tmp_path: Path, how: s
     config = write_config(tmp_path / "vigil.yaml", root, width=320, height=240)
     first = _run(config)
     try:
-        _wait_for_segments(root, first, 2, set())
+        _wait_for_segments(root, first, 2, 0.0)
     finally:
         if first.poll() is None:
             _stop(first, how)
     # What the first run left: closed segments, and after a kill -9 perhaps one .partial that
     # start-up recovery closes (its manifest rebuilt) before the new chain reads its head.
-    before = {p.with_name(p.name.removesuffix(".partial")) for p in root.rglob("*.mp4*")
-              if not p.name.endswith(".json") and ".manifest" not in p.name}
-
+    relaunched = time.time()
     second = _run(config)  # autostart is on by default
     try:
-        _wait_for_segments(root, second, 2, before)
+        _wait_for_segments(root, second, 2, relaunched)
     finally:
         out = _stop(second, signal.SIGTERM) if second.poll() is None else ""
     assert not list(root.rglob("*.partial")), out
 
-    old = [item.path for item in list_footage(root) if item.path in before]
-    new = [item.path for item in list_footage(root) if item.path not in before]
+    new = _started_since(root, relaunched)
+    old = [item.path for item in list_footage(root) if item.path not in new]
     old_manifests = [m for p in old if (m := read_manifest(p)) is not None]
     assert old_manifests and len(new) >= 2, (old, new)
     newest_old = max(old_manifests, key=lambda m: float(m["end"]))
